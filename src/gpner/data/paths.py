@@ -28,7 +28,7 @@ def data_root() -> Path:
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """Resolve a data path: absolute or existing paths as given, else relative to ``data_root()``."""
+    """Absolute or existing paths as given, anything else relative to ``data_root()``."""
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
