@@ -2,8 +2,11 @@
 
 Every tokenizer returns an :class:`Encoding` of the *content* tokens of a text (no special tokens):
 their ids and their half-open character offsets ``text[start:end]`` into the text exactly as given
-(before any lower-casing or normalisation). Every token covers at least one character, and both
-the starts and the ends of the offsets are non-decreasing. Tokens never straddle whitespace.
+(before any lower-casing or normalisation). Every token covers at least one character, both
+the starts and the ends of the offsets are non-decreasing, and no token covers a space, tab,
+newline or other space separator (Unicode Zs). (The character tokenizer skips everything
+``str.isspace``; a BERT tokenizer deletes control characters such as ``\x1f`` instead, so a token
+may cover one of those.)
 
 Two tokenizers are provided:
 
@@ -187,7 +190,8 @@ def _set_lowercase(node: Any, lowercase: bool) -> Any:
     if node.get("type") == "Lowercase":
         return None
     # a Sequence containing a lower-casing normalizer
-    return {**node, "normalizers": [_set_lowercase(n, False) for n in node["normalizers"]]}
+    inner = [_set_lowercase(n, False) for n in node["normalizers"]]
+    return {**node, "normalizers": [n for n in inner if n is not None]}
 
 
 def _vocab_is_uncased(vocab: Iterable[str]) -> bool:
@@ -283,6 +287,7 @@ class HFTokenizer:
     ) -> None:
         from tokenizers import Tokenizer as _RustTokenizer
 
+        self.name = ""
         spec = json.loads(tokenizer_json)
         if lowercase is None:
             lowercase = _normalizer_lowercases(spec.get("normalizer")) or _vocab_is_uncased(
@@ -299,7 +304,6 @@ class HFTokenizer:
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self.pad_id = pad_id if pad_id is not None else self._find_pad_id(spec, pad_token)
         self.prefix_ids, self.suffix_ids = self._find_special_ids()
-        self.name = ""
 
     def _find_pad_id(self, spec: dict[str, Any], pad_token: str | None) -> int:
         padding = spec.get("padding")
