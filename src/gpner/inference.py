@@ -1,0 +1,83 @@
+"""Prediction and evaluation with a trained model: texts in, character spans out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from gpner.data.batching import Feature, collate, encode_examples
+from gpner.data.spans import Example, Span
+from gpner.decoding import decode, spans_from_features
+from gpner.metrics import SpanMetrics
+from gpner.model import NERModel
+
+__all__ = ["predict", "predict_examples", "evaluate"]
+
+
+def _batches_by_length(features: Sequence[Feature], batch_size: int) -> Iterable[list[int]]:
+    """Indices grouped by similar length, so little compute goes to padding."""
+    order = sorted(range(len(features)), key=lambda k: len(features[k].input_ids))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def predict_examples(
+    model: NERModel,
+    examples: Sequence[Example],
+    batch_size: int = 64,
+    threshold: float | None = None,
+    flat: bool | None = None,
+) -> list[list[tuple[Span, float]]]:
+    """Predicted ``(Span, score)`` lists, one per example, in example order.
+
+    Long texts are windowed as in training and stitched back to character offsets.
+    ``threshold`` and ``flat`` default to the model's training config.
+    """
+    train_cfg = model.config.train
+    threshold = train_cfg.threshold if threshold is None else threshold
+    flat = train_cfg.flat if flat is None else flat
+    unlabelled = [Example(ex.text, []) for ex in examples]
+    features, _ = encode_examples(
+        unlabelled,
+        model.tokenizer,
+        model.label2id,
+        model.config.data.max_length,
+        model.config.data.stride,
+    )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    decoded: list[list] = [[] for _ in features]
+    try:
+        for index in _batches_by_length(features, batch_size):
+            batch = collate([features[k] for k in index], model.tokenizer.pad_id).to(device)
+            logits = model(batch.input_ids, batch.attention_mask)
+            for k, items in zip(index, decode(logits, threshold, flat, batch.attention_mask)):
+                decoded[k] = items
+    finally:
+        model.train(was_training)
+    by_example = spans_from_features(features, decoded, model.labels, flat=flat)
+    return [by_example.get(i, []) for i in range(len(examples))]
+
+
+def predict(
+    model: NERModel, texts: Sequence[str], batch_size: int = 64, **kwargs
+) -> list[list[tuple[Span, float]]]:
+    """Predicted ``(Span, score)`` lists for raw texts."""
+    return predict_examples(model, [Example(t, []) for t in texts], batch_size, **kwargs)
+
+
+def evaluate(model: NERModel, examples: Sequence[Example], batch_size: int = 64, **kwargs) -> dict:
+    """Entity-level micro/macro/per-type scores against the examples' gold spans.
+
+    Gold spans that the tokenizer cannot represent still count as gold (as misses), so the score
+    is the one on the original annotation.
+    """
+    predictions = predict_examples(model, examples, batch_size, **kwargs)
+    metrics = SpanMetrics()
+    metrics.update(
+        [[span for span, _ in spans] for spans in predictions], [ex.spans for ex in examples]
+    )
+    return metrics.compute()

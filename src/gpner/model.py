@@ -1,0 +1,163 @@
+"""The NER model (encoder + GlobalPointer head) and self-contained checkpoints.
+
+A checkpoint embeds the config, the label set, the tokenizer state (vocabulary or tokenizer JSON)
+and the encoder architecture, so ``gpner.load(path)`` alone rebuilds the model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gpner import __version__
+from gpner.config import Config, config_from_dict, config_to_dict
+from gpner.data.tokenizers import CharTokenizer, HFTokenizer, Tokenizer, tokenizer_from_state
+from gpner.encoders import CharTransformerEncoder, HFEncoder, encoder_from_spec, resolve_model_dir
+from gpner.heads import build_head
+
+__all__ = ["NERModel", "build_model", "build_tokenizer", "save", "load", "atomic_save"]
+
+CHECKPOINT_FORMAT = 1
+
+
+class NERModel(nn.Module):
+    """Encoder + GlobalPointer head; also carries its labels, tokenizer and config."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module,
+        labels: list[str],
+        tokenizer: Tokenizer,
+        config: Config,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.labels = list(labels)
+        self.tokenizer = tokenizer
+        self.config = config
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """(B, L) -> (B, L, H) input embeddings (VAT perturbs these)."""
+        return self.encoder.embed(input_ids)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
+        """-> logits (B, C, L, L); invalid cells hold the dtype's lowest finite value."""
+        if attention_mask is None:
+            ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            attention_mask = torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device)
+        hidden = self.encoder(attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
+        return self.head(hidden, attention_mask)
+
+
+def _head_for(config: Config, hidden_size: int, num_types: int) -> nn.Module:
+    width = {"max_width": config.head.max_width} if config.head.max_width else {}
+    return build_head(config.head.kind, hidden_size, num_types, config.head.head_size, **width)
+
+
+def build_tokenizer(config: Config, train_texts: list[str]) -> Tokenizer:
+    """A char vocabulary built from ``train_texts``, or a local HF tokenizer, per the config."""
+    enc = config.encoder
+    if enc.kind == "char_transformer":
+        return CharTokenizer.build(
+            train_texts,
+            min_freq=enc.min_char_freq,
+            max_size=enc.max_vocab,
+            lowercase=bool(enc.lowercase),
+        )
+    return HFTokenizer(resolve_model_dir(enc.path), lowercase=enc.lowercase)
+
+
+def build_model(config: Config, labels: list[str], tokenizer: Tokenizer) -> NERModel:
+    """A freshly initialised model (pretrained encoder weights loaded from their directory)."""
+    enc = config.encoder
+    if enc.kind == "char_transformer":
+        encoder: nn.Module = CharTransformerEncoder(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=enc.hidden_size,
+            num_layers=enc.num_layers,
+            num_heads=enc.num_heads,
+            ffn_size=enc.ffn_size,
+            dropout=enc.dropout,
+            max_positions=config.data.max_length,
+            pad_id=tokenizer.pad_id,
+        )
+    else:
+        if enc.path is None:
+            raise ValueError("encoder.path must name a local model directory for kind='hf'")
+        encoder = HFEncoder.from_pretrained(resolve_model_dir(enc.path))
+    head = _head_for(config, encoder.hidden_size, len(labels))
+    return NERModel(encoder, head, labels, tokenizer, config)
+
+
+def checkpoint_payload(model: NERModel) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "gpner_version": __version__,
+        "config": config_to_dict(model.config),
+        "labels": list(model.labels),
+        "tokenizer": model.tokenizer.state_dict(),
+        "encoder_spec": model.encoder.spec(),
+        "state_dict": model.state_dict(),
+    }
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same directory, then rename over ``path``.
+
+    A run killed mid-write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(model: NERModel, path: str | Path, **extra: Any) -> None:
+    """Write a self-contained checkpoint (plus any ``extra`` entries) atomically."""
+    payload = checkpoint_payload(model)
+    payload.update(extra)
+    atomic_save(payload, path)
+
+
+def model_from_payload(payload: dict[str, Any]) -> NERModel:
+    config = config_from_dict(payload["config"])
+    tokenizer = tokenizer_from_state(payload["tokenizer"])
+    encoder = encoder_from_spec(payload["encoder_spec"])
+    labels = payload["labels"]
+    head = _head_for(config, encoder.hidden_size, len(labels))
+    model = NERModel(encoder, head, labels, tokenizer, config)
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> NERModel:
+    """Rebuild a model from a checkpoint file alone, in eval mode."""
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a gpner checkpoint (format {payload.get('format')!r})")
+    return model_from_payload(payload).eval()
