@@ -17,6 +17,14 @@ class Span:
         if not (0 <= self.start < self.end):
             raise ValueError(f"invalid span offsets [{self.start}, {self.end})")
 
+    def overlaps(self, other: Span) -> bool:
+        """Whether the two spans share at least one character (labels ignored)."""
+        return self.start < other.end and other.start < self.end
+
+    def contains(self, other: Span) -> bool:
+        """Whether ``other`` lies within this span (equal extents count; labels ignored)."""
+        return self.start <= other.start and other.end <= self.end
+
 
 @dataclass
 class Example:

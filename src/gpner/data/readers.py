@@ -1,0 +1,1007 @@
+"""Readers: every supported source format becomes ``list[Example]`` here, once.
+
+Nothing downstream knows where an example came from. All offsets are half-open character offsets
+into ``Example.text`` (see ``Span``).
+
+Formats (``read(path, format=...)``):
+
+- ``cluener``: JSON lines, ``{"text": str, "label": {type: {mention: [[start, end], ...]}}}``
+  with an inclusive ``end``. ``label`` may be absent or null (no entities).
+- ``cmeee``: a JSON array of ``{"text": str, "entities": [{"start_idx", "end_idx", "type",
+  "entity"}]}`` with an inclusive ``end_idx``; entities may nest. ``entity`` is optional (checked
+  against the text when present).
+- ``conll``: word-level columns, token first and tag last, blank line between sentences,
+  ``-DOCSTART-`` lines skipped. ``text`` is the tokens joined by single spaces.
+- ``conll-chars``: character-level columns, ``<char> <tag>`` or ``<char>\\t<tag>``; ``text`` is the
+  characters joined with nothing. A space character is written as ``"  O"`` (space, separator, tag).
+- ``weibo``: ``conll-chars`` whose first column is ``<char><position>``, the position of the char
+  inside its jieba word (``科0``, ``技1``, ..., ``t10``). All the position digits are split off, not
+  just the last one, because positions reach two digits (``t10`` is ``t``, ``110`` is ``1``).
+- ``jsonl``: the project's own format, JSON lines ``{"text": str, "spans": [{"start", "end",
+  "label"}]}`` with half-open offsets; written by ``write_jsonl``. A record without ``spans`` has
+  no entities.
+
+The JSON readers accept both layouts (JSON lines or one JSON array).
+
+Tag schemes for the column formats (``scheme=``): ``IOB1``, ``IOB2`` (alias ``BIO``), ``BIOES``
+(aliases ``IOBES``, ``BILOU``: L=E, U=S) and ``BMES``. See ``detect_scheme`` for the rules used when
+``scheme=None``.
+
+Errors: with ``strict=True`` any bad item raises ``ReadError`` naming the file, the 1-based line and
+the reason. With ``strict=False`` the bad item (a JSON line or array element, a column sentence) is
+skipped, and one ``ReadWarning`` at the end gives the count and the first reasons. Problems that
+leave no item to skip (undecodable bytes, broken JSON array syntax, an undetectable format or
+scheme) raise in both modes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from gpner.data.paths import resolve
+from gpner.data.spans import Example, Span
+
+__all__ = [
+    "FORMATS",
+    "SCHEMES",
+    "ReadError",
+    "ReadWarning",
+    "convert",
+    "detect_format",
+    "detect_scheme",
+    "read",
+    "spans_to_tags",
+    "tags_to_spans",
+    "write_jsonl",
+]
+
+FORMATS = ("cluener", "cmeee", "conll", "conll-chars", "weibo", "jsonl")
+SCHEMES = ("IOB1", "IOB2", "BIOES", "BMES")
+
+_FORMAT_ALIASES = {
+    "conll2003": "conll",
+    "chars": "conll-chars",
+    "people_daily": "conll-chars",
+    "people-daily": "conll-chars",
+    "cmeee-v2": "cmeee",
+}
+_SCHEME_ALIASES = {"BIO": "IOB2", "IOBES": "BIOES", "BILOU": "BIOES", "BIOUL": "BIOES"}
+_JSON_FORMATS = ("cluener", "cmeee", "jsonl")
+_COLUMN_FORMATS = ("conll", "conll-chars", "weibo")
+# Which key marks which JSON format, for detection.
+_JSON_KEYS = {"spans": "jsonl", "entities": "cmeee", "label": "cluener"}
+# How much of a file format detection looks at.
+_DETECT_LINES = 1000
+_MAX_REASONS = 5
+
+
+class ReadError(ValueError):
+    """Bad input: ``str(err)`` is ``"<path>:<line>: <reason>"``; fields kept on the instance."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int | None, reason: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {reason}")
+
+
+class ReadWarning(UserWarning):
+    """Something was read with a guess or skipped (``strict=False``); the message says what."""
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def read(
+    path: str | os.PathLike[str],
+    format: str | None = None,
+    scheme: str | None = None,
+    strict: bool = True,
+) -> list[Example]:
+    """Read a data file into examples.
+
+    Args:
+        path: file to read; relative paths that do not exist are taken under ``data_root()``.
+        format: one of ``FORMATS`` (case-insensitive), or ``None`` to detect it (``detect_format``).
+        scheme: tag scheme for column formats (one of ``SCHEMES`` or an alias), ``None`` to detect
+            it (``detect_scheme``). Passing one for a JSON format is a ``ValueError``.
+        strict: raise ``ReadError`` on the first bad item (``True``), or skip bad items and warn
+            once with a summary (``False``).
+
+    Returns:
+        One ``Example`` per sentence/record, in file order, each with its spans sorted and exact
+        duplicates ``(start, end, label)`` removed (a mention listed twice at the same offsets is
+        one entity; the same offsets with two labels are two).
+    """
+    p = resolve(path)
+    text = _load_text(p)
+    fmt = _normalize_format(format) if format is not None else _detect_format_text(text, p)
+    if fmt in _JSON_FORMATS:
+        if scheme is not None:
+            raise ValueError(f"scheme={scheme!r} only applies to column formats, not {fmt!r}")
+        return _read_json(text, p, fmt, strict)
+    return _read_columns(text, p, fmt, _normalize_scheme(scheme), strict)
+
+
+def write_jsonl(examples: Iterable[Example], path: str | os.PathLike[str]) -> int:
+    """Write examples as the project's JSON lines format; returns the number written.
+
+    Each line is ``{"text": str, "spans": [{"start": int, "end": int, "label": str}, ...]}`` with
+    half-open offsets and spans in sorted order; non-ASCII text is written as is (UTF-8).
+    """
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for ex in examples:
+            record = {
+                "text": ex.text,
+                "spans": [
+                    {"start": s.start, "end": s.end, "label": s.label} for s in sorted(ex.spans)
+                ],
+            }
+            f.write(json.dumps(record, ensure_ascii=False))
+            f.write("\n")
+            n += 1
+    return n
+
+
+def convert(
+    in_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    from_format: str | None = None,
+    scheme: str | None = None,
+    strict: bool = True,
+) -> int:
+    """Read ``in_path`` (``read(in_path, from_format, scheme, strict)``) and write it as ``jsonl``.
+
+    Returns the number of examples written. This is what ``gpner convert IN OUT --from FMT
+    [--scheme S]`` runs.
+    """
+    return write_jsonl(read(in_path, format=from_format, scheme=scheme, strict=strict), out_path)
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Guess a file's format from its content (the file name is not used).
+
+    Rules, in order:
+
+    1. Content starting with ``[`` or ``{`` that parses as JSON records: the first record with a
+       key ``spans`` decides ``jsonl``, ``entities`` ``cmeee``, ``label`` ``cluener`` (within the
+       first 1000 records; a record with two of these keys is an error). Records with only
+       ``text`` carry no entities, so a file of those is ``jsonl``, which reads them the same as
+       the other JSON formats would.
+    2. Otherwise column data (the first 1000 non-blank, non ``-DOCSTART-`` lines, each needing a
+       token and a tag): every token one character -> ``conll-chars``; every token a character plus
+       position digits (``科0``, ``技1``; at least 90% single characters once the digits are
+       off) -> ``weibo``; else ``conll``. A word-level file whose first 1000 tokens are all single
+       characters is taken for ``conll-chars``: pass ``format="conll"`` for it.
+
+    Raises ``ReadError`` when none of these fits (empty file, one-column lines, last column not a
+    tag, ...); pass ``format=`` explicitly then.
+    """
+    p = resolve(path)
+    return _detect_format_text(_load_text(p), p)
+
+
+def detect_scheme(sequences: Iterable[Sequence[str]]) -> str:
+    """Guess the tag scheme of tag sequences (one sequence per sentence).
+
+    Rules, by the set of prefixes seen (``O`` ignored):
+
+    - none (all ``O``): ``IOB2`` (every scheme reads it the same).
+    - only ``B``/``I``: ``IOB1`` if some ``I-X`` begins an entity (at sentence start, after ``O``
+      or after another type), which only IOB1 allows, else ``IOB2``. Both read IOB2-valid data
+      identically, so the guess only decides whether such an ``I-X`` is an entity start or an error.
+    - ``M`` with only ``B``/``E``/``S``: ``BMES``.
+    - ``E``/``S`` or ``L``/``U`` with ``B``/``I``: ``BIOES``.
+
+    Raises ``ValueError`` on a malformed tag or a mix that fits no scheme (``M`` with ``I``, ``E``
+    with ``L``).
+    """
+    parsed = []
+    for seq in sequences:
+        try:
+            parsed.append([_parse_tag(t) for t in seq])
+        except _TagError as e:
+            raise ValueError(e.reason) from None
+    return _detect_scheme_parsed(parsed)[0]
+
+
+def tags_to_spans(
+    tags: Sequence[str], scheme: str | None = "IOB2", invalid: str = "raise"
+) -> list[Span]:
+    """Decode one tag sequence into spans over token positions.
+
+    Args:
+        tags: one tag per token, ``"O"`` or ``"<prefix>-<type>"``.
+        scheme: one of ``SCHEMES`` or an alias; ``None`` detects it from this sequence alone.
+        invalid: what to do with a sequence the scheme forbids (e.g. ``I-X`` after ``O`` in IOB2,
+            ``B-X`` not closed by ``E-X`` in BIOES): ``"raise"`` a ``ValueError`` naming the token
+            index, or ``"drop"`` the ill-formed pieces and keep only well-formed entities.
+            ``"drop"`` gives the same entities as seqeval's ``mode="strict"`` for IOB2 and
+            BIOES/BILOU.
+            IOB1 forbids nothing: ``I-X`` after ``O`` or another type begins an entity, and so does
+            ``B-X`` anywhere (CoNLL-2003's train file has two ``B-`` tags after ``O``).
+
+    Returns:
+        Spans with half-open *token* offsets (``Span(2, 4, "PER")`` covers tokens 2 and 3), in
+        order.
+    """
+    if invalid not in ("raise", "drop"):
+        raise ValueError(f"invalid must be 'raise' or 'drop', got {invalid!r}")
+    try:
+        parsed = [_parse_tag(t) for t in tags]
+    except _TagError as e:
+        raise ValueError(e.reason) from None
+    name = _detect_scheme_parsed([parsed])[0] if scheme is None else _normalize_scheme(scheme)
+    try:
+        chunks = _decode(parsed, name, drop=invalid == "drop")
+    except _TagError as e:
+        raise ValueError(f"token {e.index}: {e.reason}") from None
+    return [Span(s, e, label) for s, e, label in chunks]
+
+
+def spans_to_tags(spans: Iterable[Span], length: int, scheme: str = "IOB2") -> list[str]:
+    """Encode non-overlapping token-offset spans as ``length`` tags in ``scheme``.
+
+    The inverse of ``tags_to_spans``: ``tags_to_spans(spans_to_tags(s, n, sch), sch) == sorted(s)``.
+    IOB1 uses ``B-X`` only for an entity that directly follows another ``X``. BIOES writes
+    B/I/E/S (not L/U). Raises ``ValueError`` for overlapping spans or spans past ``length``.
+    """
+    name = _normalize_scheme(scheme)
+    tags = ["O"] * length
+    prev_end, prev_label = -1, None
+    for s in sorted(spans):
+        if s.end > length:
+            raise ValueError(f"span {s} ends past length {length}")
+        if s.start < prev_end:
+            raise ValueError(f"span {s} overlaps the previous one; tags cannot express nesting")
+        n = s.end - s.start
+        if name in ("IOB1", "IOB2"):
+            first = (
+                "B" if name == "IOB2" or (s.start == prev_end and s.label == prev_label) else "I"
+            )
+            tags[s.start] = f"{first}-{s.label}"
+            for i in range(s.start + 1, s.end):
+                tags[i] = f"I-{s.label}"
+        else:
+            inside = "M" if name == "BMES" else "I"
+            if n == 1:
+                tags[s.start] = f"S-{s.label}"
+            else:
+                tags[s.start] = f"B-{s.label}"
+                for i in range(s.start + 1, s.end - 1):
+                    tags[i] = f"{inside}-{s.label}"
+                tags[s.end - 1] = f"E-{s.label}"
+        prev_end, prev_label = s.end, s.label
+    return tags
+
+
+# --------------------------------------------------------------------------------------------
+# Shared plumbing
+# --------------------------------------------------------------------------------------------
+
+
+class _TagError(Exception):
+    """A tag-level problem at token ``index`` (mapped to a line number by the reader)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
+
+
+class _Bad(Exception):
+    """A record-level problem; ``entity`` is the index of the offending entity, if any."""
+
+    def __init__(self, reason: str, entity: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.entity = entity
+
+
+class _Problems:
+    """Raises at the first bad item (strict) or collects them for one summary warning."""
+
+    def __init__(self, path: Path, strict: bool, unit: str) -> None:
+        self.path = path
+        self.strict = strict
+        self.unit = unit
+        self.items: list[tuple[int | None, str]] = []
+
+    def bad(self, line: int | None, reason: str) -> None:
+        if self.strict:
+            raise ReadError(self.path, line, reason)
+        self.items.append((line, reason))
+
+    def finish(self) -> None:
+        if not self.items:
+            return
+        first = "; ".join(f"line {ln}: {why}" for ln, why in self.items[:_MAX_REASONS])
+        more = " ..." if len(self.items) > _MAX_REASONS else ""
+        warnings.warn(
+            f"{self.path}: skipped {len(self.items)} bad {self.unit}(s) (strict=False); "
+            f"first: {first}{more}",
+            ReadWarning,
+            stacklevel=4,
+        )
+
+
+def _load_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such data file: {path}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ReadError(path, line, f"not valid UTF-8 (byte {e.start}: {e.reason})") from None
+
+
+def _normalize_format(fmt: str) -> str:
+    name = fmt.strip().lower()
+    name = _FORMAT_ALIASES.get(name, name)
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return name
+
+
+def _normalize_scheme(scheme: str | None) -> str | None:
+    if scheme is None:
+        return None
+    name = scheme.strip().upper()
+    name = _SCHEME_ALIASES.get(name, name)
+    if name not in SCHEMES:
+        known = ", ".join(SCHEMES + tuple(_SCHEME_ALIASES))
+        raise ValueError(f"unknown tag scheme {scheme!r}; expected one of {known}")
+    return name
+
+
+def _is_int(x: Any) -> bool:
+    # bool is an int subclass; true/false as offsets is a data bug, not 1/0.
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _finish(text: str, spans: list[Span]) -> Example:
+    return Example(text, sorted(set(spans)))
+
+
+# --------------------------------------------------------------------------------------------
+# JSON formats
+# --------------------------------------------------------------------------------------------
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _json_records(
+    text: str, path: Path, problems: _Problems | None
+) -> Iterator[tuple[int, Any, tuple[int, int]]]:
+    """Yield ``(line, record, (begin, end))`` from JSON lines or a JSON array.
+
+    ``begin:end`` is the record's source in ``text`` (for locating an entity's line on error).
+    Invalid JSON lines go to ``problems`` (skipped when not strict); ``problems=None`` stops at
+    them.
+    Broken array syntax always raises: after it nothing can be trusted to line up.
+    """
+    start = _WS.match(text).end()
+    if text.startswith("[", start):
+        yield from _json_array(text, path, start)
+        return
+    pos = 0
+    for lineno, line in enumerate(text.split("\n"), 1):
+        begin, pos = pos, pos + len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            if problems is None:
+                return
+            problems.bad(lineno, f"invalid JSON: {e.msg} (column {e.colno})")
+            continue
+        yield lineno, obj, (begin, begin + len(line))
+
+
+def _json_array(text: str, path: Path, start: int) -> Iterator[tuple[int, Any, tuple[int, int]]]:
+    decoder = json.JSONDecoder()
+    i = _WS.match(text, start + 1).end()
+    line, counted = 1, 0
+    if text.startswith("]", i):
+        return
+    while True:
+        line += text.count("\n", counted, i)
+        counted = i
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise ReadError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+        yield line, obj, (i, end)
+        i = _WS.match(text, end).end()
+        if text.startswith(",", i):
+            i = _WS.match(text, i + 1).end()
+            continue
+        if text.startswith("]", i):
+            rest = _WS.match(text, i + 1).end()
+            if rest != len(text):
+                bad_line = text.count("\n", 0, rest) + 1
+                raise ReadError(path, bad_line, "invalid JSON: extra data after the array")
+            return
+        bad_line = text.count("\n", 0, i) + 1
+        raise ReadError(path, bad_line, "invalid JSON: expected ',' or ']' after an array element")
+
+
+def _entity_line(text: str, where: tuple[int, int], line: int, key: str, k: int) -> int:
+    """The line of the ``k``-th ``"key"`` inside a record's source, or the record's line."""
+    begin, end = where
+    needle = f'"{key}"'
+    pos = begin
+    for _ in range(k + 1):
+        pos = text.find(needle, pos, end)
+        if pos < 0:
+            return line
+        pos += len(needle)
+    return line + text.count("\n", begin, pos)
+
+
+def _text_of(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        raise _Bad(f"expected a JSON object, got {type(obj).__name__}")
+    text = obj.get("text")
+    if not isinstance(text, str):
+        raise _Bad('missing or non-string "text"')
+    return text
+
+
+def _cluener_record(obj: Any) -> Example:
+    text = _text_of(obj)
+    label = obj.get("label")
+    if label is None:
+        return Example(text, [])
+    if not isinstance(label, dict):
+        raise _Bad('"label" must be an object {type: {mention: [[start, end], ...]}}')
+    spans = []
+    n = len(text)
+    for typ, mentions in label.items():
+        if not typ:
+            raise _Bad("empty entity type")
+        if not isinstance(mentions, dict):
+            raise _Bad(f"label {typ!r} must map mentions to [[start, end], ...]")
+        for mention, offsets in mentions.items():
+            if not isinstance(offsets, list):
+                raise _Bad(f"{typ} {mention!r}: offsets must be a list of [start, end]")
+            for pair in offsets:
+                if not (
+                    isinstance(pair, list)
+                    and len(pair) == 2
+                    and _is_int(pair[0])
+                    and _is_int(pair[1])
+                ):
+                    raise _Bad(f"{typ} {mention!r}: offsets {pair!r} are not [start, end]")
+                s, e = pair
+                if not 0 <= s <= e < n:
+                    raise _Bad(
+                        f"{typ} {mention!r}: offsets [{s}, {e}] (inclusive end) outside the text "
+                        f"of length {n}"
+                    )
+                if text[s : e + 1] != mention:
+                    raise _Bad(
+                        f"{typ} mention {mention!r} differs from the text at [{s}, {e}]: "
+                        f"{text[s : e + 1]!r}"
+                    )
+                spans.append(Span(s, e + 1, typ))
+    return _finish(text, spans)
+
+
+def _cmeee_record(obj: Any) -> Example:
+    text = _text_of(obj)
+    entities = obj.get("entities")
+    if entities is None:
+        return Example(text, [])
+    if not isinstance(entities, list):
+        raise _Bad('"entities" must be a list')
+    spans = []
+    n = len(text)
+    for k, ent in enumerate(entities):
+        if not isinstance(ent, dict):
+            raise _Bad(f"entity {k} is not an object", k)
+        s, e, typ = ent.get("start_idx"), ent.get("end_idx"), ent.get("type")
+        if not (_is_int(s) and _is_int(e)):
+            raise _Bad(f"entity {k}: start_idx/end_idx missing or not integers", k)
+        if not isinstance(typ, str) or not typ:
+            raise _Bad(f"entity {k}: missing or empty type", k)
+        if not 0 <= s <= e < n:
+            raise _Bad(
+                f"entity {k} ({typ}): offsets [{s}, {e}] (inclusive end) outside the text of "
+                f"length {n}",
+                k,
+            )
+        mention = ent.get("entity")
+        if mention is not None and text[s : e + 1] != mention:
+            raise _Bad(
+                f"entity {k} ({typ}): mention {mention!r} differs from the text at [{s}, {e}]: "
+                f"{text[s : e + 1]!r}",
+                k,
+            )
+        spans.append(Span(s, e + 1, typ))
+    return _finish(text, spans)
+
+
+def _jsonl_record(obj: Any) -> Example:
+    text = _text_of(obj)
+    raw = obj.get("spans")
+    if raw is None:
+        return Example(text, [])
+    if not isinstance(raw, list):
+        raise _Bad('"spans" must be a list')
+    spans = []
+    n = len(text)
+    for k, sp in enumerate(raw):
+        if not isinstance(sp, dict):
+            raise _Bad(f"span {k} is not an object", k)
+        s, e, label = sp.get("start"), sp.get("end"), sp.get("label")
+        if not (_is_int(s) and _is_int(e)):
+            raise _Bad(f"span {k}: start/end missing or not integers", k)
+        if not isinstance(label, str) or not label:
+            raise _Bad(f"span {k}: missing or empty label", k)
+        if not 0 <= s < e <= n:
+            raise _Bad(
+                f"span {k} ({label}): offsets [{s}, {e}) (half-open) outside the text of "
+                f"length {n}",
+                k,
+            )
+        mention = sp.get("mention")
+        if mention is not None and text[s:e] != mention:
+            raise _Bad(
+                f"span {k} ({label}): mention {mention!r} differs from the text at [{s}, {e}): "
+                f"{text[s:e]!r}",
+                k,
+            )
+        spans.append(Span(s, e, label))
+    return _finish(text, spans)
+
+
+_JSON_READERS = {"cluener": _cluener_record, "cmeee": _cmeee_record, "jsonl": _jsonl_record}
+# The key each record's entity list lives under: used to find an entity's line for errors.
+_ENTITY_KEY = {"cmeee": "start_idx", "jsonl": "start"}
+
+
+def _read_json(text: str, path: Path, fmt: str, strict: bool) -> list[Example]:
+    problems = _Problems(path, strict, "record")
+    convert_record = _JSON_READERS[fmt]
+    examples = []
+    for line, obj, where in _json_records(text, path, problems):
+        try:
+            examples.append(convert_record(obj))
+        except _Bad as e:
+            at = line
+            if e.entity is not None and fmt in _ENTITY_KEY:
+                at = _entity_line(text, where, line, _ENTITY_KEY[fmt], e.entity)
+            problems.bad(at, e.reason)
+    problems.finish()
+    return examples
+
+
+# --------------------------------------------------------------------------------------------
+# Column formats
+# --------------------------------------------------------------------------------------------
+
+
+def _char_columns(line: str) -> tuple[str, str]:
+    """``(token, tag)`` of a character-column line; ``("", "")`` when malformed.
+
+    Tab-separated lines split at the first tab. Space-separated lines split at the first space
+    after the first character, so a space character itself can be a token (``"  O"``).
+    """
+    if "\t" in line:
+        token, _, rest = line.partition("\t")
+    else:
+        cut = line.find(" ", 1)
+        if cut < 0:
+            return "", ""
+        token, rest = line[:cut], line[cut + 1 :]
+    fields = rest.split()
+    return (token, fields[-1]) if token and fields else ("", "")
+
+
+def _split_weibo_token(token: str) -> str | None:
+    """The character of a ``<char><position>`` token, or ``None`` if it has no position digits.
+
+    Positions reach two digits and characters can be digits, so the split is: first character plus
+    an all-digit rest (``"t10"`` -> ``"t"``, ``"110"`` -> ``"1"``); failing that, everything before
+    the trailing digits (the data has ``"\ufffd\ufffd0"``, two replacement characters). The
+    positions are not checked against each other: the data breaks their 0, 1, 2, ... order.
+    """
+    if len(token) >= 2 and token[1:].isdecimal():
+        return token[0]
+    char = token.rstrip("0123456789")
+    return char if char and len(char) < len(token) else None
+
+
+class _Sentence:
+    __slots__ = ("tokens", "tags", "lines", "error")
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.tags: list[str] = []
+        self.lines: list[int] = []
+        self.error: tuple[int, str] | None = None
+
+
+def _column_sentences(text: str, fmt: str, limit: int | None = None) -> list[_Sentence]:
+    """Split column text into sentences; malformed lines mark their sentence's ``error``.
+
+    ``limit`` stops after that many token lines (format detection).
+    """
+    sentences: list[_Sentence] = []
+    cur = _Sentence()
+    seen = 0
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if cur.tokens or cur.error:
+                sentences.append(cur)
+                cur = _Sentence()
+            continue
+        if limit is not None:
+            seen += 1
+            if seen > limit:
+                break
+        if cur.error:
+            continue
+        if fmt == "conll":
+            # Tabs, when present, are the only separator: a tab-separated token may hold spaces.
+            fields = [f for f in line.split("\t") if f.strip()] if "\t" in line else line.split()
+            if len(fields) < 2:
+                cur.error = (lineno, f"expected a token and a tag, got {line!r}")
+                continue
+            token, tag = fields[0].strip(), fields[-1].strip()
+        else:
+            token, tag = _char_columns(line)
+            if not token:
+                cur.error = (lineno, f"expected a character and a tag, got {line!r}")
+                continue
+            if fmt == "weibo":
+                char = _split_weibo_token(token)
+                if char is None:
+                    cur.error = (lineno, f"weibo token {token!r} is not <char><position digits>")
+                    continue
+                token = char
+        cur.tokens.append(token)
+        cur.tags.append(tag)
+        cur.lines.append(lineno)
+    if cur.tokens or cur.error:
+        sentences.append(cur)
+    return sentences
+
+
+def _read_columns(
+    text: str, path: Path, fmt: str, scheme: str | None, strict: bool
+) -> list[Example]:
+    problems = _Problems(path, strict, "sentence")
+    sentences = _column_sentences(text, fmt)
+
+    parsed: list[list[tuple[str, str]]] = []
+    good: list[_Sentence] = []
+    cache: dict[str, tuple[str, str]] = {}
+    for sent in sentences:
+        if sent.error:
+            problems.bad(*sent.error)
+            continue
+        try:
+            tags = []
+            for i, tag in enumerate(sent.tags):
+                pt = cache.get(tag)
+                if pt is None:
+                    try:
+                        pt = cache[tag] = _parse_tag(tag)
+                    except _TagError as e:
+                        raise _TagError(i, e.reason) from None
+                tags.append(pt)
+        except _TagError as e:
+            problems.bad(sent.lines[e.index], e.reason)
+            continue
+        parsed.append(tags)
+        good.append(sent)
+
+    if scheme is None:
+        try:
+            scheme, orphans = _detect_scheme_parsed(parsed)
+        except ValueError as e:
+            raise ReadError(path, None, f"{e}; pass scheme= explicitly") from None
+        if orphans:
+            _warn_orphans(path, good, orphans)
+    else:
+        _check_prefixes(parsed, good, scheme, problems)
+
+    joiner = " " if fmt == "conll" else ""
+    examples = []
+    for sent, tags in zip(good, parsed):
+        if tags is None:  # rejected by _check_prefixes
+            continue
+        try:
+            chunks = _decode(tags, scheme, drop=False)
+        except _TagError as e:
+            line = sent.lines[min(e.index, len(sent.lines) - 1)]
+            problems.bad(line, f"{e.reason} ({scheme})")
+            continue
+        examples.append(_column_example(sent.tokens, chunks, joiner))
+    problems.finish()
+    return examples
+
+
+def _column_example(tokens: list[str], chunks: list[tuple[int, int, str]], joiner: str) -> Example:
+    starts = []
+    pos = 0
+    for tok in tokens:
+        starts.append(pos)
+        pos += len(tok) + len(joiner)
+    spans = [Span(starts[s], starts[e - 1] + len(tokens[e - 1]), label) for s, e, label in chunks]
+    return Example(joiner.join(tokens), sorted(set(spans)))
+
+
+def _warn_orphans(path: Path, sentences: list[_Sentence], orphans: list[tuple[int, int]]) -> None:
+    lines = ", ".join(str(sentences[s].lines[i]) for s, i in orphans[:_MAX_REASONS])
+    more = " ..." if len(orphans) > _MAX_REASONS else ""
+    warnings.warn(
+        f"{path}: tags look like IOB2 (BIO) but {len(orphans)} I- tag(s) begin an entity "
+        f"(lines {lines}{more}); read as IOB1, where such an I- begins an entity. "
+        "Pass scheme='IOB1' to accept this quietly or scheme='IOB2' to reject those sentences.",
+        ReadWarning,
+        stacklevel=4,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tag schemes
+# --------------------------------------------------------------------------------------------
+
+_PREFIXES = frozenset("BIOESLUM")
+_ALLOWED = {
+    "IOB1": frozenset("BIO"),
+    "IOB2": frozenset("BIO"),
+    "BIOES": frozenset("BIOESLU"),
+    "BMES": frozenset("BMESO"),
+}
+
+
+def _parse_tag(tag: str) -> tuple[str, str]:
+    """``"B-PER"`` -> ``("B", "PER")``; ``"O"`` -> ``("O", "")``. Raises ``_TagError(0, ...)``."""
+    if tag == "O":
+        return "O", ""
+    if len(tag) > 2 and tag[1] == "-" and tag[0] in _PREFIXES and tag[0] != "O":
+        return tag[0], tag[2:]
+    raise _TagError(0, f"malformed tag {tag!r}: expected 'O' or '<B|I|E|S|L|U|M>-<type>'")
+
+
+def _detect_scheme_parsed(
+    parsed: list[list[tuple[str, str]]],
+) -> tuple[str, list[tuple[int, int]]]:
+    """``(scheme, orphans)``; ``orphans`` lists ``(sentence, token)`` of chunk-opening ``I-`` tags
+    when the data looks like IOB2 with stray ``I-`` (more ``B-`` than ``I-`` openings), else ``[]``.
+    """
+    prefixes = {p for tags in parsed for p, _ in tags} - {"O"}
+    if not prefixes:
+        return "IOB2", []
+    if prefixes <= {"B", "I"}:
+        i_open: list[tuple[int, int]] = []
+        b_open = 0
+        for s, tags in enumerate(parsed):
+            prev = ""
+            for i, (p, label) in enumerate(tags):
+                if p == "I" and label != prev:
+                    i_open.append((s, i))
+                elif p == "B" and label != prev:
+                    b_open += 1
+                prev = label
+        if not i_open:
+            return "IOB2", []
+        return "IOB1", (i_open if b_open > len(i_open) else [])
+    if "M" in prefixes:
+        if prefixes <= {"B", "M", "E", "S"}:
+            return "BMES", []
+        raise ValueError(f"tag prefixes {sorted(prefixes)} fit no scheme (M is BMES, I is not)")
+    if prefixes <= {"B", "I", "E", "S"} or prefixes <= {"B", "I", "L", "U"}:
+        return "BIOES", []
+    raise ValueError(f"tag prefixes {sorted(prefixes)} fit no scheme (E/S is BIOES, L/U is BILOU)")
+
+
+def _check_prefixes(
+    parsed: list[list[tuple[str, str]] | None],
+    sentences: list[_Sentence],
+    scheme: str,
+    problems: _Problems,
+) -> None:
+    allowed = _ALLOWED[scheme]
+    for k, tags in enumerate(parsed):
+        for i, (p, _) in enumerate(tags):
+            if p not in allowed:
+                problems.bad(
+                    sentences[k].lines[i],
+                    f"tag prefix {p!r} is not part of {scheme} ({'/'.join(sorted(allowed))})",
+                )
+                parsed[k] = None
+                break
+
+
+def _decode(tags: Sequence[tuple[str, str]], scheme: str, drop: bool) -> list[tuple[int, int, str]]:
+    """Parsed tags -> ``[(start, end, label)]`` token chunks (half-open), or ``_TagError``."""
+    if scheme == "IOB1":
+        return _decode_iob1(tags)
+    if scheme == "IOB2":
+        return _decode_iob2(tags, drop)
+    return _decode_bioes(tags, scheme, drop)
+
+
+def _decode_iob1(tags: Sequence[tuple[str, str]]) -> list[tuple[int, int, str]]:
+    chunks = []
+    start, cur = -1, None
+    for i, (p, label) in enumerate(tags):
+        if p == "O":
+            if cur is not None:
+                chunks.append((start, i, cur))
+                cur = None
+        elif p == "I" and label == cur:
+            continue
+        elif p in ("I", "B"):
+            if cur is not None:
+                chunks.append((start, i, cur))
+            start, cur = i, label
+        else:
+            raise _TagError(i, f"{p}-{label} is not an IOB1 tag")
+    if cur is not None:
+        chunks.append((start, len(tags), cur))
+    return chunks
+
+
+def _decode_iob2(tags: Sequence[tuple[str, str]], drop: bool) -> list[tuple[int, int, str]]:
+    chunks = []
+    start, cur = -1, None
+    for i, (p, label) in enumerate(tags):
+        if p == "I" and label == cur:
+            continue
+        if cur is not None:
+            chunks.append((start, i, cur))
+            cur = None
+        if p == "B":
+            start, cur = i, label
+        elif p == "I":
+            if not drop:
+                before = "sentence start" if i == 0 else _fmt_tag(tags[i - 1])
+                raise _TagError(i, f"I-{label} after {before}: an entity must begin with B-{label}")
+        elif p != "O":
+            raise _TagError(i, f"{p}-{label} is not an IOB2 tag")
+    if cur is not None:
+        chunks.append((start, len(tags), cur))
+    return chunks
+
+
+def _decode_bioes(
+    tags: Sequence[tuple[str, str]], scheme: str, drop: bool
+) -> list[tuple[int, int, str]]:
+    inside = "M" if scheme == "BMES" else "I"
+    allowed = _ALLOWED[scheme]
+    chunks = []
+    start, cur = -1, None
+
+    def fail(i: int, reason: str) -> None:
+        nonlocal cur
+        if not drop:
+            raise _TagError(i, reason)
+        cur = None
+
+    for i, (p, label) in enumerate(tags):
+        if p not in allowed:
+            raise _TagError(i, f"{p}-{label} is not a {scheme} tag")
+        # BILOU spelling of BIOES.
+        if p == "L":
+            p = "E"
+        elif p == "U":
+            p = "S"
+        if p == inside or p == "E":
+            if cur != label:
+                before = "sentence start" if i == 0 else _fmt_tag(tags[i - 1])
+                fail(i, f"{p}-{label} after {before}: must follow B-{label} or {inside}-{label}")
+            elif p == "E":
+                chunks.append((start, i + 1, label))
+                cur = None
+            continue
+        if cur is not None:
+            fail(i, f"{_fmt_tag(tags[i])} while {cur} from token {start} is open (needs E-{cur})")
+        if p == "B":
+            start, cur = i, label
+        elif p == "S":
+            chunks.append((i, i + 1, label))
+    if cur is not None:
+        fail(len(tags) - 1, f"sentence ends inside {cur} begun at token {start} (needs E-{cur})")
+    return chunks
+
+
+def _fmt_tag(pt: tuple[str, str]) -> str:
+    return "O" if pt[0] == "O" else f"{pt[0]}-{pt[1]}"
+
+
+# --------------------------------------------------------------------------------------------
+# Format detection
+# --------------------------------------------------------------------------------------------
+
+_TAG_RE = re.compile(r"^(O|[BIESLUM]-.+)$")
+
+
+def _detect_format_text(text: str, path: Path) -> str:
+    head = text.lstrip()
+    if not head:
+        raise ReadError(path, None, "empty file: cannot detect its format; pass format=")
+    json_error = None
+    if head[0] in "[{":
+        try:
+            fmt = _detect_json(text, path)
+        except ReadError as e:
+            fmt, json_error = None, e
+        if fmt is not None:
+            return fmt
+    try:
+        return _detect_columns(text, path)
+    except ReadError:
+        # Content that opens like JSON and is not columns either was meant as JSON.
+        if json_error is not None:
+            raise json_error from None
+        raise
+
+
+def _detect_json(text: str, path: Path) -> str | None:
+    """The JSON format by record keys; ``None`` if no record parses (not JSON records at all)."""
+    n = 0
+    for line, obj, _ in _json_records(text, path, None):
+        if not isinstance(obj, dict):
+            raise ReadError(path, line, f"JSON record is a {type(obj).__name__}, not an object")
+        hits = {fmt for key, fmt in _JSON_KEYS.items() if key in obj}
+        if len(hits) > 1:
+            raise ReadError(
+                path, line, f"JSON record has keys of several formats ({', '.join(sorted(hits))})"
+            )
+        n += 1
+        if hits:
+            return hits.pop()
+        if n >= _DETECT_LINES:
+            break
+    return "jsonl" if n else None
+
+
+def _detect_columns(text: str, path: Path) -> str:
+    # Character-column parsing also reads word columns (the token is the first field), and unlike
+    # whitespace splitting it keeps a space character as a token.
+    sentences = _column_sentences(text, "conll-chars", limit=_DETECT_LINES)
+    for sent in sentences:
+        if sent.error:
+            raise ReadError(
+                path, sent.error[0], f"cannot detect the format: {sent.error[1]}; pass format="
+            )
+        for tag, line in zip(sent.tags, sent.lines):
+            if not _TAG_RE.match(tag):
+                raise ReadError(
+                    path,
+                    line,
+                    f"cannot detect the format: last column {tag!r} is not a tag; pass format=",
+                )
+    tokens = [t for s in sentences for t in s.tokens]
+    if not tokens:
+        raise ReadError(path, None, "no data lines: cannot detect the format; pass format=")
+    if all(len(t) == 1 for t in tokens):
+        return "conll-chars"
+    weibo = _column_sentences(text, "weibo", limit=_DETECT_LINES)
+    if not any(s.error for s in weibo):
+        chars = [t for s in weibo for t in s.tokens]
+        # Word tokens can end in digits too ("1996-08-22"); weibo's become single characters.
+        if sum(len(c) == 1 for c in chars) >= 0.9 * len(chars):
+            return "weibo"
+    return "conll"
