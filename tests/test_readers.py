@@ -1,4 +1,4 @@
-"""Readers: shared-data counts, every format on small files, every kind of bad input, tag schemes."""
+"""Readers: shared-data counts, each format on small files, each kind of bad input, tag schemes."""
 
 from __future__ import annotations
 
@@ -87,7 +87,12 @@ def test_cluener_counts_and_mentions(shared_data, rel, sentences, entities, uniq
 @pytest.mark.parametrize(
     "rel, sentences, tokens, per_type",
     [
-        ("conll2003/eng.train", 14041, 203621, {"LOC": 7140, "MISC": 3438, "ORG": 6321, "PER": 6600}),
+        (
+            "conll2003/eng.train",
+            14041,
+            203621,
+            {"LOC": 7140, "MISC": 3438, "ORG": 6321, "PER": 6600},
+        ),
         ("conll2003/eng.testa", 3250, 51362, {"LOC": 1837, "MISC": 922, "ORG": 1341, "PER": 1842}),
         ("conll2003/eng.testb", 3453, 46435, {"LOC": 1668, "MISC": 702, "ORG": 1661, "PER": 1617}),
     ],
@@ -324,7 +329,8 @@ def test_weibo_reader(tmp_path):
     path = _write(
         tmp_path,
         "w.conll",
-        "科0\tB-ORG.NAM\n技1\tI-ORG.NAM\nt0\tO\n" + "".join(f"x{i}\tO\n" for i in range(1, 10))
+        "科0\tB-ORG.NAM\n技1\tI-ORG.NAM\nt0\tO\n"
+        + "".join(f"x{i}\tO\n" for i in range(1, 10))
         # Position 10 of a word, a digit char "1" at position 10, and at position 0.
         + "o10\tO\n110\tO\n10\tB-PER.NOM\n\n",
     )
@@ -572,9 +578,7 @@ def test_tags_to_spans_examples():
         Span(0, 1, "X"),
         Span(3, 4, "Y"),
     ]
-    assert tags_to_spans(["B-X", "I-X", "B-X", "E-X"], "BIOES", invalid="drop") == [
-        Span(2, 4, "X")
-    ]
+    assert tags_to_spans(["B-X", "I-X", "B-X", "E-X"], "BIOES", invalid="drop") == [Span(2, 4, "X")]
 
 
 LABELS = ["X", "Y", "Z"]
