@@ -10,3 +10,65 @@ def shared_data():
     if not root.is_dir():
         pytest.skip(f"shared data not found at {root} (set GPNER_DATA to point at it)")
     return root
+
+
+def _synthetic_examples(count: int, seed: int):
+    """Short Chinese sentences with PER/LOC/ORG mentions, one nested ORG containing a LOC."""
+    import random
+
+    from gpner.data.spans import Example, Span
+
+    rng = random.Random(seed)
+    people = ["张三", "李四", "王小明", "赵敏", "刘备"]
+    places = ["北京", "上海", "广州", "深圳", "杭州"]
+    templates = [
+        ("{p}在{l}工作。", ("p", "l")),
+        ("{p}去了{l}。", ("p", "l")),
+        ("{l}大学的{p}来了", ("org", "p")),
+        ("昨天{p}说{l}很好", ("p", "l")),
+    ]
+    examples = []
+    for _ in range(count):
+        template, _kinds = rng.choice(templates)
+        p, l = rng.choice(people), rng.choice(places)
+        text = template.format(p=p, l=l)
+        spans = [Span(text.index(p), text.index(p) + len(p), "PER")]
+        lstart = text.index(l)
+        spans.append(Span(lstart, lstart + len(l), "LOC"))
+        if "大学" in text:
+            spans.append(Span(lstart, lstart + len(l) + 2, "ORG"))
+        examples.append(Example(text, sorted(spans)))
+    return examples
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """(train_path, dev_path) of a small synthetic jsonl data set."""
+    from gpner.data.readers import write_jsonl
+
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    write_jsonl(_synthetic_examples(48, seed=1), train)
+    write_jsonl(_synthetic_examples(16, seed=2), dev)
+    return train, dev
+
+
+def tiny_config_overrides(train, dev, out, **extra):
+    """Overrides for a seconds-long char-Transformer run on ``tiny_data``."""
+    values = {
+        "data.train": f'"{train}"',
+        "data.dev": f'"{dev}"',
+        "data.max_length": 24,
+        "encoder.hidden_size": 32,
+        "encoder.num_layers": 1,
+        "encoder.num_heads": 2,
+        "encoder.ffn_size": 64,
+        "head.head_size": 16,
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "train.lr": 5e-3,
+        "train.progress": "false",
+        "train.num_threads": 1,
+        "output_dir": f'"{out}"',
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

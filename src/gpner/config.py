@@ -126,7 +126,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
+        # TOML has no null; on optional fields the strings "none"/"null" stand for it.
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         hint = args[0]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -147,7 +148,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if unknown:
         where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!r} in {where}; known keys: {sorted(known)}"
+            f"unknown config key '{prefix}{unknown[0]}' in {where}; known keys: {sorted(known)}"
         )
     kwargs = {}
     for name, value in data.items():
@@ -193,10 +194,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {part!r} is not a table")
-        value = _parse_value(text.strip())
-        if text.strip().lower() in ("none", "null"):
-            value = None
-        node[parts[-1]] = value
+        node[parts[-1]] = _parse_value(text.strip())
     return data
 
 

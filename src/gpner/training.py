@@ -479,13 +479,20 @@ def _train_epoch(
         scheduler.step()
         seen += len(indices)
         tokens += int(batch.attention_mask.sum()) * ddp.world
-        totals["loss"] = totals.get("loss", 0.0) + float(loss)
+        # Weighted by this process's share so that the all-reduced epoch means are global.
+        share = len(local) * ddp.world / len(indices)
+        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * share
         for key, value in parts.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
+            totals[key] = totals.get(key, 0.0) + float(value) * share
         elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{float(loss):.4f}", ex_s=f"{seen / max(elapsed, 1e-9):.1f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", ex_s=f"{seen / max(elapsed, 1e-9):.1f}")
     elapsed = time.perf_counter() - start
     n = max(1, len(batches))
+    if ddp.world > 1:
+        keys = sorted(totals)
+        summed = torch.tensor([totals[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(summed)
+        totals = {k: float(v) / ddp.world for k, v in zip(keys, summed)}
     return {
         "train_loss": totals.pop("loss", 0.0) / n,
         **{f"train_{k}": v / n for k, v in totals.items()},
