@@ -507,6 +507,16 @@ def test_bad_tag_sequences(tmp_path, scheme, sentence, line, reason):
     assert all(len(ex.spans) == 1 for ex in examples)
 
 
+def test_strict_stops_at_the_first_bad_line(tmp_path):
+    path = _write(tmp_path, "bad.conll", "a O\nb I-X\n\nc Q-X\n\nd O\n")
+    with pytest.raises(ReadError, match=r"bad.conll:2: I-X after O"):
+        read(path, format="conll", scheme="IOB2")
+    with pytest.raises(ReadError, match=r"bad.conll:4: malformed tag 'Q-X'"):
+        read(path, format="conll", scheme="IOB1")
+    with pytest.warns(ReadWarning, match=r"skipped 2 .* line 2: .* line 4: "):
+        assert read(path, format="conll", scheme="IOB2", strict=False) == [Example("d", [])]
+
+
 def test_non_strict_summary_is_one_warning_with_first_reasons(tmp_path):
     sentences = ["a O\nb I-X"] * 8 + ["c B-X"]
     path = _write(tmp_path, "bad.conll", "\n\n".join(sentences) + "\n")

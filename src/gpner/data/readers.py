@@ -113,7 +113,9 @@ def read(
         path: file to read; relative paths that do not exist are taken under ``data_root()``.
         format: one of ``FORMATS`` (case-insensitive), or ``None`` to detect it (``detect_format``).
         scheme: tag scheme for column formats (one of ``SCHEMES`` or an alias), ``None`` to detect
-            it (``detect_scheme``). Passing one for a JSON format is a ``ValueError``.
+            it (``detect_scheme``). When the detected IOB1 rests on a few stray ``I-`` tags in
+            otherwise IOB2 data (Weibo), a ``ReadWarning`` lists their lines. Passing a scheme for
+            a JSON format is a ``ValueError``.
         strict: raise ``ReadError`` on the first bad item (``True``), or skip bad items and warn
             once with a summary (``False``).
 
@@ -325,7 +327,8 @@ class _Problems:
     def finish(self) -> None:
         if not self.items:
             return
-        first = "; ".join(f"line {ln}: {why}" for ln, why in self.items[:_MAX_REASONS])
+        items = sorted(self.items, key=lambda item: item[0] or 0)
+        first = "; ".join(f"line {ln}: {why}" for ln, why in items[:_MAX_REASONS])
         more = " ..." if len(self.items) > _MAX_REASONS else ""
         warnings.warn(
             f"{self.path}: skipped {len(self.items)} bad {self.unit}(s) (strict=False); "
@@ -689,54 +692,53 @@ def _read_columns(
 ) -> list[Example]:
     problems = _Problems(path, strict, "sentence")
     sentences = _column_sentences(text, fmt)
-
-    parsed: list[list[tuple[str, str]]] = []
-    good: list[_Sentence] = []
     cache: dict[str, tuple[str, str]] = {}
-    for sent in sentences:
-        if sent.error:
-            problems.bad(*sent.error)
-            continue
-        try:
-            tags = []
-            for i, tag in enumerate(sent.tags):
-                pt = cache.get(tag)
-                if pt is None:
-                    try:
-                        pt = cache[tag] = _parse_tag(tag)
-                    except _TagError as e:
-                        raise _TagError(i, e.reason) from None
-                tags.append(pt)
-        except _TagError as e:
-            problems.bad(sent.lines[e.index], e.reason)
-            continue
-        parsed.append(tags)
-        good.append(sent)
+    parsed = [_sentence_tags(sent, cache) for sent in sentences]
 
     if scheme is None:
+        good = [k for k, tags in enumerate(parsed) if tags is not None]
         try:
-            scheme, orphans = _detect_scheme_parsed(parsed)
+            scheme, orphans = _detect_scheme_parsed([parsed[k] for k in good])
         except ValueError as e:
             raise ReadError(path, None, f"{e}; pass scheme= explicitly") from None
         if orphans:
-            _warn_orphans(path, good, orphans)
-    else:
-        _check_prefixes(parsed, good, scheme, problems)
+            lines = [sentences[good[s]].lines[i] for s, i in orphans]
+            _warn_orphans(path, lines)
 
+    # One pass in file order, so that strict mode stops at the first bad line.
     joiner = " " if fmt == "conll" else ""
     examples = []
-    for sent, tags in zip(good, parsed):
-        if tags is None:  # rejected by _check_prefixes
+    for sent, tags in zip(sentences, parsed):
+        if tags is None:
+            problems.bad(*sent.error)
             continue
         try:
             chunks = _decode(tags, scheme, drop=False)
         except _TagError as e:
-            line = sent.lines[min(e.index, len(sent.lines) - 1)]
-            problems.bad(line, f"{e.reason} ({scheme})")
+            problems.bad(sent.lines[e.index], f"{e.reason} ({scheme})")
             continue
         examples.append(_column_example(sent.tokens, chunks, joiner))
     problems.finish()
     return examples
+
+
+def _sentence_tags(
+    sent: _Sentence, cache: dict[str, tuple[str, str]]
+) -> list[tuple[str, str]] | None:
+    """The sentence's parsed tags, or ``None`` with ``sent.error`` set."""
+    if sent.error:
+        return None
+    tags = []
+    for tag, line in zip(sent.tags, sent.lines):
+        pt = cache.get(tag)
+        if pt is None:
+            try:
+                pt = cache[tag] = _parse_tag(tag)
+            except _TagError as e:
+                sent.error = (line, e.reason)
+                return None
+        tags.append(pt)
+    return tags
 
 
 def _column_example(tokens: list[str], chunks: list[tuple[int, int, str]], joiner: str) -> Example:
@@ -749,12 +751,12 @@ def _column_example(tokens: list[str], chunks: list[tuple[int, int, str]], joine
     return Example(joiner.join(tokens), sorted(set(spans)))
 
 
-def _warn_orphans(path: Path, sentences: list[_Sentence], orphans: list[tuple[int, int]]) -> None:
-    lines = ", ".join(str(sentences[s].lines[i]) for s, i in orphans[:_MAX_REASONS])
-    more = " ..." if len(orphans) > _MAX_REASONS else ""
+def _warn_orphans(path: Path, lines: list[int]) -> None:
+    shown = ", ".join(map(str, lines[:_MAX_REASONS]))
+    more = " ..." if len(lines) > _MAX_REASONS else ""
     warnings.warn(
-        f"{path}: tags look like IOB2 (BIO) but {len(orphans)} I- tag(s) begin an entity "
-        f"(lines {lines}{more}); read as IOB1, where such an I- begins an entity. "
+        f"{path}: tags look like IOB2 (BIO) but {len(lines)} I- tag(s) begin an entity "
+        f"(lines {shown}{more}); read as IOB1, where such an I- begins an entity. "
         "Pass scheme='IOB1' to accept this quietly or scheme='IOB2' to reject those sentences.",
         ReadWarning,
         stacklevel=4,
@@ -815,24 +817,6 @@ def _detect_scheme_parsed(
     raise ValueError(f"tag prefixes {sorted(prefixes)} fit no scheme (E/S is BIOES, L/U is BILOU)")
 
 
-def _check_prefixes(
-    parsed: list[list[tuple[str, str]] | None],
-    sentences: list[_Sentence],
-    scheme: str,
-    problems: _Problems,
-) -> None:
-    allowed = _ALLOWED[scheme]
-    for k, tags in enumerate(parsed):
-        for i, (p, _) in enumerate(tags):
-            if p not in allowed:
-                problems.bad(
-                    sentences[k].lines[i],
-                    f"tag prefix {p!r} is not part of {scheme} ({'/'.join(sorted(allowed))})",
-                )
-                parsed[k] = None
-                break
-
-
 def _decode(tags: Sequence[tuple[str, str]], scheme: str, drop: bool) -> list[tuple[int, int, str]]:
     """Parsed tags -> ``[(start, end, label)]`` token chunks (half-open), or ``_TagError``."""
     if scheme == "IOB1":
@@ -857,7 +841,7 @@ def _decode_iob1(tags: Sequence[tuple[str, str]]) -> list[tuple[int, int, str]]:
                 chunks.append((start, i, cur))
             start, cur = i, label
         else:
-            raise _TagError(i, f"{p}-{label} is not an IOB1 tag")
+            raise _not_in_scheme(i, p, "IOB1")
     if cur is not None:
         chunks.append((start, len(tags), cur))
     return chunks
@@ -879,7 +863,7 @@ def _decode_iob2(tags: Sequence[tuple[str, str]], drop: bool) -> list[tuple[int,
                 before = "sentence start" if i == 0 else _fmt_tag(tags[i - 1])
                 raise _TagError(i, f"I-{label} after {before}: an entity must begin with B-{label}")
         elif p != "O":
-            raise _TagError(i, f"{p}-{label} is not an IOB2 tag")
+            raise _not_in_scheme(i, p, "IOB2")
     if cur is not None:
         chunks.append((start, len(tags), cur))
     return chunks
@@ -901,7 +885,7 @@ def _decode_bioes(
 
     for i, (p, label) in enumerate(tags):
         if p not in allowed:
-            raise _TagError(i, f"{p}-{label} is not a {scheme} tag")
+            raise _not_in_scheme(i, p, scheme)
         # BILOU spelling of BIOES.
         if p == "L":
             p = "E"
@@ -924,6 +908,11 @@ def _decode_bioes(
     if cur is not None:
         fail(len(tags) - 1, f"sentence ends inside {cur} begun at token {start} (needs E-{cur})")
     return chunks
+
+
+def _not_in_scheme(i: int, prefix: str, scheme: str) -> _TagError:
+    allowed = "/".join(sorted(_ALLOWED[scheme]))
+    return _TagError(i, f"tag prefix {prefix!r} is not part of {scheme} ({allowed})")
 
 
 def _fmt_tag(pt: tuple[str, str]) -> str:
