@@ -135,6 +135,7 @@ def encode_examples(
     head = [SPECIAL_OFFSET] * len(prefix)
     tail = [SPECIAL_OFFSET] * len(suffix)
     stats = EncodeStats(examples=len(examples))
+    id2label = {i: name for name, i in label2id.items()}
     features: list[Feature] = []
     for index, (example, enc) in enumerate(zip(examples, encodings)):
         aligned, unaligned = align_spans(example.spans, enc.offsets, label2id)
@@ -163,8 +164,8 @@ def encode_examples(
         for k, ok in enumerate(placed):
             if not ok:
                 c, i, j = aligned[k]
-                label = _label_of(label2id, c)
-                stats.cut_spans.append((index, Span(enc.offsets[i][0], enc.offsets[j][1], label)))
+                span = Span(enc.offsets[i][0], enc.offsets[j][1], id2label[c])
+                stats.cut_spans.append((index, span))
         stats.cut += placed.count(False)
     stats.windows = len(features)
     return features, stats
@@ -175,13 +176,6 @@ def _encode_all(tokenizer: Tokenizer, texts: list[str]) -> list[Encoding]:
     if batch is not None:
         return list(batch(texts))
     return [tokenizer.encode(t) for t in texts]
-
-
-def _label_of(label2id: Mapping[str, int], label_id: int) -> str:
-    for name, i in label2id.items():
-        if i == label_id:
-            return name
-    raise KeyError(label_id)  # pragma: no cover - ids come from label2id
 
 
 # --------------------------------------------------------------------------- batches
