@@ -1,5 +1,14 @@
 """Data in: spans, readers, tokenizers, alignment and batching. Knows nothing of training."""
 
+from gpner.data.alignment import align_spans, token_span_to_chars
+from gpner.data.batching import (
+    Batch,
+    EncodeStats,
+    Feature,
+    LengthBucketSampler,
+    collate,
+    encode_examples,
+)
 from gpner.data.readers import (
     FORMATS,
     SCHEMES,
@@ -14,8 +23,28 @@ from gpner.data.readers import (
     write_jsonl,
 )
 from gpner.data.spans import Example, Span
+from gpner.data.tokenizers import (
+    CharTokenizer,
+    Encoding,
+    HFTokenizer,
+    Tokenizer,
+    tokenizer_from_state,
+)
 
 __all__ = [
+    "Batch",
+    "CharTokenizer",
+    "EncodeStats",
+    "Encoding",
+    "Feature",
+    "HFTokenizer",
+    "LengthBucketSampler",
+    "Tokenizer",
+    "align_spans",
+    "collate",
+    "encode_examples",
+    "token_span_to_chars",
+    "tokenizer_from_state",
     "FORMATS",
     "SCHEMES",
     "Example",
