@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 
 from gpner import functional as F
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """References and gradcheck run in float64; restored so other test modules are unaffected."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 # ------------------------------------------------------------------ plain-loop references (float64)
