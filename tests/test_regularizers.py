@@ -73,10 +73,360 @@ def make_batch(lengths=(6, 4, 1), length=6, vocab=11, num_types=2, seed=0) -> Ba
     am = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
     ids = ids.masked_fill(~am, 0)
     spans = [[0, 0, 0, 1], [0, 1, 2, 4], [0, 1, 2, 2], [1, 0, 1, 3], [2, 1, 0, 0]]
-    spans = [s for s in spans if s[3] < lengths[s[0]]]
+    spans = [s for s in spans if s[0] < len(lengths) and s[3] < lengths[s[0]]]
     return Batch(ids, am, torch.tensor(spans))
 
 
 def make_model(seed=0, dtype=torch.float32, **kwargs) -> TinyModel:
     torch.manual_seed(seed)
     return TinyModel(**kwargs).to(dtype)
+
+
+def unit_directions(shape, attention_mask: Tensor, generator=None) -> Tensor:
+    """Random (B, L, H) directions, zero on padding, unit norm per example over (L, H)."""
+    d = torch.randn(shape, generator=generator).masked_fill(~attention_mask[..., None], 0.0)
+    return d / d.norm(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+
+
+# ------------------------------------------------------------------- plain-loop float64 references
+
+
+def _cells(attention_mask: Tensor, b: int):
+    n = int(attention_mask[b].sum())
+    return [(i, j) for i in range(n) for j in range(i, n)]
+
+
+def ref_cross_entropy(logits: Tensor, spans: Tensor, attention_mask: Tensor) -> float:
+    """log(1 + sum_neg e^s) + log(1 + sum_pos e^-s) per (b, c), averaged over (B, C)."""
+    s = logits.double().tolist()
+    gold = {tuple(r) for r in spans.tolist()}
+    batch, types = logits.shape[:2]
+    total = 0.0
+    for b in range(batch):
+        for c in range(types):
+            neg = pos = 0.0
+            for i, j in _cells(attention_mask, b):
+                if (b, c, i, j) in gold:
+                    pos += math.exp(-s[b][c][i][j])
+                else:
+                    neg += math.exp(s[b][c][i][j])
+            total += math.log1p(neg) + math.log1p(pos)
+    return total / (batch * types)
+
+
+def ref_gp_kl(s: Tensor, t: Tensor, attention_mask: Tensor) -> float:
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    s, t, (batch, types) = s.double().tolist(), t.double().tolist(), s.shape[:2]
+    total = 0.0
+    for b in range(batch):
+        for c in range(types):
+            for i, j in _cells(attention_mask, b):
+                x, y = s[b][c][i][j], t[b][c][i][j]
+                total += (sig(x) - sig(y)) * (x - y)
+    return total / (batch * types)
+
+
+def ref_softmax_kl(s: Tensor, t: Tensor, attention_mask: Tensor) -> float:
+    s, t, (batch, types) = s.double().tolist(), t.double().tolist(), s.shape[:2]
+    total = 0.0
+    for b in range(batch):
+        for c in range(types):
+            cells = _cells(attention_mask, b)
+            if not cells:
+                continue
+            xs = [s[b][c][i][j] for i, j in cells]
+            ys = [t[b][c][i][j] for i, j in cells]
+            zx = sum(math.exp(x - max(xs)) for x in xs)
+            zy = sum(math.exp(y - max(ys)) for y in ys)
+            for x, y in zip(xs, ys):
+                p, q = math.exp(x - max(xs)) / zx, math.exp(y - max(ys)) / zy
+                total += (p - q) * (x - y)
+    return total / (batch * types)
+
+
+REFERENCES = {"gp_kl": ref_gp_kl, "softmax_kl": ref_softmax_kl}
+
+
+def module_modes(model: nn.Module) -> list[bool]:
+    return [m.training for m in model.modules()]
+
+
+# ------------------------------------------------------------------------------------- registry
+
+
+def test_divergence_and_objective_names():
+    assert get_divergence("gp_kl") is F.global_pointer_kl
+    assert get_divergence("softmax_kl") is F.softmax_kl
+    with pytest.raises(ValueError, match=r"gp_kl.*softmax_kl"):
+        get_divergence("kl")
+    with pytest.raises(ValueError, match=r"gp_kl.*softmax_kl"):
+        RDrop(1.0, divergence="js")
+    with pytest.raises(ValueError, match=r"gp_kl.*softmax_kl"):
+        build_objective("vat", divergence="js")
+    with pytest.raises(ValueError, match=r"none.*rdrop.*vat"):
+        build_objective("adversarial")
+    assert isinstance(build_objective("none"), Plain)
+    rdrop = build_objective("rdrop", alpha=2.0, divergence="softmax_kl")
+    assert isinstance(rdrop, RDrop) and (rdrop.alpha, rdrop.divergence) == (2.0, "softmax_kl")
+    vat = build_objective("vat", alpha=0.5, epsilon=2.0, xi=1e-4, power_iterations=3)
+    assert isinstance(vat, VAT)
+    assert (vat.alpha, vat.epsilon, vat.xi, vat.power_iterations) == (0.5, 2.0, 1e-4, 3)
+    with pytest.raises(ValueError, match="epsilon"):
+        VAT(1.0, epsilon=0.0)
+    with pytest.raises(ValueError, match="power_iterations"):
+        VAT(1.0, power_iterations=-1)
+
+
+def test_plain_is_the_sparse_cross_entropy():
+    model, batch = make_model(), make_batch()
+    torch.manual_seed(3)
+    loss, parts = Plain()(model, batch)
+    torch.manual_seed(3)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    assert torch.equal(loss, cross_entropy(logits, batch))
+    assert parts == {"ce": loss.item(), "reg": 0.0}
+    assert ref_cross_entropy(logits, batch.spans, batch.attention_mask) == pytest.approx(
+        loss.item(), rel=1e-5
+    )
+
+
+# --------------------------------------------------------------------------------------- R-Drop
+
+
+@pytest.mark.parametrize("divergence", ["gp_kl", "softmax_kl"])
+@pytest.mark.parametrize("dropout_off", ["p=0", "eval"])
+def test_rdrop_term_is_exactly_zero_without_dropout(divergence, dropout_off):
+    # Measured: on CPU the two halves of the doubled batch are bit-identical in float32, so the
+    # term is exactly 0, not merely small.
+    model = make_model(p=0.0) if dropout_off == "p=0" else make_model(p=0.3).eval()
+    batch = make_batch()
+    loss, parts = RDrop(1.0, divergence)(model, batch)
+    plain, _ = Plain()(model, batch)
+    assert parts["reg"] == 0.0
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("divergence", ["gp_kl", "softmax_kl"])
+def test_rdrop_is_mean_ce_plus_alpha_divergence_by_hand(divergence):
+    model, batch = make_model(p=0.3, dtype=torch.float64), make_batch()
+    ids, am = batch.input_ids, batch.attention_mask
+    alpha = 0.7
+    torch.manual_seed(11)
+    loss, parts = RDrop(alpha, divergence)(model, batch)
+    assert model.calls["forward"] == 1  # both passes in one call on the doubled batch
+    # By hand: the same seeded call on the doubled batch (a 2B-row call draws other dropout masks
+    # than two B-row calls, so it cannot be replayed as two calls), then plain-loop arithmetic.
+    torch.manual_seed(11)
+    logits = model(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([am, am]))
+    s1, s2 = logits[:3], logits[3:]
+    assert not torch.equal(s1, s2)  # two different dropout passes
+    ce = (ref_cross_entropy(s1, batch.spans, am) + ref_cross_entropy(s2, batch.spans, am)) / 2
+    reg = REFERENCES[divergence](s1, s2, am)
+    assert reg > 1e-4
+    assert parts["ce"] == pytest.approx(ce, rel=1e-10)
+    assert parts["reg"] == pytest.approx(reg, rel=1e-10)
+    assert loss.item() == pytest.approx(ce + alpha * reg, rel=1e-10)
+
+
+# ------------------------------------------------------------------------------------------ VAT
+
+
+def clean_pass(model: TinyModel, batch: Batch):
+    """What VAT does before the power iteration: (embeds, rng_state, clean logits)."""
+    embeds = model.embed(batch.input_ids)
+    rng_state = RNGState.capture(embeds.device)
+    logits = model(inputs_embeds=embeds, attention_mask=batch.attention_mask)
+    return embeds, rng_state, logits
+
+
+@pytest.mark.parametrize("divergence", ["gp_kl", "softmax_kl"])
+@pytest.mark.parametrize("train", [False, True])
+def test_vat_direction_increases_divergence_more_than_random(divergence, train):
+    model, batch = make_model(p=0.1), make_batch()
+    model.train(train)
+    am, div = batch.attention_mask, get_divergence(divergence)
+    adversarial = random = 0.0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        embeds, rng_state, logits = clean_pass(model, batch)
+        d = vat_direction(model, embeds, am, logits, divergence=div, rng_state=rng_state)
+        # Unit norm per example; with softmax_kl a one-token example has a single valid cell per
+        # type, whose softmax is 1 whatever the input: no gradient, so no direction (zero).
+        norms = d.norm(dim=(1, 2))
+        expected = am.sum(1) > (1 if divergence == "softmax_kl" else 0)
+        assert torch.allclose(norms, expected.float(), atol=1e-5)
+        assert (d[~am] == 0).all()
+        r = unit_directions(d.shape, am, torch.Generator().manual_seed(100 + seed))
+        kw = {"divergence": div, "rng_state": rng_state}
+        adversarial += vat_penalty(model, embeds, am, d, logits, **kw).item()
+        random += vat_penalty(model, embeds, am, r, logits, **kw).item()
+    assert adversarial > 2 * random  # measured about 4x (gp_kl) and 10x (softmax_kl)
+
+
+def test_vat_replays_the_clean_pass_dropout_masks():
+    model, batch = make_model(p=0.5), make_batch()
+    am = batch.attention_mask
+    torch.manual_seed(0)
+    embeds, rng_state, logits = clean_pass(model, batch)
+    zero = torch.zeros_like(embeds)
+    # Same masks: an unperturbed pass reproduces the clean logits bit for bit.
+    assert vat_penalty(model, embeds, am, zero, logits, rng_state=rng_state).item() == 0.0
+    # Fresh masks would make D measure dropout noise instead.
+    assert vat_penalty(model, embeds, am, zero, logits).item() > 1e-3
+
+
+def test_vat_is_ce_plus_alpha_penalty_at_the_power_iteration_direction():
+    model, batch = make_model(p=0.2), make_batch()
+    am = batch.attention_mask
+    objective = VAT(alpha=0.7, epsilon=0.5, xi=1e-3, power_iterations=2)
+    torch.manual_seed(4)
+    loss, parts = objective(model, batch)
+    assert model.calls == {"embed": 1, "forward": 1 + 2 + 1}
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+
+    torch.manual_seed(4)
+    embeds, rng_state, logits = clean_pass(model, batch)
+    d = vat_direction(model, embeds, am, logits, power_iterations=2, rng_state=rng_state)
+    penalty = vat_penalty(model, embeds, am, 0.5 * d, logits, rng_state=rng_state)
+    expected = cross_entropy(logits, batch) + 0.7 * penalty
+    assert torch.equal(loss, expected)
+    assert parts == pytest.approx(
+        {"ce": cross_entropy(logits, batch).item(), "reg": penalty.item()}
+    )
+    by_hand = torch.autograd.grad(expected, list(model.parameters()), retain_graph=True)
+    for g, h in zip(grads, by_hand):
+        assert torch.equal(g, h)
+    # The penalty's gradient reaches the embedding table through the adversarial pass too.
+    (table_grad,) = torch.autograd.grad(penalty, [model.word.weight])
+    assert table_grad[batch.input_ids[am]].abs().sum() > 0
+
+
+@pytest.mark.parametrize("power_iterations", [0, 1, 3])
+def test_vat_forward_count(power_iterations):
+    model, batch = make_model(), make_batch()
+    VAT(1.0, power_iterations=power_iterations)(model, batch)
+    assert model.calls == {"embed": 1, "forward": power_iterations + 2}
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_objectives_have_no_side_effects(train):
+    model, batch = make_model(p=0.2), make_batch()
+    model.train(train)
+    model.head.train(not train)  # mixed modes must survive too
+    modes = module_modes(model)
+    model.qkv.weight.grad = torch.full_like(model.qkv.weight, 0.25)  # an accumulated gradient
+    model.ff.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+
+    torch.manual_seed(8)
+    before = torch.get_rng_state()
+    plain, _ = Plain()(model, batch)
+    after_plain = torch.get_rng_state()
+    torch.set_rng_state(before)
+    loss, parts = VAT(1.0, power_iterations=2)(model, batch)
+
+    # Nothing beyond the clean forward touched the global RNG: same state as a plain step
+    # (unchanged when no dropout is active) and the same dropout masks, hence the same CE.
+    assert torch.equal(torch.get_rng_state(), after_plain)
+    if not train:
+        assert torch.equal(after_plain, before)
+    assert parts["ce"] == plain.item()
+    assert module_modes(model) == modes
+    assert [p.requires_grad for p in model.parameters()] == flags
+    for name, p in model.named_parameters():
+        if name == "qkv.weight":
+            assert torch.equal(p.grad, torch.full_like(p, 0.25))
+        else:
+            assert p.grad is None, name
+    assert loss.requires_grad
+
+
+def test_vat_under_no_grad_still_computes_the_penalty():
+    model, batch = make_model(), make_batch()
+    with torch.no_grad():
+        loss, parts = VAT(1.0)(model, batch)
+    assert not loss.requires_grad and parts["reg"] > 0
+
+
+# ---------------------------------------------------------------------------------- gradcheck
+
+
+class _Wrapped(nn.Module):
+    """So that ``torch.func.functional_call`` swaps the parameters seen by ``model.embed`` too."""
+
+    def __init__(self, model: nn.Module, fn):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self) -> Tensor:
+        return self.fn(self.model)
+
+
+def _gradcheck(model: nn.Module, fn) -> bool:
+    wrapped = _Wrapped(model, fn)
+    names = [n for n, _ in wrapped.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for _, p in wrapped.named_parameters())
+
+    def f(*values):
+        torch.manual_seed(0)  # fixes the dropout masks for every evaluation
+        return torch.func.functional_call(wrapped, dict(zip(names, values)), ())
+
+    with torch.random.fork_rng(devices=[]):
+        return torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def _tiny64() -> tuple[TinyModel, Batch]:
+    # 62 parameters: a full (every-element) finite-difference check stays well under a second.
+    model = make_model(vocab=5, hidden=2, head_size=2, max_len=4, p=0.2, dtype=torch.float64)
+    batch = make_batch(lengths=(4, 2), length=4, vocab=5)
+    return model, batch
+
+
+def test_gradcheck_plain():
+    model, batch = _tiny64()
+    assert _gradcheck(model, lambda m: Plain()(m, batch)[0])
+
+
+@pytest.mark.parametrize("divergence", ["gp_kl", "softmax_kl"])
+def test_gradcheck_rdrop(divergence):
+    model, batch = _tiny64()
+    assert _gradcheck(model, lambda m: RDrop(0.7, divergence)(m, batch)[0])
+
+
+@pytest.mark.parametrize("divergence", ["gp_kl", "softmax_kl"])
+def test_gradcheck_vat_at_a_fixed_adversarial_direction(divergence):
+    model, batch = _tiny64()
+    am, div = batch.attention_mask, get_divergence(divergence)
+    # r_adv and the clean target are held fixed (VAT treats both as constants).
+    torch.manual_seed(0)
+    embeds, rng_state, target = clean_pass(model, batch)
+    r_adv = 0.5 * vat_direction(model, embeds, am, target, divergence=div, rng_state=rng_state)
+    target = target.detach()
+
+    def loss(m):
+        embeds, rng_state, logits = clean_pass(m, batch)
+        penalty = vat_penalty(m, embeds, am, r_adv, target, divergence=div, rng_state=rng_state)
+        return cross_entropy(logits, batch) + 0.7 * penalty
+
+    assert _gradcheck(model, loss)
+
+
+# ------------------------------------------------------------------------------------ NaN-free
+
+
+@pytest.mark.parametrize("divergence", ["gp_kl", "softmax_kl"])
+@pytest.mark.parametrize("kind", ["none", "rdrop", "vat"])
+@pytest.mark.parametrize("logit_scale", [1.0, 300.0])
+def test_masked_cells_never_produce_nan(divergence, kind, logit_scale):
+    # float32, padding in every shape: full, partial, one token and an all-padding example;
+    # logit_scale=300 makes the head confident (|s| in the hundreds) to stress exp and sigmoid.
+    model, batch = make_model(p=0.1), make_batch(lengths=(6, 3, 1, 0))
+    with torch.no_grad():
+        model.head.proj.weight.mul_(math.sqrt(logit_scale))
+    objective = build_objective(kind, alpha=1.0, divergence=divergence)
+    torch.manual_seed(0)
+    loss, parts = objective(model, batch)
+    assert torch.isfinite(loss) and all(math.isfinite(v) for v in parts.values())
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name

@@ -75,10 +75,11 @@ def get_divergence(name: str) -> Divergence:
 
 
 def _parts(**values: Tensor | float) -> dict[str, float]:
-    """Detached scalars -> floats, with one device sync for all of them."""
-    names = list(values)
-    tensors = [torch.as_tensor(v).detach().float().reshape(()).cpu() for v in values.values()]
-    return dict(zip(names, torch.stack(tensors).tolist()))
+    """Scalar tensors (all on one device) and floats -> floats, with one device sync in all."""
+    names = [k for k, v in values.items() if isinstance(v, Tensor)]
+    stacked = torch.stack([values[k].detach().double().reshape(()) for k in names]).tolist()
+    fetched = dict(zip(names, stacked))
+    return {k: fetched[k] if k in fetched else float(v) for k, v in values.items()}
 
 
 def cross_entropy(logits: Tensor, batch: Any) -> Tensor:
