@@ -42,6 +42,7 @@ class TinyModel(nn.Module):
         self.dropout = nn.Dropout(p)
         self.head = GlobalPointer(hidden, num_types, head_size)
         self.calls = {"embed": 0, "forward": 0}
+        self.seen: list[Tensor] = []  # every inputs_embeds received, detached
 
     def embed(self, input_ids: Tensor) -> Tensor:
         self.calls["embed"] += 1
@@ -49,6 +50,8 @@ class TinyModel(nn.Module):
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None) -> Tensor:
         self.calls["forward"] += 1
+        if inputs_embeds is not None:
+            self.seen.append(inputs_embeds.detach().clone())
         x = self.word(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, H)
         length = x.shape[1]
         x = self.dropout(x + self.position.weight[:length])
@@ -299,6 +302,22 @@ def test_vat_is_ce_plus_alpha_penalty_at_the_power_iteration_direction():
     # The penalty's gradient reaches the embedding table through the adversarial pass too.
     (table_grad,) = torch.autograd.grad(penalty, [model.word.weight])
     assert table_grad[batch.input_ids[am]].abs().sum() > 0
+
+
+def test_vat_probe_and_perturbation_sizes():
+    # The probe has norm xi * |x_b| (relative), r_adv has norm epsilon (absolute), per example
+    # over its real tokens; padding is never perturbed; an empty example is left alone.
+    model, batch = make_model(p=0.0), make_batch(lengths=(6, 4, 1, 0))
+    am = batch.attention_mask
+    with torch.no_grad():
+        model.word.weight.mul_(3.0)
+    VAT(alpha=1.0, epsilon=0.25, xi=1e-2)(model, batch)
+    clean, probe, adversarial = model.seen
+    size = lambda x: x.norm(dim=(1, 2)).double()  # noqa: E731
+    real = clean.masked_fill(~am[..., None], 0.0)
+    assert torch.allclose(size(probe - clean), 1e-2 * size(real), rtol=1e-4)
+    assert torch.allclose(size(adversarial - clean), 0.25 * (am.sum(1) > 0).double(), rtol=1e-4)
+    assert ((probe - clean)[~am] == 0).all() and ((adversarial - clean)[~am] == 0).all()
 
 
 @pytest.mark.parametrize("power_iterations", [0, 1, 3])
