@@ -1,0 +1,567 @@
+"""The grid of the divergence experiment (issue 6): cells, their configs, order, alpha selection,
+and the result files. Shared by ``run.py`` (trains cells) and ``report.py`` (tables, plot, text).
+
+A *cell* is one training run: (grid = dataset + encoder, stage, variant, hyper-parameters, seed).
+
+* ``search`` cells: one seed, fewer epochs, trained on the training split and scored on the
+  validation split carved from it (``data.validation_fraction``, ``data.split_seed``); they never
+  read the reported test set (``data.test`` is unset). One cell per candidate alpha (and, for VAT,
+  epsilon), plus one baseline cell for reference.
+* ``final`` cells: every variant with its chosen alpha/epsilon and every seed, on the same training
+  and validation split (the validation split picks the best epoch), evaluated once on the test set.
+
+The chosen alpha/epsilon of a variant is the candidate with the best validation micro F1; ties go
+to the first candidate in grid order. A final cell of a regularised variant is *blocked* until all
+its search cells are done. Nothing here does work at import time.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpner.config import Config, apply_overrides, config_from_dict, config_to_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+DEFAULT_RESULTS = HERE / "results"
+WORK_DIRNAME = ".work"  # inside the results dir: run dirs of unfinished cells, the lock
+
+# variant -> (regularizer.kind, regularizer.divergence)
+VARIANTS: dict[str, tuple[str, str]] = {
+    "baseline": ("none", "gp_kl"),
+    "rdrop-gp_kl": ("rdrop", "gp_kl"),
+    "rdrop-softmax_kl": ("rdrop", "softmax_kl"),
+    "vat-gp_kl": ("vat", "gp_kl"),
+    "vat-softmax_kl": ("vat", "softmax_kl"),
+}
+ALL_VARIANTS = tuple(VARIANTS)
+# Reference cost of a training step relative to a plain one (dry-run estimates only).
+COST_FACTOR = {"none": 1.0, "rdrop": 2.0, "vat": 3.0}
+# Config keys that do not change what a cell computes (so they may differ between sittings).
+VOLATILE_KEYS = (("train", "num_threads"), ("train", "progress"), ("output_dir",))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One dataset + encoder with its fixed hyper-parameters and search grids."""
+
+    name: str  # used in cell ids: "cluener-m3e"
+    dataset: str  # for the report
+    encoder: str
+    test_set: str  # what the reported test set is, in words
+    base: dict[str, Any]  # nested config dict: data, encoder, head, train (not seed/regularizer)
+    search_epochs: int
+    seeds: tuple[int, ...] = (1, 2, 3)
+    search_seed: int = 1
+    rdrop_alphas: tuple[float, ...] = (0.25, 1.0, 4.0)
+    vat_alphas: tuple[float, ...] = (0.5, 2.0)
+    vat_epsilons: tuple[float, ...] = (1.0,)
+    epoch_minutes: float = 5.0  # estimated plain-epoch minutes on 2 threads (dry-run only)
+    notes: tuple[str, ...] = ()
+
+    def candidates(self, variant: str) -> list[tuple[float | None, float | None]]:
+        """(alpha, epsilon) candidates of a variant, in grid order; baseline: [(None, None)]."""
+        kind, _ = VARIANTS[variant]
+        if kind == "none":
+            return [(None, None)]
+        if kind == "rdrop":
+            return [(a, None) for a in self.rdrop_alphas]
+        return [(a, e) for a in self.vat_alphas for e in self.vat_epsilons]
+
+    def searched(self, variant: str) -> bool:
+        return VARIANTS[variant][0] != "none" and len(self.candidates(variant)) > 1
+
+    @property
+    def final_epochs(self) -> int:
+        return int(self.base["train"]["epochs"])
+
+
+@dataclass(frozen=True)
+class Block:
+    """A priority block: some variants of one grid."""
+
+    number: int
+    grid: Grid
+    variants: tuple[str, ...]
+    title: str = ""
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    block: int
+    grid: Grid = field(repr=False)
+    stage: str  # "search" | "final"
+    variant: str
+    seed: int
+    alpha: float | None = None  # search cells only (final cells get the chosen value)
+    epsilon: float | None = None
+
+    @property
+    def id(self) -> str:
+        parts = [self.grid.name, self.stage, self.variant]
+        if self.stage == "search" and self.alpha is not None:
+            params = f"a{_fmt(self.alpha)}"
+            if self.epsilon is not None:
+                params += f"-e{_fmt(self.epsilon)}"
+            parts.append(params)
+        parts.append(f"s{self.seed}")
+        return "/".join(parts)
+
+    @property
+    def stem(self) -> str:
+        return self.id.replace("/", "__")
+
+    @property
+    def kind(self) -> str:
+        return VARIANTS[self.variant][0]
+
+    @property
+    def divergence(self) -> str:
+        return VARIANTS[self.variant][1]
+
+    @property
+    def epochs(self) -> int:
+        return self.grid.search_epochs if self.stage == "search" else self.grid.final_epochs
+
+
+# ---------------------------------------------------------------------------------- the grid
+
+
+def _m3e() -> dict[str, Any]:
+    return {"kind": "hf", "path": "m3e-small", "lowercase": True}
+
+
+_TRAIN_COMMON = {
+    "weight_decay": 0.01,
+    "warmup_ratio": 0.1,
+    "max_grad_norm": 1.0,
+    "eval_batch_size": 64,
+    "threshold": 0.0,
+    "flat": False,
+}
+_HEAD = {"kind": "global_pointer", "head_size": 64}
+
+# VAT's epsilon is an absolute per-example norm over (L, H) of the input embeddings. Measured
+# median per-example embedding norms on CLUENER/CMeEE/CoNLL training batches: m3e-small ~10,
+# char Transformer ~100, MiniLM ~5.6; the epsilon grids sit near 5 % and 20 % of those.
+CLUENER_M3E = Grid(
+    name="cluener-m3e",
+    dataset="CLUENER",
+    encoder="m3e-small",
+    test_set="CLUENER dev (cluener/dev.json); CLUENER's test labels are not public",
+    base={
+        "data": {
+            "train": "cluener/train.json",
+            "test": "cluener/dev.json",
+            "validation_fraction": 0.1,
+            "split_seed": 0,
+            "max_length": 64,
+        },
+        "encoder": _m3e(),
+        "head": dict(_HEAD),
+        "train": {"epochs": 2, "batch_size": 32, "lr": 1e-3, "encoder_lr": 5e-5, **_TRAIN_COMMON},
+    },
+    search_epochs=1,
+    vat_epsilons=(0.5, 2.0),
+    epoch_minutes=4.9,
+)
+CLUENER_CHAR = Grid(
+    name="cluener-char",
+    dataset="CLUENER",
+    encoder="char Transformer (from scratch)",
+    test_set=CLUENER_M3E.test_set,
+    base={
+        "data": dict(CLUENER_M3E.base["data"]),
+        "encoder": {
+            "kind": "char_transformer",
+            "hidden_size": 256,
+            "num_layers": 2,
+            "num_heads": 4,
+            "ffn_size": 1024,
+            "dropout": 0.1,
+            "min_char_freq": 1,
+        },
+        "head": dict(_HEAD),
+        "train": {"epochs": 10, "batch_size": 32, "lr": 2e-3, **_TRAIN_COMMON},
+    },
+    search_epochs=3,
+    vat_epsilons=(5.0, 20.0),
+    epoch_minutes=1.4,
+)
+CMEEE_M3E = Grid(
+    name="cmeee-m3e",
+    dataset="CMeEE-V2 (nested)",
+    encoder="m3e-small",
+    test_set="CMeEE-V2_dev.json[4000:] (1000 examples; training uses [:4000])",
+    base={
+        "data": {
+            "train": "cmeee_v2/CMeEE-V2_dev.json[:4000]",
+            "test": "cmeee_v2/CMeEE-V2_dev.json[4000:]",
+            "validation_fraction": 0.1,
+            "split_seed": 0,
+            "max_length": 128,
+        },
+        "encoder": _m3e(),
+        "head": dict(_HEAD),
+        "train": {"epochs": 3, "batch_size": 16, "lr": 1e-3, "encoder_lr": 5e-5, **_TRAIN_COMMON},
+    },
+    search_epochs=1,
+    vat_epsilons=(0.5, 2.0),
+    epoch_minutes=3.5,
+)
+CONLL_MINILM = Grid(
+    name="conll2003-minilm",
+    dataset="CoNLL-2003",
+    encoder="all-MiniLM-L6-v2",
+    test_set="CoNLL-2003 eng.testb",
+    base={
+        "data": {
+            "train": "conll2003/eng.train",
+            "test": "conll2003/eng.testb",
+            "format": "conll",
+            "scheme": "IOB1",
+            "validation_fraction": 0.1,
+            "split_seed": 0,
+            "max_length": 128,
+        },
+        "encoder": {"kind": "hf", "path": "minilm"},
+        "head": dict(_HEAD),
+        "train": {"epochs": 3, "batch_size": 32, "lr": 1e-3, "encoder_lr": 5e-5, **_TRAIN_COMMON},
+    },
+    search_epochs=1,
+    vat_epsilons=(0.25, 1.0),
+    epoch_minutes=3.4,
+)
+
+RDROP = ("baseline", "rdrop-gp_kl", "rdrop-softmax_kl")
+VAT = ("vat-gp_kl", "vat-softmax_kl")
+
+
+def main_blocks() -> list[Block]:
+    """The grid of issue 6, in priority order."""
+    return [
+        Block(1, CLUENER_M3E, RDROP, "CLUENER, m3e-small: baseline and R-Drop"),
+        Block(2, CLUENER_M3E, VAT, "CLUENER, m3e-small: VAT"),
+        Block(3, CLUENER_CHAR, ALL_VARIANTS, "CLUENER, char Transformer: all variants"),
+        Block(4, CMEEE_M3E, ALL_VARIANTS, "CMeEE-V2 (nested), m3e-small: all variants"),
+        Block(5, CONLL_MINILM, ALL_VARIANTS, "CoNLL-2003, MiniLM: all variants"),
+    ]
+
+
+# ------------------------------------------------------------------------------------ cells
+
+
+def cells(blocks: Sequence[Block]) -> list[Cell]:
+    """Every cell in run order: block by block; in a block its search cells (the baseline
+    reference first, then each variant's candidates in grid order), then the final cells seed by
+    seed (so an unfinished sitting leaves complete paired seeds)."""
+    out: list[Cell] = []
+    grid_variants: dict[str, set[str]] = {}
+    for block in blocks:
+        grid_variants.setdefault(block.grid.name, set()).update(block.variants)
+    seen: set[str] = set()
+    for block in blocks:
+        grid = block.grid
+        search: list[Cell] = []
+        any_search = any(grid.searched(v) for v in grid_variants[grid.name])
+        if "baseline" in block.variants and any_search:
+            search.append(Cell(block.number, grid, "search", "baseline", grid.search_seed))
+        for variant in block.variants:
+            if grid.searched(variant):
+                for alpha, eps in grid.candidates(variant):
+                    search.append(
+                        Cell(block.number, grid, "search", variant, grid.search_seed, alpha, eps)
+                    )
+        final = [
+            Cell(block.number, grid, "final", v, seed)
+            for seed in grid.seeds
+            for v in block.variants
+        ]
+        for cell in search + final:
+            if cell.id in seen:
+                raise ValueError(f"cell {cell.id} appears twice in the grid")
+            seen.add(cell.id)
+            out.append(cell)
+    return out
+
+
+def search_cells_of(cell: Cell, all_cells: Sequence[Cell]) -> list[Cell]:
+    """The search cells that decide a final cell's alpha/epsilon (empty if nothing to search)."""
+    if cell.stage != "final" or not cell.grid.searched(cell.variant):
+        return []
+    return [
+        c
+        for c in all_cells
+        if c.stage == "search" and c.grid.name == cell.grid.name and c.variant == cell.variant
+    ]
+
+
+def matches(cell_id: str, patterns: Sequence[str] | None) -> bool:
+    """``--only``: a glob (with * ? [) matched against the whole id, else a substring."""
+    if not patterns:
+        return True
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            if fnmatch.fnmatchcase(cell_id, pattern):
+                return True
+        elif pattern in cell_id:
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------- configs
+
+
+def cell_config(
+    cell: Cell,
+    alpha: float | None,
+    epsilon: float | None,
+    *,
+    work_root: Path,
+    overrides: Sequence[str] = (),
+    threads: int | None = None,
+) -> Config:
+    """The full config of a cell (alpha/epsilon: the cell's own or the chosen ones)."""
+    data = copy.deepcopy(cell.grid.base)
+    data.setdefault("train", {})
+    data["train"]["seed"] = cell.seed
+    data["train"]["epochs"] = cell.epochs
+    data["train"]["progress"] = False
+    data["train"]["num_threads"] = threads
+    if cell.stage == "search":
+        data["data"]["test"] = None  # the reported test set is never read while searching
+    regularizer: dict[str, Any] = {"kind": cell.kind, "divergence": cell.divergence}
+    if cell.kind != "none":
+        regularizer["alpha"] = float(alpha)
+    if cell.kind == "vat":
+        regularizer["epsilon"] = float(epsilon)
+    data["regularizer"] = regularizer
+    data["output_dir"] = str(work_root / cell.stem)
+    apply_overrides(data, list(overrides))
+    return config_from_dict(data)
+
+
+def identity(config: Config | dict[str, Any]) -> dict[str, Any]:
+    """A config as a dict without the keys that do not change the result."""
+    data = copy.deepcopy(config if isinstance(config, dict) else config_to_dict(config))
+    for path in VOLATILE_KEYS:
+        node = data
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return json.loads(json.dumps(data))  # tuples -> lists, as in a JSON file
+
+
+# ----------------------------------------------------------------------------------- results
+
+
+def result_path(results_dir: Path, cell: Cell) -> Path:
+    return Path(results_dir) / f"{cell.stem}.json"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1, ensure_ascii=False, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def select_best(
+    candidates: Sequence[tuple[float | None, float | None]], scores: Sequence[float]
+) -> int:
+    """Index of the best validation F1; ties go to the first candidate (grid order)."""
+    if not candidates or len(candidates) != len(scores):
+        raise ValueError("select_best needs one score per candidate")
+    best = 0
+    for k, score in enumerate(scores):
+        if score > scores[best]:
+            best = k
+    return best
+
+
+@dataclass
+class PlanEntry:
+    cell: Cell
+    status: str  # done | pending | partial | stale | blocked
+    config: Config | None  # None when blocked
+    alpha: float | None = None
+    epsilon: float | None = None
+    result: dict[str, Any] | None = None
+    waiting_for: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+def _search_choice(
+    cell: Cell, all_cells: Sequence[Cell], entries: dict[str, PlanEntry]
+) -> tuple[float | None, float | None, list[str]]:
+    """(alpha, epsilon, missing search cell ids) for a final cell."""
+    kind = cell.kind
+    if kind == "none":
+        return None, None, []
+    if not cell.grid.searched(cell.variant):
+        alpha, eps = cell.grid.candidates(cell.variant)[0]
+        return alpha, eps, []
+    search = search_cells_of(cell, all_cells)
+    missing = [c.id for c in search if entries[c.id].status != "done"]
+    if missing:
+        return None, None, missing
+    candidates = [(c.alpha, c.epsilon) for c in search]
+    scores = [entries[c.id].result["validation"]["f1"] for c in search]
+    alpha, eps = candidates[select_best(candidates, scores)]
+    return alpha, eps, []
+
+
+def plan(
+    blocks: Sequence[Block],
+    results_dir: Path,
+    *,
+    overrides: Sequence[str] = (),
+    threads: int | None = None,
+) -> list[PlanEntry]:
+    """The status of every cell, in run order, with its config (alpha chosen where known)."""
+    results_dir = Path(results_dir)
+    work_root = results_dir / WORK_DIRNAME
+    all_cells = cells(blocks)
+    entries: dict[str, PlanEntry] = {}
+    out = []
+    for cell in all_cells:  # search cells precede the final cells that need them
+        if cell.stage == "search":
+            alpha, eps, missing = cell.alpha, cell.epsilon, []
+        else:
+            alpha, eps, missing = _search_choice(cell, all_cells, entries)
+        if missing:
+            entry = PlanEntry(cell, "blocked", None, waiting_for=missing)
+        else:
+            config = cell_config(
+                cell, alpha, eps, work_root=work_root, overrides=overrides, threads=threads
+            )
+            entry = PlanEntry(cell, "pending", config, alpha, eps)
+            stored = read_json(result_path(results_dir, cell))
+            if stored is not None and identity(stored.get("config", {})) == identity(config):
+                entry.status, entry.result = "done", stored
+            elif stored is not None:
+                entry.status = "stale"
+                entry.note = "result JSON from another config; will be redone"
+            elif (work_root / cell.stem / "last.pt").is_file():
+                entry.status = "partial"
+        entries[cell.id] = entry
+        out.append(entry)
+    return out
+
+
+def load_results(results_dir: Path) -> list[dict[str, Any]]:
+    """Every result JSON in a directory (unreadable files are skipped)."""
+    out = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        payload = read_json(path)
+        if payload is not None and "cell" in payload:
+            out.append(payload)
+    return out
+
+
+# ------------------------------------------------------------------------------ smoke grid
+
+
+def write_synthetic_data(directory: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A tiny Chinese data set (PER/LOC/ORG, some ORG nested around a LOC) as (train, test) jsonl.
+
+    For the smoke run and the tests: it needs no shared data and trains in seconds.
+    """
+    import random
+
+    from gpner.data.readers import write_jsonl
+    from gpner.data.spans import Example, Span
+
+    people = ["张三", "李四", "王小明", "赵敏", "刘备", "孙权"]
+    places = ["北京", "上海", "广州", "深圳", "杭州", "南京"]
+    templates = ["{p}在{l}工作。", "{p}去了{l}。", "{l}大学的{p}来了", "昨天{p}说{l}很好"]
+
+    def examples(count: int, rng: random.Random) -> list[Example]:
+        out = []
+        for _ in range(count):
+            p, loc = rng.choice(people), rng.choice(places)
+            text = rng.choice(templates).format(p=p, l=loc)
+            start = text.index(loc)
+            spans = [Span(text.index(p), text.index(p) + len(p), "PER")]
+            spans.append(Span(start, start + len(loc), "LOC"))
+            if "大学" in text:
+                spans.append(Span(start, start + len(loc) + 2, "ORG"))
+            out.append(Example(text, sorted(spans)))
+        return out
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    train, test = directory / "train.jsonl", directory / "test.jsonl"
+    write_jsonl(examples(64, rng), train)
+    write_jsonl(examples(24, rng), test)
+    return train, test
+
+
+def smoke_blocks(
+    train: Path,
+    test: Path,
+    *,
+    variants: tuple[str, ...] = ("baseline", "rdrop-gp_kl"),
+    rdrop_alphas: tuple[float, ...] = (1.0,),
+    vat_alphas: tuple[float, ...] = (1.0,),
+    vat_epsilons: tuple[float, ...] = (1.0,),
+    seeds: tuple[int, ...] = (1,),
+    epochs: int = 2,
+) -> list[Block]:
+    """A tiny char-Transformer grid on synthetic data (default: 2 cells, no search)."""
+    grid = Grid(
+        name="smoke-char",
+        dataset="synthetic",
+        encoder="tiny char Transformer",
+        test_set="synthetic test file",
+        base={
+            "data": {
+                "train": str(train),
+                "test": str(test),
+                "validation_fraction": 0.25,
+                "split_seed": 0,
+                "max_length": 24,
+            },
+            "encoder": {
+                "kind": "char_transformer",
+                "hidden_size": 32,
+                "num_layers": 1,
+                "num_heads": 2,
+                "ffn_size": 64,
+            },
+            "head": {"kind": "global_pointer", "head_size": 16},
+            "train": {"epochs": epochs, "batch_size": 8, "lr": 5e-3, "eval_batch_size": 32},
+        },
+        search_epochs=1,
+        seeds=seeds,
+        rdrop_alphas=rdrop_alphas,
+        vat_alphas=vat_alphas,
+        vat_epsilons=vat_epsilons,
+        epoch_minutes=0.01,
+    )
+    return [Block(1, grid, variants, "smoke: synthetic data, tiny char Transformer")]
