@@ -201,27 +201,45 @@ class Verdict:
         return bool(self.gp_vs_base.diffs and self.soft_vs_gp.diffs)
 
     @property
-    def text(self) -> str:
+    def label(self) -> str:
+        """holds / partly holds / does not hold (by the signs of the mean differences)."""
         if not self.available:
-            return "not enough finished cells"
+            return "not measured yet"
         gp_better = self.gp_vs_base.stats.mean > 0
         soft_worse = self.soft_vs_gp.stats.mean < 0
         if gp_better and soft_worse:
-            text = "holds"
-        elif gp_better:
-            text = "partly: gp_kl beats baseline, but softmax_kl is not worse than gp_kl"
-        elif soft_worse:
-            text = "partly: softmax_kl is worse than gp_kl, but gp_kl does not beat baseline"
-        else:
-            text = "does not hold"
+            return "holds"
+        if gp_better or soft_worse:
+            return "partly holds"
+        return "does not hold"
+
+    @property
+    def detail(self) -> str:
+        if not self.available:
+            return ""
+        parts = []
+        gp_better = self.gp_vs_base.stats.mean > 0
+        soft_worse = self.soft_vs_gp.stats.mean < 0
+        parts.append(
+            "gp_kl beats the baseline" if gp_better else "gp_kl does not beat the baseline"
+        )
+        parts.append(
+            "softmax_kl is worse than gp_kl" if soft_worse else "softmax_kl is not worse than gp_kl"
+        )
         relevant = [self.gp_vs_base, self.soft_vs_gp]
         if all(significant(p) for p in relevant):
-            text += " (both differences' 95 % intervals exclude zero)"
-        elif any(significant(p) for p in relevant):
-            text += " (only one of the two differences' 95 % intervals excludes zero)"
+            parts.append("both differences' 95 % intervals exclude zero")
+        elif significant(self.gp_vs_base):
+            parts.append("only the gp_kl − baseline interval excludes zero")
+        elif significant(self.soft_vs_gp):
+            parts.append("only the softmax_kl − gp_kl interval excludes zero")
         else:
-            text += " (within seed noise: the 95 % intervals include zero or n < 2)"
-        return text
+            parts.append("both within seed noise (95 % intervals include zero, or n < 2)")
+        return "; ".join(parts)
+
+    @property
+    def text(self) -> str:
+        return f"**{self.label}** ({self.detail})" if self.detail else self.label
 
 
 def verdicts(data: GridData) -> list[Verdict]:
@@ -252,7 +270,7 @@ def words(data: GridData) -> list[str]:
         reg = REG_NAMES[v.reg]
         lines.append(
             f"**{reg}.** The claim ({reg} with gp_kl improves on the baseline, softmax_kl does "
-            f"worse) **{v.text}** here."
+            f"worse) {v.text} here."
         )
         lines.append(compare_sentence(f"{v.reg}-gp_kl", "baseline", v.gp_vs_base))
         lines.append(compare_sentence(f"{v.reg}-softmax_kl", f"{v.reg}-gp_kl", v.soft_vs_gp))
@@ -562,8 +580,14 @@ def build_report(
         "",
     ]
     rows = []
+    unmeasured = []
     for data in grids:
         for v in verdicts(data):
+            if not v.available:
+                unmeasured.append(
+                    f"{REG_NAMES[v.reg]} on {data.grid.dataset} / {data.grid.encoder}"
+                )
+                continue
             rows.append(
                 (
                     f"{data.grid.dataset} / {data.grid.encoder}",
@@ -588,7 +612,9 @@ def build_report(
         lines += table(summary_header, rows)
         lines += ["", "Differences: mean test micro F1 difference [95 % t-interval], in points."]
     else:
-        lines += ["No grid here has both divergences of a regulariser and the baseline."]
+        lines += ["No comparison has finished paired seeds yet."]
+    if unmeasured:
+        lines += ["", "Not measured yet: " + "; ".join(unmeasured) + "."]
     lines.append("")
     if plot(grids, png):
         lines += [f"![test F1, paired differences and alpha search]({png.name})", ""]

@@ -1,0 +1,365 @@
+"""The accuracy benchmark runner and report (benchmarks/accuracy): cell order, alpha selection,
+resumability (finished cells skipped, failed cells redone, killed cells resumed exactly) and the
+report from fake result JSONs. Tiny synthetic cells only; seconds, no shared data needed."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCURACY = ROOT / "benchmarks" / "accuracy"
+
+
+def _load(name, filename):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ACCURACY / filename)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+run = _load("gpner_accuracy_run", "run.py")
+report = run.load_report_module()
+G = run.G
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return G.write_synthetic_data(tmp_path_factory.mktemp("accuracy-data"))
+
+
+def _entries(blocks, results):
+    return {e.cell.id: e for e in G.plan(blocks, results)}
+
+
+# ------------------------------------------------------------------------------ the grid
+
+
+def test_main_grid_order_and_protocol(tmp_path):
+    blocks = G.main_blocks()
+    entries = G.plan(blocks, tmp_path)
+    ids = [e.cell.id for e in entries]
+    assert len(ids) == len(set(ids)) == 120
+    assert ids[0] == "cluener-m3e/search/baseline/s1"
+    # Blocks in priority order; in each block the search cells come before the final cells.
+    assert [e.cell.block for e in entries] == sorted(e.cell.block for e in entries)
+    for number in range(1, 6):
+        stages = [e.cell.stage for e in entries if e.cell.block == number]
+        assert stages == sorted(stages, key=lambda s: s != "search")
+    block1 = {e.cell.variant for e in entries if e.cell.block == 1}
+    assert block1 == {"baseline", "rdrop-gp_kl", "rdrop-softmax_kl"}
+    assert {e.cell.variant for e in entries if e.cell.block == 2} == {"vat-gp_kl", "vat-softmax_kl"}
+    # Final cells seed by seed, so a partial sitting leaves complete paired seeds.
+    finals = [e.cell for e in entries if e.cell.block == 1 and e.cell.stage == "final"]
+    assert [c.seed for c in finals] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    # Every grid: 5 variants x 3 seeds of final cells.
+    for grid in ("cluener-m3e", "cluener-char", "cmeee-m3e", "conll2003-minilm"):
+        final = {
+            (e.cell.variant, e.cell.seed)
+            for e in entries
+            if e.cell.id.startswith(grid + "/") and e.cell.stage == "final"
+        }
+        assert final == {(v, s) for v in G.ALL_VARIANTS for s in (1, 2, 3)}
+
+    # Search cells never read the test set; all cells use the carved validation split; finals of
+    # a grid share everything except regulariser and seed.
+    for e in entries:
+        if e.config is None:
+            continue
+        assert e.config.data.validation_fraction == pytest.approx(0.1)
+        if e.cell.stage == "search":
+            assert e.config.data.test is None
+            assert e.config.train.epochs == e.cell.grid.search_epochs
+        else:
+            assert e.config.data.test is not None
+    shared = {}
+    for e in entries:
+        if e.cell.stage == "final" and e.config is not None:
+            ident = G.identity(e.config)
+            ident.pop("regularizer")
+            ident["train"].pop("seed")
+            shared.setdefault(e.cell.grid.name, []).append(ident)
+    for grid, idents in shared.items():
+        assert all(i == idents[0] for i in idents), grid
+    cluener = entries[ids.index("cluener-m3e/final/baseline/s1")].config
+    assert cluener.data.test == "cluener/dev.json"
+    assert cluener.data.train == "cluener/train.json"
+    # Regularised final cells wait for their search.
+    assert entries[ids.index("cluener-m3e/final/rdrop-gp_kl/s1")].status == "blocked"
+
+
+def test_select_best_picks_best_validation_f1_first_on_ties():
+    cands = [(0.25, None), (1.0, None), (4.0, None)]
+    assert G.select_best(cands, [0.5, 0.7, 0.6]) == 1
+    assert G.select_best(cands, [0.7, 0.7, 0.6]) == 0
+    assert G.select_best(cands, [0.1, 0.2, 0.3]) == 2
+    with pytest.raises(ValueError):
+        G.select_best(cands, [0.1])
+
+
+def test_matches_and_only_pulls_in_search_dependencies(tmp_path):
+    assert G.matches("cluener-m3e/final/baseline/s1", ["cluener-m3e"])
+    assert G.matches("cluener-m3e/final/baseline/s1", ["*/final/*/s1"])
+    assert not G.matches("cluener-m3e/final/baseline/s1", ["*/search/*"])
+    entries = G.plan(G.main_blocks(), tmp_path)
+    chosen = run.selected_ids(entries, ["cluener-m3e/final/rdrop-gp_kl/s2"])
+    assert chosen == {
+        "cluener-m3e/final/rdrop-gp_kl/s2",
+        "cluener-m3e/search/rdrop-gp_kl/a0.25/s1",
+        "cluener-m3e/search/rdrop-gp_kl/a1/s1",
+        "cluener-m3e/search/rdrop-gp_kl/a4/s1",
+    }
+
+
+def _fake_result(entry, val_f1, test_f1=None, seconds=100.0, per_type=None):
+    cell = entry.cell
+    per_type = per_type or {"LOC": test_f1 or 0.0, "PER": test_f1 or 0.0}
+    return {
+        "schema": 1,
+        "cell": cell.id,
+        "grid": cell.grid.name,
+        "block": cell.block,
+        "stage": cell.stage,
+        "variant": cell.variant,
+        "seed": cell.seed,
+        "regularizer": {"kind": cell.kind, "alpha": entry.alpha, "epsilon": entry.epsilon},
+        "config": G.config_to_dict(entry.config),
+        "validation": {"f1": val_f1, "best_epoch": 1},
+        "test": None
+        if test_f1 is None
+        else {"f1": test_f1, "micro": {"f1": test_f1}, "per_type_f1": per_type},
+        "epochs": entry.cell.epochs,
+        "timing": {"train_seconds_per_epoch": seconds},
+        "environment": {"python": "3.x", "torch": "t", "gpner": "g", "git_commit": "abc"},
+    }
+
+
+def _write_fake(results, entry, *args, **kwargs):
+    G.atomic_write_json(G.result_path(results, entry.cell), _fake_result(entry, *args, **kwargs))
+
+
+def test_plan_chooses_alpha_from_search_results(tmp_path, synthetic):
+    blocks = G.smoke_blocks(*synthetic, rdrop_alphas=(0.5, 2.0, 8.0))
+    entries = _entries(blocks, tmp_path)
+    search = [e for e in entries.values() if e.cell.stage == "search"]
+    assert [e.cell.id for e in search] == [
+        "smoke-char/search/baseline/s1",
+        "smoke-char/search/rdrop-gp_kl/a0.5/s1",
+        "smoke-char/search/rdrop-gp_kl/a2/s1",
+        "smoke-char/search/rdrop-gp_kl/a8/s1",
+    ]
+    final = "smoke-char/final/rdrop-gp_kl/s1"
+    for e, f1 in zip(search, [0.9, 0.5, 0.7, 0.6]):
+        assert entries[final].status == "blocked"
+        _write_fake(tmp_path, e, f1)
+        entries = _entries(blocks, tmp_path)
+    # The baseline reference (0.9) is not a candidate; alpha 2 has the best validation F1.
+    assert entries[final].status == "pending"
+    assert entries[final].alpha == 2.0 and entries[final].config.regularizer.alpha == 2.0
+    assert entries[final].config.regularizer.kind == "rdrop"
+    assert entries["smoke-char/final/baseline/s1"].config.regularizer.kind == "none"
+
+
+# ---------------------------------------------------------------------- real tiny training
+
+
+def test_runner_skips_finished_and_redoes_failed_cells(tmp_path, synthetic, monkeypatch):
+    import gpner.training
+
+    blocks = G.smoke_blocks(*synthetic)
+    results = tmp_path / "results"
+    original = gpner.training._train_epoch
+
+    def failing(*args, **kwargs):
+        if args[6] >= 1:  # the second epoch
+            raise RuntimeError("simulated failure")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gpner.training, "_train_epoch", failing)
+    out = run.run_grid(blocks, results, threads=1)
+    assert out["ran"] == [] and len(out["failed"]) == 2
+    assert not list(results.glob("*.json")) and not list(results.glob("*.tmp"))
+    work = results / G.WORK_DIRNAME
+    assert (work / "smoke-char__final__baseline__s1" / "failed.txt").is_file()
+
+    monkeypatch.setattr(gpner.training, "_train_epoch", original)
+    out = run.run_grid(blocks, results, threads=1, max_cells=1)
+    assert out["ran"] == ["smoke-char/final/baseline/s1"] and not out["failed"]
+    out = run.run_grid(blocks, results, threads=1)
+    assert out["ran"] == ["smoke-char/final/rdrop-gp_kl/s1"]
+    for path in sorted(results.glob("*.json")):
+        payload = json.loads(path.read_text())
+        assert payload["epochs"] == 2 and not payload["timing"]["resumed"]  # started over
+        assert 0.0 <= payload["test"]["f1"] <= 1.0 and payload["test"]["per_type_f1"]
+        assert payload["environment"]["torch"] and "git_commit" in payload["environment"]
+        assert payload["config"]["data"]["validation_fraction"] == 0.25
+    assert not any(p.name.startswith("smoke") for p in work.iterdir())  # run dirs cleaned up
+
+    # Finished cells are skipped; a deleted or stale result is redone.
+    assert run.run_grid(blocks, results, threads=1)["ran"] == []
+    (results / "smoke-char__final__baseline__s1.json").unlink()
+    stale = results / "smoke-char__final__rdrop-gp_kl__s1.json"
+    payload = json.loads(stale.read_text())
+    payload["config"]["train"]["epochs"] = 5
+    stale.write_text(json.dumps(payload))
+    statuses = {e.cell.id: e.status for e in G.plan(blocks, results)}
+    assert statuses == {
+        "smoke-char/final/baseline/s1": "pending",
+        "smoke-char/final/rdrop-gp_kl/s1": "stale",
+    }
+    assert len(run.run_grid(blocks, results, threads=1)["ran"]) == 2
+
+
+def test_killed_cell_resumes_and_matches_an_uninterrupted_run(tmp_path, synthetic, monkeypatch):
+    import gpner.training
+
+    blocks = G.smoke_blocks(*synthetic, variants=("baseline",), epochs=3)
+    reference = tmp_path / "reference"
+    run.run_grid(blocks, reference, threads=1)
+    expected = json.loads((reference / "smoke-char__final__baseline__s1.json").read_text())
+
+    results = tmp_path / "results"
+    original = gpner.training._train_epoch
+
+    def killed(*args, **kwargs):
+        if args[6] >= 2:  # killed during the third epoch, after two finished epochs
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gpner.training, "_train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_grid(blocks, results, threads=1)
+    assert not list(results.glob("*.json"))
+    assert [e.status for e in G.plan(blocks, results)] == ["partial"]
+
+    monkeypatch.setattr(gpner.training, "_train_epoch", original)
+    assert run.run_grid(blocks, results, threads=1)["ran"] == ["smoke-char/final/baseline/s1"]
+    got = json.loads((results / "smoke-char__final__baseline__s1.json").read_text())
+    assert got["timing"]["resumed"] is True
+    assert [h["epoch"] for h in got["history"]] == [1, 2, 3]
+    assert got["validation"]["f1"] == expected["validation"]["f1"]
+    assert got["test"] == expected["test"]
+    assert [h["train_loss"] for h in got["history"]] == pytest.approx(
+        [h["train_loss"] for h in expected["history"]], rel=1e-6
+    )
+
+
+def test_run_dir_from_another_config_is_wiped(tmp_path, synthetic):
+    blocks = G.smoke_blocks(*synthetic)
+    entry = G.plan(blocks, tmp_path)[0]
+    work = Path(entry.config.output_dir)
+    work.mkdir(parents=True)
+    other = G.config_to_dict(entry.config)
+    other["train"]["lr"] = 0.5
+    G.atomic_write_json(work / "cell.json", {"config": other})
+    (work / "last.pt").write_bytes(b"not a checkpoint")
+    assert run._prepare_run_dir(entry, work) is False
+    assert not (work / "last.pt").exists()
+    assert G.identity(G.read_json(work / "cell.json")["config"]) == G.identity(entry.config)
+    (work / "last.pt").write_bytes(b"x")  # same config + checkpoint -> resume
+    assert run._prepare_run_dir(entry, work) is True
+
+
+def test_second_runner_on_the_same_results_is_refused(tmp_path):
+    with run.runner_lock(tmp_path), pytest.raises(SystemExit), run.runner_lock(tmp_path):
+        pass
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def _fill_block1(results, base, gp, soft, alphas_val=(0.60, 0.62, 0.61)):
+    """Fake CLUENER/m3e block-1 results: search F1s, then finals with the chosen alphas."""
+    blocks = G.main_blocks()
+    entries = _entries(blocks, results)
+    for variant in ("rdrop-gp_kl", "rdrop-softmax_kl"):
+        for alpha, f1 in zip((0.25, 1, 4), alphas_val):
+            _write_fake(results, entries[f"cluener-m3e/search/{variant}/a{alpha}/s1"], f1)
+    _write_fake(results, entries["cluener-m3e/search/baseline/s1"], 0.6)
+    entries = _entries(blocks, results)
+    for variant, f1s, seconds in (
+        ("baseline", base, 300.0),
+        ("rdrop-gp_kl", gp, 600.0),
+        ("rdrop-softmax_kl", soft, 620.0),
+    ):
+        for seed, f1 in zip((1, 2, 3), f1s):
+            entry = entries[f"cluener-m3e/final/{variant}/s{seed}"]
+            assert entry.status != "blocked"
+            _write_fake(results, entry, f1 - 0.01, f1, seconds)
+    return blocks
+
+
+def test_report_from_fake_results(tmp_path):
+    results = tmp_path / "results"
+    blocks = _fill_block1(results, [0.70, 0.71, 0.72], [0.71, 0.715, 0.73], [0.69, 0.70, 0.70])
+    out = report.build_report(blocks, results, tmp_path / "REPORT.md", png_name="report.png")
+    text = out.read_text()
+    png = tmp_path / "report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![test F1" in text
+    # Tables: mean ± std over seeds, per-seed paired differences, cost, the search table.
+    assert "| baseline (CE only) | – | – | 3 | 71.00 ± 1.00 |" in text
+    assert "s1: +1.00, s2: +0.50, s3: +1.00" in text
+    assert "| 2.00x |" in text and "| 2.07x |" in text
+    assert text.count("**chosen**") == 2  # alpha 1 (0.62) for both divergences
+    assert "| R-Drop + gp_kl | 1 | – | 62.00 | **chosen** |" in text
+    assert "`train.batch_size` | `32`" in text and "`data.max_length` | `64`" in text
+    # Words computed from the numbers: gp_kl +0.83 over baseline, softmax_kl -2.17 below gp_kl.
+    assert "R-Drop + gp_kl is better than baseline (CE only) by 0.83 F1 points" in text
+    assert "R-Drop + softmax_kl is worse than R-Drop + gp_kl by 2.17 F1 points" in text
+    assert "| CLUENER / m3e-small | R-Drop | 3 | +0.83 [+0.12, +1.55] |" in text
+    assert "**holds** (gp_kl beats the baseline; softmax_kl is worse than gp_kl" in text
+    assert "Not measured yet: VAT on CLUENER / m3e-small;" in text
+    # Incomplete grid: the missing cells are listed by block.
+    assert "### Missing cells" in text
+    assert "Block 1 (CLUENER, m3e-small: baseline and R-Drop): 16 of 16 done." in text
+    assert "`cluener-m3e/final/vat-gp_kl/s1` (blocked, waits for 4 search cell(s))" in text
+    assert "`cmeee-m3e/search/baseline/s1` (pending)" in text
+
+
+def test_report_says_when_the_claim_does_not_hold(tmp_path):
+    results = tmp_path / "results"
+    blocks = _fill_block1(results, [0.72, 0.72, 0.73], [0.70, 0.71, 0.72], [0.71, 0.72, 0.73])
+    text = report.build_report(blocks, results, tmp_path / "R.md").read_text()
+    assert "**does not hold**" in text
+    assert "R-Drop + gp_kl is worse than baseline (CE only)" in text
+    # The largest alpha wins the search here: the report says it sits on the grid's edge.
+    results2 = tmp_path / "results2"
+    blocks = _fill_block1(results2, [0.7] * 3, [0.7] * 3, [0.7] * 3, alphas_val=(0.1, 0.2, 0.3))
+    text = report.build_report(blocks, results2, tmp_path / "R2.md").read_text()
+    assert "the chosen alpha 4 is the largest value of its grid" in text
+    assert "ties with" in text
+
+
+def test_report_with_no_results(tmp_path):
+    text = report.build_report(G.main_blocks(), tmp_path, tmp_path / "R.md").read_text()
+    assert "0 of 120 cells finished" in text and "No finished cells yet, so no plot." in text
+    assert not (tmp_path / "r.png").exists()
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def test_dry_run_lists_cells_in_order(capsys, tmp_path):
+    assert run.main(["--dry-run", "--results", str(tmp_path), "--only", "cluener-m3e"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "cluener-m3e/search/baseline/s1" in lines[1]
+    assert sum("cluener-m3e/" in line for line in lines) == 30
+    assert not any("cluener-char" in line for line in lines)
+
+
+def test_smoke_cli_runs_two_tiny_cells():
+    proc = subprocess.run(
+        [sys.executable, str(ACCURACY / "run.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "smoke OK" in proc.stdout
