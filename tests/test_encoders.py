@@ -100,6 +100,22 @@ def test_hf_encoder_trains_and_checkpoint_needs_no_directory(tmp_path, tiny_data
     assert logits.shape == (1, 3, 4, 4)
 
 
+@pytest.mark.parametrize("kind", ["rdrop", "vat"])
+def test_regularisers_work_with_the_hf_encoder(tmp_path, tiny_data, tiny_hf_dir, kind):
+    overrides = tiny_config_overrides(
+        *tiny_data,
+        tmp_path / kind,
+        **{
+            "encoder.kind": '"hf"',
+            "encoder.path": f'"{tiny_hf_dir}"',
+            "regularizer.kind": f'"{kind}"',
+            "train.epochs": 1,
+        },
+    )
+    record = train(load_config(None, overrides)).history[0]
+    assert record["train_reg"] > 0 and record["train_loss"] > record["train_ce"]
+
+
 def test_hf_inputs_embeds_path(tiny_hf_dir):
     enc = HFEncoder.from_pretrained(tiny_hf_dir).eval()
     ids = torch.tensor([[2, 5, 6, 7, 3]])
