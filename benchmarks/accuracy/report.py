@@ -268,6 +268,9 @@ def words(data: GridData) -> list[str]:
         )
     for v in verdicts(data):
         reg = REG_NAMES[v.reg]
+        if not any(p.diffs for p in (v.gp_vs_base, v.soft_vs_base, v.soft_vs_gp)):
+            lines.append(f"**{reg}.** No paired seeds finished yet.")
+            continue
         lines.append(
             f"**{reg}.** The claim ({reg} with gp_kl improves on the baseline, softmax_kl does "
             f"worse) {v.text} here."
@@ -521,6 +524,11 @@ def plot(grids: Sequence[GridData], path: Path) -> bool:
             points.sort()
             ax.plot([a for a, _ in points], [f for _, f in points], "o-", label=key)
         ax.set_xscale("log")
+        alphas = sorted({a for points in series.values() for a, _ in points})
+        if alphas:
+            ax.set_xticks(alphas)
+            ax.set_xticklabels([f"{a:g}" for a in alphas])
+        ax.minorticks_off()
         ax.set_xlabel("alpha")
         ax.set_ylabel("validation micro F1 (%)")
         ax.set_title(
@@ -677,16 +685,29 @@ def build_report(
                     "torch",
                     "gpner",
                     "git_commit",
-                    "git_src_dirty",
+                    "git_src_diff_sha1",
                     "torch_threads",
                 )
             )
             envs[key] = envs.get(key, 0) + 1
     if envs:
         lines += table(
-            ["python", "torch", "gpner", "git commit", "src dirty", "threads", "cells"],
+            [
+                "python",
+                "torch",
+                "gpner",
+                "git commit",
+                "uncommitted src diff (sha1)",
+                "threads",
+                "cells",
+            ],
             [(*map(str, k), n) for k, n in sorted(envs.items(), key=lambda kv: -kv[1])],
         )
+        lines += [
+            "",
+            "Cells are grouped by the code they ran: the commit plus a hash of any "
+            "uncommitted changes under `src/` when their sitting started.",
+        ]
     else:
         lines.append("No finished cells.")
     lines.append("")

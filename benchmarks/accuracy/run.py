@@ -48,10 +48,17 @@ def _now() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Versions and the git commit, recorded in every result."""
+    """Versions, the git commit and a hash of uncommitted changes under ``src/``.
+
+    Taken once per sitting, after the library is imported (the code every cell of the sitting
+    runs), and recorded in every result.
+    """
+    import hashlib
+
     import torch
 
     import gpner
+    import gpner.training  # noqa: F401  (the code this sitting runs is loaded from here on)
 
     def git(*args: str) -> str | None:
         try:
@@ -63,6 +70,7 @@ def environment() -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     status = git("status", "--porcelain", "--", "src")
+    diff = git("diff", "HEAD", "--", "src")
     try:
         import transformers
 
@@ -76,9 +84,10 @@ def environment() -> dict[str, Any]:
         "gpner": gpner.__version__,
         "git_commit": git("rev-parse", "HEAD"),
         "git_src_dirty": None if status is None else bool(status),
+        "git_src_diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:12] if diff else None,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads_default": torch.get_num_threads(),
     }
 
 
@@ -116,6 +125,7 @@ def build_result(
     wall_seconds: float,
     resumed: bool,
     started_at: str,
+    env: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The result JSON of a finished cell, from the trainer's ``TrainResult``."""
     cell, config = entry.cell, entry.config
@@ -175,13 +185,24 @@ def build_result(
             "tokens_per_second": statistics.fmean(h["tokens_per_second"] for h in history),
         },
         "encode": result.info.get("encode"),
-        "environment": environment(),
+        "environment": {**(env or environment()), "torch_threads": _threads()},
         "started_at": started_at,
         "finished_at": _now(),
     }
 
 
-def run_cell(entry: G.PlanEntry, results_dir: Path, all_cells: Sequence[G.Cell]) -> dict:
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def run_cell(
+    entry: G.PlanEntry,
+    results_dir: Path,
+    all_cells: Sequence[G.Cell],
+    env: dict[str, Any] | None = None,
+) -> dict:
     """Train one cell (resuming a killed one) and write its result JSON; returns it."""
     from gpner.training import train
 
@@ -203,6 +224,7 @@ def run_cell(entry: G.PlanEntry, results_dir: Path, all_cells: Sequence[G.Cell])
         wall_seconds=time.perf_counter() - start,
         resumed=resume,
         started_at=started_at,
+        env=env,
     )
     G.atomic_write_json(G.result_path(results_dir, cell), payload)
     shutil.rmtree(work, ignore_errors=True)
@@ -312,6 +334,7 @@ def run_grid(
     ran: list[str] = []
     failed: list[str] = []
     with runner_lock(results_dir):
+        env = environment()
         while max_cells is None or len(ran) + len(failed) < max_cells:
             entries = G.plan(blocks, results_dir, overrides=overrides, threads=threads)
             chosen = selected_ids(entries, only)
@@ -330,7 +353,7 @@ def run_grid(
             log(f"cell {entry.cell.id} ({entry.status}; {describe(entry)}; {n_left} to do)")
             start = time.perf_counter()
             try:
-                payload = run_cell(entry, results_dir, [e.cell for e in entries])
+                payload = run_cell(entry, results_dir, [e.cell for e in entries], env)
             except CellFailed as error:
                 failed.append(entry.cell.id)
                 log(f"  FAILED {error} (traceback in its run dir failed.txt; redone next time)")
@@ -442,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return smoke(keep, threads=threads)
     blocks = G.main_blocks()
     if args.dry_run:
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `--dry-run | head` ends quietly
         entries = G.plan(blocks, args.results, overrides=args.overrides, threads=threads)
         print_plan(entries, selected_ids(entries, args.only))
         return 0
