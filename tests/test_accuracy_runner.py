@@ -352,6 +352,9 @@ def test_dry_run_lists_cells_in_order(capsys, tmp_path):
     assert "cluener-m3e/search/baseline/s1" in lines[1]
     assert sum("cluener-m3e/" in line for line in lines) == 30
     assert not any("cluener-char" in line for line in lines)
+    assert run.main(["--dry-run", "--results", str(tmp_path), "--block", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("/vat-" in line for line in lines) == 14 and "block 2:" in lines[-1]
 
 
 def test_smoke_cli_runs_two_tiny_cells():

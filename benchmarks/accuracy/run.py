@@ -4,6 +4,7 @@
     python3 benchmarks/accuracy/run.py --dry-run            # list the cells in run order
     python3 benchmarks/accuracy/run.py                      # run every unfinished cell
     python3 benchmarks/accuracy/run.py --only cluener-m3e --max-cells 3
+    python3 benchmarks/accuracy/run.py --block 1            # only priority block 1
     python3 benchmarks/accuracy/run.py --smoke              # 2 tiny cells on synthetic data
 
 Each finished cell writes ``results/<cell id with / as __>.json`` atomically; a cell whose JSON
@@ -435,6 +436,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run only matching cell ids (substring, or a glob with * ? [); repeatable; "
         "the search cells a selected final cell needs are included",
     )
+    parser.add_argument(
+        "--block",
+        action="append",
+        type=int,
+        metavar="N",
+        help="only cells of priority block N (1-5); repeatable",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list cells in order and exit")
     parser.add_argument("--max-cells", type=int, default=None, help="stop after N cells")
     parser.add_argument(
@@ -463,7 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.smoke:
         keep = args.results if args.results != G.DEFAULT_RESULTS else None
         return smoke(keep, threads=threads)
-    blocks = G.main_blocks()
+    blocks = [b for b in G.main_blocks() if not args.block or b.number in args.block]
+    if not blocks:
+        parser.error(f"no block numbered {args.block}")
     if args.dry_run:
         import signal
 
