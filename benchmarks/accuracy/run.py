@@ -417,7 +417,8 @@ def smoke(results_dir: Path | None = None, threads: int | None = 1) -> int:
         if problems:
             log("SMOKE FAILED: " + "; ".join(problems))
             return 1
-        log(f"smoke OK in {seconds:.1f} s: {first['ran']} then skipped; report {md}")
+        where = md if keep else "a temporary dir (--results DIR keeps it)"
+        log(f"smoke OK in {seconds:.1f} s: {first['ran']} then skipped; report in {where}")
         return 0
     finally:
         if not keep:
