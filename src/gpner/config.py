@@ -41,13 +41,14 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     train: str = "cluener/train.json"  # relative paths resolve against the data root (GPNER_DATA)
-    dev: str = "cluener/dev.json"  # evaluated every epoch; the best epoch is kept
+    dev: str | None = "cluener/dev.json"  # evaluated every epoch; the best epoch is kept
     test: str | None = None  # evaluated once with the best checkpoint, if given
     format: str | None = None  # reader format; None detects it from the file
     scheme: str | None = None  # tag scheme for column formats; None detects it
     max_length: int = 128  # tokens per model input window, special tokens included
     stride: int | None = None  # window overlap in tokens; None = the tokenizer pipeline's default
-    validation_fraction: float = 0.0  # > 0: carve this share of train off as dev (seeded split)
+    validation_fraction: float = 0.0  # > 0: carve this share of train off as dev (seeded split;
+    # data.dev is then ignored and recorded as none)
     split_seed: int = 0  # seed of that split
     train_limit: int | None = None  # use only the first N training examples (quick runs)
     dev_limit: int | None = None  # use only the first N dev examples

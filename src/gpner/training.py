@@ -142,6 +142,10 @@ def validate(config: Config) -> None:
         raise ConfigError("train.epochs: must be positive")
     if config.data.max_length < 4:
         raise ConfigError("data.max_length: must be at least 4")
+    if config.data.validation_fraction > 0:
+        # The carved split replaces the dev file; record that, so no checkpoint or result claims
+        # a dev file (often the reported test set) that was never used.
+        config.data.dev = None
 
 
 # ------------------------------------------------------------------------------- distributed
