@@ -1,7 +1,8 @@
 """Pure math of GlobalPointer NER: rotary embeddings, span logits, masks, losses and divergences.
 
 Shape letters used throughout:
-    B batch, C entity types, L tokens, D head size, H hidden size, N gold spans.
+    B batch, C entity types, L tokens, D head size, H hidden size, N gold spans,
+    W maximum span width (banded layout).
 
 Reduction convention shared by every loss and divergence here: the per-cell terms are summed over
 the (L, L) cells of each (example, type) pair, giving a (B, C) tensor. ``reduction="none"``
@@ -11,11 +12,31 @@ Masks are bool. A cell is *valid* when both of its tokens are real and ``i <= j`
 contribute exactly zero to every loss and divergence, with zero gradient, even where the logits
 hold ``-inf`` (``-inf - -inf`` is NaN, so no arithmetic ever touches an invalid cell's value).
 Half-precision inputs are accumulated in float32; results are returned in float32 for them.
+
+Layouts. The *full* layout stores span ``(i, j)`` at ``logits[b, c, i, j]``: (B, C, L, L). With a
+maximum span width ``W`` the *band* layout stores only ``0 <= j - i < W``: ``logits[b, c, i, w]``
+is span ``(i, i + w)``, (B, C, L, W); cells with ``i + w >= L`` are invalid. Functions that take
+``max_width`` read and write the band layout; gold spans are always given as ``[b, c, i, j]``.
+A band computation equals the full one restricted to spans shorter than ``W`` (the full layout
+with :func:`span_mask` ``(attention_mask, max_width=W)``).
+
+Two ways to compute the losses:
+
+* From logits (drop-in): :func:`sparse_multilabel_categorical_crossentropy`,
+  :func:`global_pointer_kl` ... take materialised (B, C, L, L) or band logits. They are custom
+  autograd functions that work through the logits in cache-sized row blocks, keep no masked
+  copies and save only their inputs.
+* From factors (fused, the fast path for training): a head returns :class:`SpanFactors` (rotated,
+  scaled q and k plus optional biases) instead of logits, and :func:`fused_crossentropy`,
+  :func:`fused_global_pointer_kl` and :func:`fused_rdrop_losses` compute the logits block by
+  block, only over the valid triangle (or band), and recompute them in backward: no (B, C, L, L)
+  tensor of any kind exists at any point.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -23,21 +44,88 @@ from torch import Tensor
 __all__ = [
     "rope",
     "span_mask",
+    "band_mask",
     "global_pointer_logits",
     "efficient_global_pointer_logits",
+    "SpanFactors",
+    "global_pointer_factors",
+    "efficient_global_pointer_factors",
+    "factors_to_logits",
     "multilabel_categorical_crossentropy",
     "sparse_multilabel_categorical_crossentropy",
     "global_pointer_kl",
     "softmax_kl",
+    "fused_crossentropy",
+    "fused_global_pointer_kl",
+    "fused_rdrop_losses",
+    "dense_to_band",
+    "band_to_dense",
+    "spans_to_band",
+    "band_to_spans",
+    "select_cells",
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
 
+# Cells per row block of the blocked kernels: 2**20 float32 cells are 4 MiB, so a block and its
+# few temporaries stay in the L2/L3 caches. Tests lower it to exercise many blocks.
+_BLOCK_CELLS = 1 << 20
 
-# --------------------------------------------------------------------------- positions and logits
+
+# --------------------------------------------------------------------------- positions and masks
 
 
-def rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0) -> Tensor:
+def _rope_tables(
+    x: Tensor, positions: Tensor | None, base: float, scale: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """``(cos, sin)`` of the rotation angles, (..., L, D/2) in ``x``'s dtype, times ``scale``."""
+    length, dim = x.shape[-2], x.shape[-1]
+    if dim % 2:
+        raise ValueError(f"rope needs an even last dimension, got {dim}")
+    # float64 stays float64 (exact parity tests); everything else computes angles in float32.
+    angle_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if positions is None:
+        positions = torch.arange(length, device=x.device)
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=x.device, dtype=angle_dtype) / dim)
+    angles = positions.to(angle_dtype).unsqueeze(-1) * inv_freq  # (..., L, D/2)
+    return (angles.cos() * scale).to(x.dtype), (angles.sin() * scale).to(x.dtype)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Pairs ``(e, o)`` of ``x`` -> ``(e cos - o sin, o cos + e sin)``, in 4 half-size passes."""
+    shape = torch.broadcast_shapes(x.shape, (*cos.shape[:-1], x.shape[-1]))
+    out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    pairs, out_pairs = x.unflatten(-1, (-1, 2)), out.unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    out_even, out_odd = out_pairs[..., 0], out_pairs[..., 1]
+    torch.mul(even, cos, out=out_even)
+    out_even.addcmul_(odd, sin, value=-1.0)
+    torch.mul(odd, cos, out=out_odd)
+    out_odd.addcmul_(even, sin)
+    return out
+
+
+class _Rope(torch.autograd.Function):
+    """The rotation of :func:`rope` with given tables; backward rotates by the opposite angle."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.shape = x.shape
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        cos, sin = ctx.saved_tensors
+        dx = _rotate(grad, cos, -sin)
+        if dx.shape != ctx.shape:  # x was broadcast against batched positions
+            dx = dx.sum_to_size(ctx.shape)
+        return dx, None, None
+
+
+def rope(
+    x: Tensor, positions: Tensor | None = None, base: float = 10000.0, *, scale: float = 1.0
+) -> Tensor:
     """Rotary position embedding with interleaved pairs (0, 1), (2, 3), ...
 
     Pair ``k`` of the vector at position ``p`` is rotated by the angle ``p * base^(-2k / D)``, so
@@ -49,53 +137,285 @@ def rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0) -> T
         positions: integer or float positions broadcastable to ``x.shape[:-1]``; default
             ``arange(L)``.
         base: the frequency base.
+        scale: multiplies the result (folded into the rotation tables, so it costs nothing).
     Returns:
         (..., L, D), same dtype as ``x``.
     """
-    length, dim = x.shape[-2], x.shape[-1]
-    if dim % 2:
-        raise ValueError(f"rope needs an even last dimension, got {dim}")
-    # float64 stays float64 (exact parity tests); everything else computes angles in float32.
-    angle_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if positions is None:
-        positions = torch.arange(length, device=x.device)
-    inv_freq = base ** (-torch.arange(0, dim, 2, device=x.device, dtype=angle_dtype) / dim)
-    angles = positions.to(angle_dtype).unsqueeze(-1) * inv_freq  # (..., L, D/2)
-    cos = angles.cos().to(x.dtype)
-    sin = angles.sin().to(x.dtype)
-    even, odd = x[..., 0::2], x[..., 1::2]
-    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1)
-    return rotated.flatten(-2)
+    cos, sin = _rope_tables(x, positions, base, scale)
+    return _Rope.apply(x, cos, sin)
 
 
-def span_mask(attention_mask: Tensor) -> Tensor:
-    """Valid (start, end) cells: both tokens real and ``i <= j``.
+def _check_width(max_width: int | None) -> None:
+    if max_width is not None and (not isinstance(max_width, int) or max_width < 1):
+        raise ValueError(f"max_width must be a positive int or None, got {max_width!r}")
+
+
+def span_mask(attention_mask: Tensor, max_width: int | None = None) -> Tensor:
+    """Valid (start, end) cells of the full layout: both tokens real, ``i <= j`` (``< i + W``).
 
     Args:
         attention_mask: (B, L), bool or 0/1.
+        max_width: also require ``j - i < max_width``; None = any width.
     Returns:
         (B, 1, L, L) bool.
     """
+    _check_width(max_width)
     am = attention_mask.bool()
     length = am.shape[-1]
     upper = torch.ones(length, length, dtype=torch.bool, device=am.device).triu_()
+    if max_width is not None:
+        upper.tril_(max_width - 1)
     return am[:, None, :, None] & am[:, None, None, :] & upper
 
 
-def _fill_invalid_(logits: Tensor, attention_mask: Tensor | None) -> Tensor:
+def band_mask(attention_mask: Tensor, max_width: int) -> Tensor:
+    """Valid cells of the band layout: ``(i, w)`` with tokens ``i`` and ``i + w < L`` real.
+
+    Args:
+        attention_mask: (B, L), bool or 0/1.
+        max_width: W.
+    Returns:
+        (B, 1, L, W) bool.
+    """
+    _check_width(max_width)
+    am = attention_mask.bool()
+    padded = torch.nn.functional.pad(am, (0, max_width - 1))  # (B, L + W - 1), False beyond L
+    ends = padded.unfold(-1, max_width, 1)  # (B, L, W): ends[b, i, w] = am[b, i + w]
+    return (am[..., None] & ends)[:, None]
+
+
+def _band_view(x: Tensor, width: int) -> Tensor:
+    """The band of a contiguous (..., r, r + W - 1) block: ``view[..., i, w] = x[..., i, i + w]``."""
+    rows, cols = x.shape[-2], x.shape[-1]
+    lead = x.shape[:-2]
+    strides = list(x.stride()[:-2]) + [cols + 1, 1]
+    return x.as_strided((*lead, rows, width), strides, x.storage_offset())
+
+
+def dense_to_band(x: Tensor, max_width: int, fill: float | None = None) -> Tensor:
+    """Full layout (..., L, L) -> band layout (..., L, W); cells past the end get ``fill``.
+
+    ``fill`` defaults to ``torch.finfo(x.dtype).min`` (0 for bool).
+    """
+    _check_width(max_width)
+    length = x.shape[-1]
+    if fill is None:
+        fill = False if x.dtype == torch.bool else torch.finfo(x.dtype).min
+    padded = x.new_full((*x.shape[:-1], length + max_width - 1), fill)
+    padded[..., :length] = x
+    return _band_view(padded, max_width).clone()
+
+
+def band_to_dense(x: Tensor, fill: float | None = None) -> Tensor:
+    """Band layout (..., L, W) -> full layout (..., L, L); cells outside the band get ``fill``.
+
+    ``fill`` defaults to ``torch.finfo(x.dtype).min`` (False for bool). Costs O(L^2) memory: for
+    decoding long texts prefer :func:`select_cells`, which reads the band directly.
+    """
+    length, width = x.shape[-2], x.shape[-1]
+    if fill is None:
+        fill = False if x.dtype == torch.bool else torch.finfo(x.dtype).min
+    padded = x.new_full((*x.shape[:-1], length + width - 1), fill)
+    _band_view(padded, width).copy_(x)
+    return padded[..., :length].contiguous()
+
+
+def spans_to_band(spans: Tensor, max_width: int) -> Tensor:
+    """Rows ``[b, c, i, j]`` -> band rows ``[b, c, i, j - i]``; spans not shorter than W dropped.
+
+    Args:
+        spans: (N, 4) integer.
+    Returns:
+        (N', 4) long, N' <= N: only the spans with ``0 <= j - i < max_width``.
+    """
+    _check_width(max_width)
+    spans = spans.long().reshape(-1, 4)
+    width = spans[:, 3] - spans[:, 2]
+    keep = (width >= 0) & (width < max_width)
+    out = spans[keep].clone()
+    out[:, 3] = width[keep]
+    return out
+
+
+def band_to_spans(band_spans: Tensor) -> Tensor:
+    """Band rows ``[b, c, i, w]`` -> rows ``[b, c, i, i + w]``: the inverse of
+    :func:`spans_to_band`."""
+    out = band_spans.long().reshape(-1, 4).clone()
+    out[:, 3] += out[:, 2]
+    return out
+
+
+def select_cells(
+    logits: Tensor,
+    threshold: float = 0.0,
+    attention_mask: Tensor | None = None,
+    *,
+    max_width: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The valid cells scoring above ``threshold``, for decoding either layout.
+
+    Args:
+        logits: (B, C, L, L), or band (B, C, L, W) when ``max_width`` is given.
+        threshold: a cell is selected when ``logits > threshold`` (NaN never is).
+        attention_mask: (B, L) bool or None (all tokens real).
+        max_width: W for band logits; None for the full layout.
+    Returns:
+        ``index`` (K, 4) long rows ``[b, c, i, j]`` in span coordinates, ordered by
+        ``(b, i, j, c)``, and ``scores`` (K,) float32, in the same order.
+    """
+    logits = logits.detach()
+    batch, _, length, cols = logits.shape
+    if max_width is None:
+        if cols != length:
+            raise ValueError(f"full-layout logits must be (B, C, L, L), got {tuple(logits.shape)}")
+        am = attention_mask if attention_mask is not None else logits.new_ones(batch, length)
+        valid = span_mask(am.bool())
+    else:
+        if cols != max_width:
+            raise ValueError(f"band logits must be (B, C, L, {max_width}), got {logits.shape}")
+        am = attention_mask if attention_mask is not None else logits.new_ones(batch, length)
+        valid = band_mask(am.bool(), max_width)
+    keep = (logits > threshold) & valid  # (B, C, L, L or W)
+    keep = keep.permute(0, 2, 3, 1)  # (B, L, L or W, C): nonzero order is (b, i, j, c)
+    rows = torch.nonzero(keep)  # (K, 4) [b, i, j or w, c]
+    scores = logits.permute(0, 2, 3, 1)[keep].float()
+    index = rows[:, [0, 3, 1, 2]]
+    if max_width is not None:
+        index[:, 3] += index[:, 2]
+    return index, scores
+
+
+# ------------------------------------------------------------------------------------------ logits
+
+
+def _fill_invalid_(
+    logits: Tensor, attention_mask: Tensor | None, max_width: int | None = None
+) -> Tensor:
     """Set invalid cells of freshly computed logits to the dtype's lowest finite value, in place.
 
     A finite fill keeps naive downstream arithmetic NaN-free while ``exp`` of it is exactly 0.
+    Works on the full layout, or on the band layout when ``max_width`` is given.
     """
-    length = logits.shape[-1]
+    low = torch.finfo(logits.dtype).min
+    length = logits.shape[-2]
+    if max_width is not None:
+        if attention_mask is None:
+            attention_mask = torch.ones(1, length, dtype=torch.bool, device=logits.device)
+        return logits.masked_fill_(~band_mask(attention_mask, max_width), low)
     if attention_mask is None:
         lower = torch.ones(length, length, dtype=torch.bool, device=logits.device).tril_(-1)
-        return logits.masked_fill_(lower, torch.finfo(logits.dtype).min)
-    return logits.masked_fill_(~span_mask(attention_mask), torch.finfo(logits.dtype).min)
+        return logits.masked_fill_(lower, low)
+    return logits.masked_fill_(~span_mask(attention_mask), low)
+
+
+class SpanFactors(NamedTuple):
+    """Span logits in factored form, as the fused losses consume them.
+
+    ``s[b, c, i, j] = q[b, c, i] . k[b, c, j] + start_bias[b, c, i] + end_bias[b, c, j]`` on the
+    valid cells (both tokens real, ``0 <= j - i < max_width``). ``q`` is already rotated and
+    scaled by ``1 / sqrt(D)`` and ``k`` rotated, so no further scaling happens. ``q`` and ``k``
+    are (B, C, L, D) for GlobalPointer, (B, 1, L, D) shared by all types for the Efficient head.
+    """
+
+    q: Tensor  # (B, C or 1, L, D)
+    k: Tensor  # (B, C or 1, L, D)
+    start_bias: Tensor | None = None  # (B, C, L)
+    end_bias: Tensor | None = None  # (B, C, L)
+    attention_mask: Tensor | None = None  # (B, L) bool; None = every token real
+    max_width: int | None = None  # None = full layout
+
+    @property
+    def num_types(self) -> int:
+        return self.start_bias.shape[1] if self.start_bias is not None else self.q.shape[1]
+
+    def detach(self) -> SpanFactors:
+        """The same factors cut from the graph (e.g. the clean side of a VAT divergence)."""
+
+        def cut(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.detach()
+
+        return self._replace(
+            q=self.q.detach(),
+            k=self.k.detach(),
+            start_bias=cut(self.start_bias),
+            end_bias=cut(self.end_bias),
+        )
+
+
+def global_pointer_factors(
+    q: Tensor,
+    k: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    use_rope: bool = True,
+    max_width: int | None = None,
+) -> SpanFactors:
+    """GlobalPointer logits in factored form (see :func:`global_pointer_logits`).
+
+    Args:
+        q, k: (B, C, L, D) start and end projections.
+    """
+    _check_width(max_width)
+    scale = q.shape[-1] ** -0.5  # folded into q's rotation: cheaper than scaling (L, L) logits
+    q, k = (rope(q, scale=scale), rope(k)) if use_rope else (q * scale, k)
+    am = None if attention_mask is None else attention_mask.bool()
+    return SpanFactors(q, k, None, None, am, max_width)
+
+
+def efficient_global_pointer_factors(
+    q: Tensor,
+    k: Tensor,
+    start_bias: Tensor,
+    end_bias: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    use_rope: bool = True,
+    max_width: int | None = None,
+) -> SpanFactors:
+    """Efficient GlobalPointer logits in factored form (see
+    :func:`efficient_global_pointer_logits`).
+
+    Args:
+        q, k: (B, L, D) shared projections; start_bias, end_bias: (B, C, L).
+    """
+    _check_width(max_width)
+    scale = q.shape[-1] ** -0.5
+    q, k = (rope(q, scale=scale), rope(k)) if use_rope else (q * scale, k)
+    am = None if attention_mask is None else attention_mask.bool()
+    return SpanFactors(q[:, None], k[:, None], start_bias, end_bias, am, max_width)
+
+
+def factors_to_logits(f: SpanFactors) -> Tensor:
+    """Materialise factored logits (differentiably).
+
+    Returns:
+        (B, C, L, L), or (B, C, L, W) band logits when ``f.max_width`` is set; invalid cells hold
+        ``torch.finfo(dtype).min``.
+    """
+    if f.max_width is None:
+        logits = torch.matmul(f.q, f.k.transpose(-1, -2))  # (B, C or 1, L, L)
+        if f.start_bias is not None:
+            logits = logits + f.start_bias[..., :, None]
+            logits += f.end_bias[..., None, :]
+        return _fill_invalid_(logits, f.attention_mask)
+    width = f.max_width
+    logits = _BandScores.apply(width, f.q, f.k)  # (B, C or 1, L, W)
+    if f.start_bias is not None:
+        end = torch.nn.functional.pad(f.end_bias, (0, width - 1)).unfold(-1, width, 1)
+        logits = logits + f.start_bias[..., :, None]
+        logits += end  # end[b, c, i, w] = end_bias[b, c, i + w]
+    elif logits.shape[1] != f.num_types:
+        logits = logits.expand(-1, f.num_types, -1, -1).contiguous()
+    return _fill_invalid_(logits, f.attention_mask, width)
 
 
 def global_pointer_logits(
-    q: Tensor, k: Tensor, attention_mask: Tensor | None = None, *, use_rope: bool = True
+    q: Tensor,
+    k: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    use_rope: bool = True,
+    max_width: int | None = None,
 ) -> Tensor:
     """Standard GlobalPointer span logits ``s[b, c, i, j] = q_i . k_j / sqrt(D)``.
 
@@ -104,14 +424,15 @@ def global_pointer_logits(
         k: (B, C, L, D) end projections.
         attention_mask: (B, L) bool; ``None`` means every token is real.
         use_rope: rotate q and k with :func:`rope` first.
+        max_width: W: compute only spans with ``j - i < W``, in the band layout.
     Returns:
-        (B, C, L, L); invalid cells hold ``torch.finfo(dtype).min``.
+        (B, C, L, L), or (B, C, L, W) with ``max_width``; invalid cells hold
+        ``torch.finfo(dtype).min``.
     """
-    if use_rope:
-        q, k = rope(q), rope(k)
     # Scaling the (L, D) factor is cheaper than scaling the (L, L) product.
-    logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
-    return _fill_invalid_(logits, attention_mask)
+    return factors_to_logits(
+        global_pointer_factors(q, k, attention_mask, use_rope=use_rope, max_width=max_width)
+    )
 
 
 def efficient_global_pointer_logits(
@@ -122,6 +443,7 @@ def efficient_global_pointer_logits(
     attention_mask: Tensor | None = None,
     *,
     use_rope: bool = True,
+    max_width: int | None = None,
 ) -> Tensor:
     """Efficient GlobalPointer logits: one shared q.k score plus per-type start and end biases.
 
@@ -133,14 +455,14 @@ def efficient_global_pointer_logits(
         start_bias: (B, C, L).
         end_bias: (B, C, L).
         attention_mask: (B, L) bool or ``None``.
+        max_width: W: band layout, see :func:`global_pointer_logits`.
     Returns:
-        (B, C, L, L); invalid cells hold ``torch.finfo(dtype).min``.
+        (B, C, L, L) or (B, C, L, W); invalid cells hold ``torch.finfo(dtype).min``.
     """
-    if use_rope:
-        q, k = rope(q), rope(k)
-    shared = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, L, L)
-    logits = shared[:, None] + start_bias[..., :, None] + end_bias[..., None, :]
-    return _fill_invalid_(logits, attention_mask)
+    f = efficient_global_pointer_factors(
+        q, k, start_bias, end_bias, attention_mask, use_rope=use_rope, max_width=max_width
+    )
+    return factors_to_logits(f)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -156,30 +478,29 @@ def _reduce(per_pair: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
 def _accumulation_dtype(x: Tensor) -> Tensor:
     """Half precision is accumulated in float32; float32 and float64 stay as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _valid_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:
-    """A bool mask broadcastable to ``like`` (B, C, L, L), or None for "all valid"."""
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _valid_mask(mask: Tensor | None, like: Tensor, max_width: int | None = None) -> Tensor | None:
+    """A bool mask broadcastable to ``like`` (B, C, L, L or W), or None for "all valid"."""
     if mask is None:
         return None
     if mask.dtype != torch.bool:
         raise TypeError(f"masks must be bool, got {mask.dtype}")
     if mask.dim() == 2:  # an attention mask (B, L)
-        mask = span_mask(mask)
+        mask = span_mask(mask) if max_width is None else band_mask(mask, max_width)
     return mask
-
-
-def _log1p_sum_exp(x: Tensor) -> Tensor:
-    """``log(1 + sum exp(x))`` over the last two dims, stable, ``-inf`` entries counting as 0.
-
-    The shift ``m >= 0`` is finite even when every entry is ``-inf``, so neither the value nor the
-    gradient can become NaN.
-    """
-    m = x.detach().amax(dim=(-2, -1), keepdim=True).clamp_min(0)
-    return _shifted_log1p(m.squeeze(-1).squeeze(-1), torch.exp(x - m).sum(dim=(-2, -1)))
 
 
 def _shifted_log1p(m: Tensor, shifted_sum: Tensor) -> Tensor:
@@ -193,116 +514,602 @@ def _shifted_log1p(m: Tensor, shifted_sum: Tensor) -> Tensor:
     return torch.where(m > 0, m + torch.log(torch.exp(-m) + shifted_sum), torch.log1p(shifted_sum))
 
 
+# ------------------------------------------------------------------------- the blocked kernel
+#
+# Every loss and divergence on GlobalPointer logits is a sum over the valid cells of each
+# (example, type) of an elementwise function of one or two logits, plus, for the cross-entropy,
+# a log-sum-exp. So they can all walk the cells in blocks [b0, b1) x [r0, r1) x [c0, M): a block
+# of (Bg, C, r, M - c0) cells fits in cache, is computed (by a matmul from factors, or copied
+# from materialised logits) into a fresh buffer, used in place, and dropped. Backward recomputes
+# the block and turns its gradient into dq/dk (factors) or writes it into the logits' gradient.
+#
+# Two facts of CPU kernels shape the arithmetic: masked_fill with a broadcast mask is several
+# times slower than adding a broadcast 0/-inf bias or multiplying by a 0/1 mask, and exp is 4 to
+# 30 times slower on -inf and on arguments that underflow. So invalid cells are excluded by a bias
+# (for maxima) or a 0/1 factor (for sums and gradients), and exp arguments are clamped below at
+# log(tiny): a clamped cell adds at most tiny (1e-38 in float32) where the sum it joins is >= 1,
+# and every gradient is multiplied by the mask, so excluded cells get exactly 0.
+#
+# A _Layout says which blocks exist and which of their cells are valid; a source says how to
+# produce a block's cells and where a block's gradient goes; _SpanLosses runs both passes.
+
+_NEG_INF = -math.inf
+
+
+class _Layout:
+    """Blocks over cells (B, C, L, M) and the valid cells of each block.
+
+    kinds:
+        "tri": full layout with triangular validity (``i <= j``, both tokens real); blocks start
+            at column ``c0 = r0`` since every cell left of the diagonal is invalid.
+        "band": band layout (M = W): cell ``(i, w)`` valid when tokens ``i`` and ``i + w`` are.
+        "all": every cell valid (no mask).
+        "mask": validity read from a bool mask broadcastable to (B, C, L, M).
+    """
+
+    ROWS = 64  # rows per block: the q.k^T matmuls are efficient from about 64 rows
+
+    def __init__(
+        self,
+        kind: str,
+        shape: tuple[int, int, int, int],
+        device: torch.device,
+        *,
+        attention_mask: Tensor | None = None,
+        mask: Tensor | None = None,
+        width: int | None = None,
+    ):
+        self.kind = kind
+        self.batch, self.types, self.rows, self.cols = shape
+        self.device = device
+        self.width = width
+        am = None if attention_mask is None else attention_mask.bool()
+        if am is not None and kind == "tri" and bool(am.all()):
+            am = None  # no padding: the triangle alone decides
+        self.am = am
+        self.invalid: Tensor | None = None
+        if kind == "band":
+            full = (
+                am if am is not None else torch.ones(1, self.rows, dtype=torch.bool, device=device)
+            )
+            self.invalid = ~band_mask(full, width)  # (B or 1, 1, L, W)
+        elif kind == "mask":
+            self.invalid = (~mask).expand(self.batch, self.types, self.rows, self.cols)
+        self.blocks = self._plan()
+
+    def _plan(self) -> list[tuple[int, int, int, int, int]]:
+        """``(b0, b1, r0, r1, c0)`` per block, about ``_BLOCK_CELLS`` cells each."""
+        blocks = []
+        rows = max(1, min(self.ROWS, _BLOCK_CELLS // max(1, self.types * self.cols)))
+        for r0 in range(0, self.rows, rows):
+            r1 = min(self.rows, r0 + rows)
+            c0 = r0 if self.kind == "tri" else 0
+            per_example = self.types * (r1 - r0) * (self.cols - c0)
+            group = max(1, min(self.batch, _BLOCK_CELLS // max(1, per_example)))
+            for b0 in range(0, self.batch, group):
+                blocks.append((b0, min(self.batch, b0 + group), r0, r1, c0))
+        return blocks
+
+    def invalid_block(self, b0: int, b1: int, r0: int, r1: int, c0: int) -> Tensor | None:
+        """Bool (Bg or 1, C or 1, r, M - c0): True on invalid cells; None when all are valid."""
+        if self.kind == "all":
+            return None
+        if self.kind in ("band", "mask"):
+            inv = self.invalid
+            if inv.shape[0] > 1:
+                inv = inv[b0:b1]
+            return inv[:, :, r0:r1, c0:]
+        rows = torch.arange(r0, r1, device=self.device)
+        cols = torch.arange(c0, self.cols, device=self.device)
+        lower = cols[None, :] < rows[:, None]  # (r, M - c0)
+        if self.am is None:
+            return lower[None, None]
+        am = self.am[b0:b1]
+        return lower | ~(am[:, None, r0:r1, None] & am[:, None, None, c0:])
+
+    def valid_at(self, b: Tensor, c: Tensor, i: Tensor, x: Tensor) -> Tensor:
+        """Which cells ``(b, c, i, x)`` (cell coordinates) are valid; raises if out of range."""
+        bad = (b < 0) | (b >= self.batch) | (c < 0) | (c >= self.types) | (i < 0) | (i >= self.rows)
+        if self.kind in ("all", "mask"):
+            bad |= (x < 0) | (x >= self.cols)
+        if bool(bad.any()):
+            raise ValueError("span index out of range of the logits")
+        if self.kind == "all":
+            return torch.ones_like(b, dtype=torch.bool)
+        if self.kind == "mask":
+            return ~self.invalid[b, c, i, x]
+        if self.kind == "band":
+            ok = (x >= 0) & (x < self.width) & (i + x < self.rows)
+            xs = x.clamp(0, self.width - 1)
+            return ok & ~self.invalid[b.clamp(max=self.invalid.shape[0] - 1), 0, i, xs]
+        ok = (x >= i) & (x < self.cols)
+        if self.am is None:
+            return ok
+        return ok & self.am[b, i] & self.am[b, x.clamp(max=self.cols - 1)]
+
+
+class _Positives:
+    """Gold cells sorted by block: flat indices into each block's cells and their groups."""
+
+    def __init__(self, layout: _Layout, cells: Tensor):
+        b, c, i, x = cells.long().reshape(-1, 4).to(layout.device).unbind(-1)
+        keep = layout.valid_at(b, c, i, x)
+        b, c, i, x = b[keep], c[keep], i[keep], x[keep]
+        rows, cols, types = layout.rows, layout.cols, layout.types
+        flat = torch.unique(((b * types + c) * rows + i) * cols + x)  # deduplicated
+        x = flat % cols
+        i = (flat // cols) % rows
+        group = flat // (cols * rows)  # b * C + c
+        b = group // types
+        # Block of each cell: blocks are listed row band by row band, batch groups inside.
+        blocks = torch.tensor(layout.blocks, device=layout.device).reshape(-1, 5)
+        b0, b1, r0, r1, c0 = blocks.unbind(-1)
+        inside = (b[:, None] >= b0) & (b[:, None] < b1) & (i[:, None] >= r0) & (i[:, None] < r1)
+        block = inside.float().argmax(-1) if len(b) else b
+        order = torch.argsort(block, stable=True)
+        block, group, b, i, x = block[order], group[order], b[order], i[order], x[order]
+        b0, r0, c0 = b0[block], r0[block], c0[block]
+        r = (r1 - blocks[:, 2])[block]
+        within = (((b - b0) * types + group % types) * r + (i - r0)) * (cols - c0) + (x - c0)
+        sizes = torch.bincount(block, minlength=len(layout.blocks)).tolist()
+        self.group = group  # (N,) in block order
+        self.flat = list(within.split(sizes))  # per block
+        self.sizes = sizes
+
+
+class _FactorSource:
+    """Blocks of cells computed from :class:`SpanFactors` (tensors q, k, start_bias, end_bias)."""
+
+    def __init__(self, layout: _Layout, q: Tensor, k: Tensor, sb: Tensor | None, eb: Tensor | None):
+        self.layout = layout
+        self.band = layout.kind == "band"
+        self.width = layout.width
+        self.acc = _acc(q.dtype)
+        self.length = q.shape[-2]
+        if self.band:  # zero rows past the end keep every block's matmul r x (r + W - 1)
+            k = torch.nn.functional.pad(k, (0, 0, 0, self.width - 1))
+            eb = None if eb is None else torch.nn.functional.pad(eb, (0, self.width - 1))
+        self.q, self.k, self.sb, self.eb = q, k, sb, eb
+        self.shared = q.shape[1] == 1 and layout.types > 1
+        self.grads: list[Tensor | None] | None = None
+        self._last: tuple[Tensor, Tensor] | None = None
+
+    def _cols(self, r0: int, r1: int, c0: int) -> tuple[int, int]:
+        if self.band:
+            return r0, r1 + self.width - 1
+        return c0, self.length
+
+    def load(self, b0: int, b1: int, r0: int, r1: int, c0: int) -> tuple[Tensor, Tensor]:
+        """The block's q rows and k columns in the accumulation dtype (kept for backward)."""
+        a, z = self._cols(r0, r1, c0)
+        qb = self.q[b0:b1, :, r0:r1].to(self.acc)
+        kb = self.k[b0:b1, :, a:z].to(self.acc)
+        self._last = (qb, kb)
+        return qb, kb
+
+    def cells(self, b0: int, b1: int, r0: int, r1: int, c0: int) -> Tensor:
+        """(Bg, C, r, M - c0), fresh and contiguous, in the accumulation dtype."""
+        a, z = self._cols(r0, r1, c0)
+        qb, kb = self.load(b0, b1, r0, r1, c0)
+        x = torch.matmul(qb, kb.transpose(-1, -2))  # (Bg, C or 1, r, n)
+        if self.band:
+            x = _band_view(x, self.width)  # (Bg, C or 1, r, W), a view
+        if self.sb is not None:
+            x = x + self.sb[b0:b1, :, r0:r1, None].to(self.acc)  # (Bg, C, r, M - c0), fresh
+            if self.band:
+                x += self.eb[b0:b1, :, a:z].to(self.acc).unfold(-1, self.width, 1)
+            else:
+                x += self.eb[b0:b1, :, None, a:z].to(self.acc)
+        elif self.band:
+            x = x.contiguous()
+        return x
+
+    def start_backward(self, needs: tuple[bool, ...]) -> None:
+        def zeros(t: Tensor | None, need: bool) -> Tensor | None:
+            return t.new_zeros(t.shape, dtype=self.acc) if (t is not None and need) else None
+
+        self.grads = [zeros(t, n) for t, n in zip((self.q, self.k, self.sb, self.eb), needs)]
+
+    def backward_cells(self, b0: int, b1: int, r0: int, r1: int, c0: int, g: Tensor) -> None:
+        """Accumulate the gradient ``g`` (Bg, C, r, M - c0) of this block's cells."""
+        dq, dk, dsb, deb = self.grads
+        a, z = self._cols(r0, r1, c0)
+        qb, kb = self._last  # set by cells() / load() on the same block
+        if dsb is not None:
+            dsb[b0:b1, :, r0:r1] = g.sum(-1)
+        if self.band:
+            full = g.new_zeros((*g.shape[:-1], z - a))  # (Bg, C, r, r + W - 1)
+            _band_view(full, self.width).copy_(g)
+            g = full
+        if deb is not None:
+            deb[b0:b1, :, a:z] += g.sum(-2)
+        if dq is None and dk is None:
+            return
+        if self.shared:
+            g = g.sum(1, keepdim=True)
+        if dq is not None:
+            dq[b0:b1, :, r0:r1] = torch.matmul(g, kb)
+        if dk is not None:
+            dk[b0:b1, :, a:z] += torch.matmul(g.transpose(-1, -2), qb)
+
+    def finish_backward(self) -> list[Tensor | None]:
+        dq, dk, dsb, deb = self.grads
+        if dk is not None:
+            dk = dk[:, :, : self.length]
+        if deb is not None:
+            deb = deb[:, :, : self.length]
+        originals = (self.q, self.k, self.sb, self.eb)
+        out = [None if g is None else g.to(t.dtype) for g, t in zip((dq, dk, dsb, deb), originals)]
+        self.grads = None
+        return out
+
+
+class _DenseSource:
+    """Blocks of cells copied from materialised logits (B, C, L, M)."""
+
+    def __init__(self, layout: _Layout, logits: Tensor):
+        self.layout = layout
+        self.logits = logits
+        self.acc = _acc(logits.dtype)
+        self.grad: Tensor | None = None
+        self._zero = torch.zeros((), dtype=self.acc, device=logits.device)
+
+    def cells(self, b0: int, b1: int, r0: int, r1: int, c0: int) -> Tensor:
+        block = self.logits[b0:b1, :, r0:r1, c0:]
+        invalid = self.layout.invalid_block(b0, b1, r0, r1, c0)
+        if invalid is None:
+            return torch.empty(block.shape, dtype=self.acc, device=block.device).copy_(block)
+        # Copy and clean in one pass: invalid cells may hold -inf (or anything) in user logits.
+        return torch.where(invalid, self._zero, block.to(self.acc))
+
+    def start_backward(self, needs: tuple[bool, ...]) -> None:
+        logits = self.logits
+        self.grad = (
+            torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+            if needs[0]
+            else None
+        )
+
+    def backward_cells(self, b0: int, b1: int, r0: int, r1: int, c0: int, g: Tensor) -> None:
+        if self.grad is None:
+            return
+        self.grad[b0:b1, :, r0:r1, c0:] = g
+        if c0:
+            self.grad[b0:b1, :, r0:r1, :c0] = 0
+
+    def finish_backward(self) -> list[Tensor | None]:
+        grad, self.grad = self.grad, None
+        return [grad]
+
+
+class _Job(NamedTuple):
+    """What one call of :class:`_SpanLosses` computes (everything but the tensors)."""
+
+    layout: _Layout
+    kind: str  # "factors": inputs (q, k, sb, eb) per source; "dense": one logits per source
+    sources: int  # 1 or 2
+    positives: _Positives | None  # gold cells, shared by every source's cross-entropy
+    ce: tuple[bool, bool]  # cross-entropy of source 0 / 1
+    kl: bool  # the GlobalPointer divergence between sources 0 and 1
+
+
+def _make_sources(job: _Job, tensors: tuple) -> list:
+    if job.kind == "dense":
+        return [_DenseSource(job.layout, t) for t in tensors[: job.sources]]
+    return [_FactorSource(job.layout, *tensors[4 * s : 4 * s + 4]) for s in range(job.sources)]
+
+
+def _positive_term(x_pos: Tensor, group: Tensor, groups: int) -> Tensor:
+    """``log(1 + sum_pos exp(-s))`` per group (B * C,) from the gold logits ``x_pos`` (N,)."""
+    x = -x_pos
+    m = x.new_zeros(groups).scatter_reduce(0, group, x, reduce="amax", include_self=True)
+    shifted = x.new_zeros(groups).index_add_(0, group, torch.exp(x - m[group]))
+    return _shifted_log1p(m, shifted)
+
+
+def _exp_floor(dtype: torch.dtype) -> float:
+    """The smallest exp argument with a normal result: lower clamp for fast, exact-enough exp."""
+    return math.log(torch.finfo(dtype).tiny) + 1.0
+
+
+class _BlockMasks(NamedTuple):
+    keep: Tensor | None  # 0/1 float, broadcastable to the block: multiplies sums and gradients
+    bias: Tensor | None  # 0/-inf float: added before a maximum
+
+
+def _block_masks(invalid: Tensor | None, dtype: torch.dtype) -> _BlockMasks:
+    if invalid is None:
+        return _BlockMasks(None, None)
+    keep = (~invalid).to(dtype)
+    bias = torch.zeros(invalid.shape, dtype=dtype, device=invalid.device)
+    return _BlockMasks(keep, bias.masked_fill_(invalid, _NEG_INF))
+
+
+def _uniform_positive(w: Tensor) -> float | None:
+    """The value of a gradient that is one positive number everywhere (mean/sum), else None."""
+    lo, hi = torch.aminmax(w)
+    lo, hi = float(lo), float(hi)
+    return lo if lo == hi and lo > 0 else None
+
+
+class _SpanLosses(torch.autograd.Function):
+    """Cross-entropies (per source) and the GlobalPointer divergence, block by block.
+
+    Outputs ``(ce0, ce1, kl)``, each (B, C) in the accumulation dtype (zeros where not asked for).
+    Saves only its inputs and (B, C) / (N,) statistics; backward recomputes each block.
+    """
+
+    @staticmethod
+    def forward(ctx, job: _Job, *tensors):
+        ctx.set_materialize_grads(False)
+        ctx.job = job
+        ctx.save_for_backward(*tensors)
+        layout = job.layout
+        sources = _make_sources(job, tensors)
+        acc = sources[0].acc
+        floor = _exp_floor(acc)
+        batch, types = layout.batch, layout.types
+        device = layout.device
+        kl = torch.zeros(batch, types, dtype=acc, device=device)
+        passes = [p for p in range(job.sources) if job.ce[p]]
+        # Online log-sum-exp of the negatives per (b, c): shift m >= 0 and sum of exp(x - m).
+        shift = {p: torch.zeros(batch, types, dtype=acc, device=device) for p in passes}
+        total = {p: torch.zeros(batch, types, dtype=acc, device=device) for p in passes}
+        gold: dict[int, list[Tensor]] = {p: [] for p in passes}
+        for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
+            xs = [src.cells(b0, b1, r0, r1, c0) for src in sources]
+            masks = _block_masks(layout.invalid_block(b0, b1, r0, r1, c0), acc)
+            if job.kl:
+                x0, x1 = xs
+                cell = torch.sigmoid(x0).sub_(torch.sigmoid(x1)).mul_(x0 - x1)
+                if masks.keep is not None:
+                    cell.mul_(masks.keep)
+                kl[b0:b1] += cell.sum(dim=(-2, -1))
+            for p in passes:
+                x = xs[p]  # used in place from here on
+                flat = job.positives.flat[index]
+                gold[p].append(x.view(-1)[flat])
+                if masks.bias is not None:
+                    x.add_(masks.bias)
+                x.view(-1).index_fill_(0, flat, _NEG_INF)
+                m = x.amax(dim=(-2, -1))  # (Bg, C), -inf where the block has no negatives
+                x.sub_(m.nan_to_num(neginf=0.0)[..., None, None]).clamp_min_(floor).exp_()
+                s = x.sum(dim=(-2, -1))
+                old_m, old_s = shift[p][b0:b1], total[p][b0:b1]
+                new_m = torch.maximum(old_m, m)
+                total[p][b0:b1] = old_s * torch.exp(old_m - new_m) + s * torch.exp(m - new_m)
+                shift[p][b0:b1] = new_m
+        outputs, stats = [], {}
+        for p in range(2):
+            if p not in passes:
+                outputs.append(torch.zeros(batch, types, dtype=acc, device=device))
+                continue
+            neg = _shifted_log1p(shift[p], total[p])  # log(1 + sum_neg e^s), (B, C)
+            x_pos = torch.cat(gold[p])
+            pos = _positive_term(x_pos, job.positives.group, batch * types)
+            stats[p] = (neg, x_pos, pos)
+            outputs.append(neg + pos.view(batch, types))
+        ctx.stats = stats
+        outputs.append(kl)
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, g_ce0, g_ce1, g_kl):
+        job: _Job = ctx.job
+        layout = job.layout
+        tensors = ctx.saved_tensors
+        sources = _make_sources(job, tensors)
+        acc = sources[0].acc
+        floor = _exp_floor(acc)
+        per = 1 if job.kind == "dense" else 4
+        needs = ctx.needs_input_grad[1:]
+        source_needs = [tuple(needs[per * s : per * s + per]) for s in range(job.sources)]
+        wants = [any(n) for n in source_needs]
+        g_ce = [g_ce0, g_ce1]
+        ce_passes = [
+            p for p in range(job.sources) if job.ce[p] and g_ce[p] is not None and wants[p]
+        ]
+        do_kl = job.kl and g_kl is not None and any(wants)
+        for s, src in enumerate(sources):
+            src.start_backward(source_needs[s])
+        # Per pass: the incoming weight (a python float when uniform, as after "mean" or "sum")
+        # and the gradient at each gold cell: -w e^(-s - log(1 + sum e^-s)).
+        ce_w, ce_w_scalar, gold_grad = {}, {}, {}
+        for p in ce_passes:
+            neg, x_pos, pos = ctx.stats[p]
+            ce_w[p] = g_ce[p].to(acc)
+            ce_w_scalar[p] = _uniform_positive(ce_w[p])
+            group = job.positives.group
+            wg = ce_w[p].reshape(-1)[group]
+            gold_grad[p] = list((-wg * torch.exp(-x_pos - pos[group])).split(job.positives.sizes))
+        if do_kl:
+            w_kl = g_kl.to(acc)
+            w_kl_scalar = _uniform_positive(w_kl)
+        computed = set(ce_passes) | ({0, 1} if do_kl else set())
+        for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
+            xs = [
+                src.cells(b0, b1, r0, r1, c0) if s in computed else None
+                for s, src in enumerate(sources)
+            ]
+            masks = _block_masks(layout.invalid_block(b0, b1, r0, r1, c0), acc)
+            grads: list[Tensor | None] = [None, None]
+            if do_kl:
+                # dD/ds = (sig(s) - sig(t)) + sig'(s) (s - t)
+                # dD/dt = -(sig(s) - sig(t)) - sig'(t) (s - t)
+                x0, x1 = xs
+                a, b = torch.sigmoid(x0), torch.sigmoid(x1)
+                diff = a - b
+                d = x0 - x1
+                if w_kl_scalar is not None:
+                    keep = masks.keep * w_kl_scalar if masks.keep is not None else w_kl_scalar
+                    scales = [keep]
+                else:
+                    scales = [w_kl[b0:b1, :, None, None]]
+                    if masks.keep is not None:
+                        scales.append(masks.keep)
+                for s, sig in ((0, a), (1, b)):
+                    if not wants[s]:
+                        continue
+                    sig.addcmul_(sig, sig, value=-1.0)  # sig' = sig (1 - sig), in place
+                    g = torch.addcmul(diff, sig, d, out=sig)
+                    for scale in scales:
+                        g.mul_(scale)
+                    grads[s] = g if s == 0 else g.neg_()
+            for p in ce_passes:
+                x = xs[p]  # used in place: the softmax weights of the negatives
+                flat = job.positives.flat[index]
+                neg = ctx.stats[p][0]
+                # x - L <= 0 on every valid negative (L = log(1 + sum e^x)); clamping above at 0
+                # keeps invalid cells finite, so the 0 of the mask makes them exactly 0.
+                x.sub_(neg[b0:b1, :, None, None]).clamp_(floor, 0.0).exp_()
+                if ce_w_scalar[p] is not None:
+                    keep = masks.keep
+                    x.mul_(ce_w_scalar[p] if keep is None else keep * ce_w_scalar[p])
+                else:
+                    x.mul_(ce_w[p][b0:b1, :, None, None])
+                    if masks.keep is not None:
+                        x.mul_(masks.keep)
+                x.view(-1).index_copy_(0, flat, gold_grad[p][index])
+                grads[p] = x if grads[p] is None else grads[p].add_(x)
+            for s, src in enumerate(sources):
+                if grads[s] is not None:
+                    src.backward_cells(b0, b1, r0, r1, c0, grads[s])
+        out: list[Tensor | None] = [None]
+        for s, src in enumerate(sources):
+            contributes = (s in ce_passes) or do_kl
+            out.extend(src.finish_backward() if wants[s] and contributes else [None] * per)
+        return tuple(out)
+
+
+def _dense_layout(
+    logits: Tensor, mask: Tensor | None, max_width: int | None, types: int | None = None
+) -> _Layout:
+    """The layout of materialised logits (B, C, L, L or W) under a loss's ``mask`` argument."""
+    _check_width(max_width)
+    batch, num_types, rows, cols = logits.shape
+    shape = (batch, num_types, rows, cols)
+    if max_width is not None and cols != max_width:
+        raise ValueError(f"band logits must be (B, C, L, {max_width}), got {tuple(logits.shape)}")
+    if mask is None:
+        return _Layout("all", shape, logits.device)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"masks must be bool, got {mask.dtype}")
+    if mask.dim() == 2:  # an attention mask (B, L)
+        if max_width is not None:
+            return _Layout("band", shape, logits.device, attention_mask=mask, width=max_width)
+        if rows != cols:
+            raise ValueError("a (B, L) mask needs (B, C, L, L) logits or max_width")
+        return _Layout("tri", shape, logits.device, attention_mask=mask)
+    return _Layout("mask", shape, logits.device, mask=mask)
+
+
+def _gold_cells(spans: Tensor, max_width: int | None) -> Tensor:
+    """Gold spans ``[b, c, i, j]`` in cell coordinates of the layout."""
+    spans = spans.long().reshape(-1, 4)
+    return spans if max_width is None else spans_to_band(spans, max_width)
+
+
 # ----------------------------------------------------------------------------------------- losses
 
 
 def multilabel_categorical_crossentropy(
-    logits: Tensor, targets: Tensor, mask: Tensor | None = None, reduction: str = "mean"
+    logits: Tensor,
+    targets: Tensor,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    max_width: int | None = None,
 ) -> Tensor:
     """Multi-label categorical cross-entropy with dense 0/1 targets.
 
     Per (example, type): ``log(1 + sum_neg e^s) + log(1 + sum_pos e^-s)`` over valid cells.
+    Computed as the sparse loss on ``targets.nonzero()``.
 
     Args:
-        logits: (B, C, L, L).
-        targets: (B, C, L, L) 0/1 or bool.
-        mask: bool, (B, L) attention mask or broadcastable to (B, C, L, L); None = all valid.
+        logits: (B, C, L, L), or band (B, C, L, W) with ``max_width``.
+        targets: 0/1 or bool, the same layout and shape as ``logits``.
+        mask: bool, (B, L) attention mask or broadcastable to ``logits``; None = all valid.
         reduction: "none" -> (B, C), "mean", "sum".
+        max_width: W when ``logits`` (and ``targets``) are in the band layout.
     """
-    s = _accumulation_dtype(logits)
-    positive = targets.bool()
-    valid = _valid_mask(mask, s)
-    negative_off = positive if valid is None else positive | ~valid
-    positive_off = ~positive if valid is None else ~positive | ~valid
-    neg = _log1p_sum_exp(s.masked_fill(negative_off, -math.inf))
-    pos = _log1p_sum_exp((-s).masked_fill(positive_off, -math.inf))
-    return _reduce(neg + pos, reduction)
-
-
-def _unique_span_index(spans: Tensor, shape: torch.Size) -> tuple[Tensor, ...]:
-    """Deduplicated (b, c, i, j) index tensors from an (N, 4) span tensor."""
-    _, num_types, length, _ = shape
-    spans = spans.long().reshape(-1, 4)
-    b, c, i, j = spans.unbind(-1)
-    flat = ((b * num_types + c) * length + i) * length + j
-    flat = torch.unique(flat)
-    j = flat % length
-    i = (flat // length) % length
-    c = (flat // (length * length)) % num_types
-    b = flat // (length * length * num_types)
-    return b, c, i, j
+    _check_reduction(reduction)
+    layout = _dense_layout(logits, mask, max_width)
+    cells = targets.bool().expand(logits.shape).nonzero()
+    job = _Job(layout, "dense", 1, _Positives(layout, cells), (True, False), False)
+    return _reduce(_SpanLosses.apply(job, logits)[0], reduction)
 
 
 def sparse_multilabel_categorical_crossentropy(
-    logits: Tensor, spans: Tensor, mask: Tensor | None = None, reduction: str = "mean"
+    logits: Tensor,
+    spans: Tensor,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    max_width: int | None = None,
 ) -> Tensor:
     """Multi-label categorical cross-entropy with sparse gold spans.
 
     Same value and gradient as :func:`multilabel_categorical_crossentropy` with the equivalent
-    dense targets, but no (B, C, L, L) target tensor is built: positives are gathered by index and
-    excluded from the negative term by writing ``-inf`` into the masked copy that the negative
-    term needs anyway (subtracting their mass instead would cancel catastrophically once the model
-    is confident).
+    dense targets, but no (B, C, L, L) target tensor, masked copy or intermediate is built: the
+    logits are read in cache-sized row blocks, positives are excluded from the negative term by
+    ``-inf`` in the block (subtracting their mass instead would cancel catastrophically once the
+    model is confident), and backward recomputes the block. Saves only ``logits``.
 
     Args:
-        logits: (B, C, L, L).
-        spans: (N, 4) integer rows ``[b, c, i, j]``; duplicates count once; spans on invalid cells
-            are ignored, as the dense loss ignores them.
-        mask: bool, (B, L) or broadcastable to (B, C, L, L); None = all valid.
+        logits: (B, C, L, L), or band (B, C, L, W) with ``max_width``.
+        spans: (N, 4) integer rows ``[b, c, i, j]``; duplicates count once; spans on invalid
+            cells (or not shorter than ``max_width``) are ignored, as the dense loss ignores them.
+        mask: bool, (B, L) or broadcastable to ``logits``; None = all valid.
         reduction: "none" -> (B, C), "mean", "sum".
+        max_width: W when ``logits`` are in the band layout.
     """
-    s = _accumulation_dtype(logits)
-    batch, num_types = s.shape[0], s.shape[1]
-    valid = _valid_mask(mask, s)
-    b, c, i, j = _unique_span_index(spans.to(s.device), s.shape)
-    if valid is not None:
-        vb = valid.expand(s.shape)
-        keep = vb[b, c, i, j]
-        b, c, i, j = b[keep], c[keep], i[keep], j[keep]
-
-    negative = s.masked_fill(~valid, -math.inf) if valid is not None else s.clone()
-    negative.index_put_((b, c, i, j), torch.tensor(-math.inf, dtype=s.dtype, device=s.device))
-    neg = _log1p_sum_exp(negative)  # (B, C)
-
-    # Positive term per (example, type) group: log(1 + sum exp(-s_pos)), as a scatter.
-    group = b * num_types + c
-    x = -s[b, c, i, j]  # (N,)
-    m = torch.zeros(batch * num_types, dtype=s.dtype, device=s.device)
-    m = m.scatter_reduce(0, group, x.detach(), reduce="amax", include_self=True)
-    shifted_sum = torch.zeros_like(m).index_add(0, group, torch.exp(x - m[group]))
-    pos = _shifted_log1p(m, shifted_sum).view(batch, num_types)
-    return _reduce(neg + pos, reduction)
+    _check_reduction(reduction)
+    layout = _dense_layout(logits, mask, max_width)
+    positives = _Positives(layout, _gold_cells(spans, max_width))
+    job = _Job(layout, "dense", 1, positives, (True, False), False)
+    return _reduce(_SpanLosses.apply(job, logits)[0], reduction)
 
 
 # ------------------------------------------------------------------------------------ divergences
 
 
 def global_pointer_kl(
-    s: Tensor, t: Tensor, mask: Tensor | None = None, reduction: str = "mean"
+    s: Tensor,
+    t: Tensor,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    max_width: int | None = None,
 ) -> Tensor:
     """The GlobalPointer divergence ``D(s, t) = sum_valid (sigmoid(s) - sigmoid(t)) (s - t)``.
 
     Equal to the sum over cells of the symmetric KL of the binary distributions
     ``[sigmoid(x), 1 - sigmoid(x)]``; symmetric, non-negative, zero iff ``s == t`` on valid cells.
+    Blocked like the cross-entropy: saves only ``s`` and ``t``, recomputes in backward.
 
     Args:
-        s, t: (B, C, L, L) logits.
-        mask: bool, (B, L) or broadcastable to (B, C, L, L); None = all valid (the finite fill of
+        s, t: (B, C, L, L) logits, or band (B, C, L, W) with ``max_width``.
+        mask: bool, (B, L) or broadcastable to ``s``; None = all valid (the finite fill of
             :func:`global_pointer_logits` then contributes exactly 0; ``-inf`` cells need a mask).
         reduction: "none" -> (B, C), "mean", "sum".
+        max_width: W when ``s`` and ``t`` are in the band layout.
     """
-    s, t = _accumulation_dtype(s), _accumulation_dtype(t)
-    valid = _valid_mask(mask, s)
-    if valid is not None:
-        # Zero both sides before any arithmetic: masked cells then give (0.5 - 0.5) * 0 = 0 and
-        # masked_fill passes no gradient to them.
-        s = s.masked_fill(~valid, 0.0)
-        t = t.masked_fill(~valid, 0.0)
-    cells = (torch.sigmoid(s) - torch.sigmoid(t)) * (s - t)
-    return _reduce(cells.sum(dim=(-2, -1)), reduction)
+    _check_reduction(reduction)
+    if s.shape != t.shape:
+        raise ValueError(f"s and t differ in shape: {tuple(s.shape)} vs {tuple(t.shape)}")
+    layout = _dense_layout(s, mask, max_width)
+    job = _Job(layout, "dense", 2, None, (False, False), True)
+    return _reduce(_SpanLosses.apply(job, s, t)[2], reduction)
 
 
-def softmax_kl(s: Tensor, t: Tensor, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:
+def softmax_kl(
+    s: Tensor,
+    t: Tensor,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    max_width: int | None = None,
+) -> Tensor:
     """Symmetric softmax KL over the valid cells of each (example, type): the baseline.
 
     ``KL(p || q) + KL(q || p)`` with ``p = softmax(s)``, ``q = softmax(t)`` taken over the valid
@@ -310,12 +1117,12 @@ def softmax_kl(s: Tensor, t: Tensor, mask: Tensor | None = None, reduction: str 
     An (example, type) without valid cells contributes 0.
 
     Args:
-        s, t: (B, C, L, L) logits.
+        s, t: (B, C, L, L) logits, or band (B, C, L, W) with ``max_width``.
         mask: bool, (B, L) or broadcastable to (B, C, L, L); None = all valid.
         reduction: "none" -> (B, C), "mean", "sum".
     """
     s, t = _accumulation_dtype(s), _accumulation_dtype(t)
-    valid = _valid_mask(mask, s)
+    valid = _valid_mask(mask, s, max_width)
     if valid is not None:
         # The lowest finite value gets probability exactly 0 next to any real logit, and
         # min - min = 0, so masked cells add nothing and no NaN can arise.
@@ -326,3 +1133,103 @@ def softmax_kl(s: Tensor, t: Tensor, mask: Tensor | None = None, reduction: str 
     q = torch.softmax(t.flatten(-2), dim=-1)
     per_pair = ((p - q) * (s - t).flatten(-2)).sum(-1)
     return _reduce(per_pair, reduction)
+
+
+# ----------------------------------------------------------------------------- fused from factors
+
+
+def _factors_layout(f: SpanFactors) -> _Layout:
+    batch, _, length, _ = f.q.shape
+    shape = (batch, f.num_types, length, length if f.max_width is None else f.max_width)
+    if f.max_width is None:
+        return _Layout("tri", shape, f.q.device, attention_mask=f.attention_mask)
+    return _Layout("band", shape, f.q.device, attention_mask=f.attention_mask, width=f.max_width)
+
+
+def _factor_tensors(f: SpanFactors) -> tuple:
+    return (f.q, f.k, f.start_bias, f.end_bias)
+
+
+def _check_pair(f: SpanFactors, g: SpanFactors) -> None:
+    if f.q.shape[0] != g.q.shape[0] or f.q.shape[2] != g.q.shape[2]:
+        raise ValueError("the two factor sets differ in batch size or length")
+    if f.num_types != g.num_types or f.max_width != g.max_width:
+        raise ValueError("the two factor sets differ in types or max_width")
+
+
+def fused_crossentropy(f: SpanFactors, spans: Tensor, reduction: str = "mean") -> Tensor:
+    """:func:`sparse_multilabel_categorical_crossentropy` of ``factors_to_logits(f)``, fused.
+
+    The logits are computed block by block over the valid triangle (or band) only and recomputed
+    in backward; memory is O(B * C * L * D) plus one cache-sized block.
+
+    Args:
+        f: the factors of a head (:meth:`GlobalPointer.factors`).
+        spans: (N, 4) rows ``[b, c, i, j]`` (span coordinates, also with ``max_width``).
+        reduction: "none" -> (B, C), "mean", "sum".
+    """
+    _check_reduction(reduction)
+    layout = _factors_layout(f)
+    positives = _Positives(layout, _gold_cells(spans, f.max_width))
+    job = _Job(layout, "factors", 1, positives, (True, False), False)
+    return _reduce(_SpanLosses.apply(job, *_factor_tensors(f))[0], reduction)
+
+
+def fused_global_pointer_kl(f: SpanFactors, g: SpanFactors, reduction: str = "mean") -> Tensor:
+    """:func:`global_pointer_kl` of two factored logits over ``f``'s valid cells, fused.
+
+    For VAT pass ``f.detach()`` as the clean side: no gradient work is done for it.
+    """
+    _check_reduction(reduction)
+    _check_pair(f, g)
+    job = _Job(_factors_layout(f), "factors", 2, None, (False, False), True)
+    return _reduce(_SpanLosses.apply(job, *_factor_tensors(f), *_factor_tensors(g))[2], reduction)
+
+
+def fused_rdrop_losses(
+    f: SpanFactors, g: SpanFactors, spans: Tensor, reduction: str = "mean"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Both cross-entropies and the divergence of an R-Drop pair in one blocked sweep.
+
+    Returns ``(ce_f, ce_g, kl)``, each reduced as asked, equal to
+    ``fused_crossentropy(f, spans)``, ``fused_crossentropy(g, spans)`` and
+    ``fused_global_pointer_kl(f, g)`` at the cost of computing each block once. The R-Drop loss
+    is ``(ce_f + ce_g) / 2 + alpha * kl``.
+    """
+    _check_reduction(reduction)
+    _check_pair(f, g)
+    layout = _factors_layout(f)
+    positives = _Positives(layout, _gold_cells(spans, f.max_width))
+    job = _Job(layout, "factors", 2, positives, (True, True), True)
+    ce_f, ce_g, kl = _SpanLosses.apply(job, *_factor_tensors(f), *_factor_tensors(g))
+    return _reduce(ce_f, reduction), _reduce(ce_g, reduction), _reduce(kl, reduction)
+
+
+class _BandScores(torch.autograd.Function):
+    """``out[b, c, i, w] = q[b, c, i] . k[b, c, i + w]`` (zero past the end): (B, C, L, W)."""
+
+    @staticmethod
+    def forward(ctx, width: int, q: Tensor, k: Tensor):  # noqa: D401 - autograd signature
+        ctx.width = width
+        ctx.save_for_backward(q, k)
+        batch, types, length, _ = q.shape
+        layout = _Layout("band", (batch, types, length, width), q.device, width=width)
+        src = _FactorSource(layout, q, k, None, None)
+        out = torch.empty(batch, types, length, width, dtype=src.acc, device=q.device)
+        for b0, b1, r0, r1, c0 in layout.blocks:
+            out[b0:b1, :, r0:r1] = src.cells(b0, b1, r0, r1, c0)
+        return out.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, k = ctx.saved_tensors
+        batch, types, length, _ = q.shape
+        width = ctx.width
+        layout = _Layout("band", (batch, types, length, width), q.device, width=width)
+        src = _FactorSource(layout, q, k, None, None)
+        src.start_backward((ctx.needs_input_grad[1], ctx.needs_input_grad[2], False, False))
+        for b0, b1, r0, r1, c0 in layout.blocks:
+            src.load(b0, b1, r0, r1, c0)
+            src.backward_cells(b0, b1, r0, r1, c0, grad[b0:b1, :, r0:r1].to(src.acc))
+        dq, dk, _, _ = src.finish_backward()
+        return None, dq, dk

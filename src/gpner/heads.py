@@ -17,65 +17,122 @@ __all__ = [
 
 
 class GlobalPointer(nn.Module):
-    """Per-type start/end projections scored pairwise: hidden (B, L, H) -> logits (B, C, L, L)."""
+    """Per-type start/end projections scored pairwise: hidden (B, L, H) -> logits (B, C, L, L).
+
+    With ``max_width=W`` only spans with ``j - i < W`` are scored and the logits are returned in
+    the band layout (B, C, L, W), ``logits[b, c, i, w]`` scoring span ``(i, i + w)``; memory and
+    time are then O(B * C * L * W).
+
+    :meth:`forward` materialises the logits (for prediction and the drop-in losses);
+    :meth:`factors` returns them in factored form for the fused losses of
+    :mod:`gpner.functional` (the fast training path: no (B, C, L, L) tensor at all).
+    """
 
     def __init__(
-        self, hidden_size: int, num_types: int, head_size: int = 64, use_rope: bool = True
+        self,
+        hidden_size: int,
+        num_types: int,
+        head_size: int = 64,
+        use_rope: bool = True,
+        max_width: int | None = None,
     ):
         super().__init__()
+        if max_width is not None and max_width < 1:
+            raise ValueError(f"max_width must be positive or None, got {max_width}")
         self.num_types = num_types
         self.head_size = head_size
         self.use_rope = use_rope
+        self.max_width = max_width
         self.proj = nn.Linear(hidden_size, num_types * head_size * 2)
 
-    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def factors(self, hidden: Tensor, attention_mask: Tensor | None = None) -> F.SpanFactors:
+        """hidden (B, L, H) -> :class:`~gpner.functional.SpanFactors` of the logits."""
         batch, length, _ = hidden.shape
         qk = self.proj(hidden).view(batch, length, self.num_types, 2, self.head_size)
         qk = qk.permute(3, 0, 2, 1, 4)  # (2, B, C, L, D)
-        return F.global_pointer_logits(qk[0], qk[1], attention_mask, use_rope=self.use_rope)
+        return F.global_pointer_factors(
+            qk[0], qk[1], attention_mask, use_rope=self.use_rope, max_width=self.max_width
+        )
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """-> (B, C, L, L) logits, or (B, C, L, W) with ``max_width``; invalid cells hold the
+        dtype's lowest finite value."""
+        return F.factors_to_logits(self.factors(hidden, attention_mask))
 
 
 class EfficientGlobalPointer(nn.Module):
     """One shared start/end projection plus per-type start and end biases.
 
     The biases are read from the shared projection (2D features), as in the original Efficient
-    GlobalPointer, so the per-type cost is O(L) instead of O(L * D).
+    GlobalPointer, so the per-type cost is O(L) instead of O(L * D). ``max_width``,
+    :meth:`factors` and :meth:`forward` as in :class:`GlobalPointer`.
     """
 
     def __init__(
-        self, hidden_size: int, num_types: int, head_size: int = 64, use_rope: bool = True
+        self,
+        hidden_size: int,
+        num_types: int,
+        head_size: int = 64,
+        use_rope: bool = True,
+        max_width: int | None = None,
     ):
         super().__init__()
+        if max_width is not None and max_width < 1:
+            raise ValueError(f"max_width must be positive or None, got {max_width}")
         self.num_types = num_types
         self.head_size = head_size
         self.use_rope = use_rope
+        self.max_width = max_width
         self.proj = nn.Linear(hidden_size, head_size * 2)
         self.bias = nn.Linear(head_size * 2, num_types * 2)
 
-    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def factors(self, hidden: Tensor, attention_mask: Tensor | None = None) -> F.SpanFactors:
+        """hidden (B, L, H) -> :class:`~gpner.functional.SpanFactors` of the logits."""
         shared = self.proj(hidden)  # (B, L, 2D)
         q, k = shared[..., 0::2], shared[..., 1::2]
         # Halved so that start + end bias has the scale of one projection.
         bias = self.bias(shared).transpose(1, 2) / 2  # (B, 2C, L)
-        return F.efficient_global_pointer_logits(
-            q, k, bias[:, 0::2], bias[:, 1::2], attention_mask, use_rope=self.use_rope
+        return F.efficient_global_pointer_factors(
+            q,
+            k,
+            bias[:, 0::2],
+            bias[:, 1::2],
+            attention_mask,
+            use_rope=self.use_rope,
+            max_width=self.max_width,
         )
 
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """-> (B, C, L, L) logits, or (B, C, L, W) with ``max_width``."""
+        return F.factors_to_logits(self.factors(hidden, attention_mask))
 
-def build_head(kind: str, hidden_size: int, num_types: int, head_size: int = 64) -> nn.Module:
-    """``kind`` is "global_pointer" or "efficient_global_pointer"."""
+
+def build_head(
+    kind: str,
+    hidden_size: int,
+    num_types: int,
+    head_size: int = 64,
+    max_width: int | None = None,
+) -> nn.Module:
+    """``kind`` is "global_pointer" or "efficient_global_pointer"; ``max_width`` as in
+    :class:`GlobalPointer`."""
     heads = {"global_pointer": GlobalPointer, "efficient_global_pointer": EfficientGlobalPointer}
     if kind not in heads:
         raise ValueError(f"unknown head {kind!r}; choose one of {sorted(heads)}")
-    return heads[kind](hidden_size, num_types, head_size)
+    return heads[kind](hidden_size, num_types, head_size, max_width=max_width)
 
 
 class MultilabelCrossEntropy(nn.Module):
-    """Multi-label categorical cross-entropy; sparse span targets when ``spans`` is given."""
+    """Multi-label categorical cross-entropy; sparse span targets when ``spans`` is given.
 
-    def __init__(self, reduction: str = "mean"):
+    ``max_width``: the logits are in the band layout (B, C, L, W) of a head built with the same
+    ``max_width``; ``spans`` stay ``[b, c, i, j]``, dense ``targets`` share the logits' layout.
+    """
+
+    def __init__(self, reduction: str = "mean", max_width: int | None = None):
         super().__init__()
         self.reduction = reduction
+        self.max_width = max_width
 
     def forward(
         self,
@@ -88,27 +145,33 @@ class MultilabelCrossEntropy(nn.Module):
         if (targets is None) == (spans is None):
             raise ValueError("give exactly one of dense `targets` or sparse `spans`")
         if spans is not None:
-            return F.sparse_multilabel_categorical_crossentropy(logits, spans, mask, self.reduction)
-        return F.multilabel_categorical_crossentropy(logits, targets, mask, self.reduction)
+            return F.sparse_multilabel_categorical_crossentropy(
+                logits, spans, mask, self.reduction, max_width=self.max_width
+            )
+        return F.multilabel_categorical_crossentropy(
+            logits, targets, mask, self.reduction, max_width=self.max_width
+        )
 
 
 class GlobalPointerKL(nn.Module):
     """``D(s, t) = sum_valid (sigmoid(s) - sigmoid(t)) (s - t)``."""
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean", max_width: int | None = None):
         super().__init__()
         self.reduction = reduction
+        self.max_width = max_width
 
     def forward(self, s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
-        return F.global_pointer_kl(s, t, mask, self.reduction)
+        return F.global_pointer_kl(s, t, mask, self.reduction, max_width=self.max_width)
 
 
 class SoftmaxKL(nn.Module):
     """Symmetric softmax KL over each (example, type)'s valid cells (the baseline divergence)."""
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean", max_width: int | None = None):
         super().__init__()
         self.reduction = reduction
+        self.max_width = max_width
 
     def forward(self, s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
-        return F.softmax_kl(s, t, mask, self.reduction)
+        return F.softmax_kl(s, t, mask, self.reduction, max_width=self.max_width)

@@ -1,0 +1,197 @@
+"""The measured steps: one configuration, several implementations of the same computation.
+
+A *step* is forward + backward of, per mode:
+
+* ``headloss``: one pass of the head over dropout(hidden) and the multi-label cross-entropy;
+* ``rdrop``: two passes of the head over two dropouts of the same hidden states, both
+  cross-entropies and the GlobalPointer divergence, loss ``(ce1 + ce2) / 2 + alpha * D``;
+* ``rdrop_nokl``: the same two passes and cross-entropies without the divergence (so the
+  divergence's own cost is ``rdrop - rdrop_nokl``).
+
+Implementations:
+
+* ``reference``: typical public code (benchmarks/speed/reference.py), dense labels built per step;
+* ``logits``: gpner's heads materialising logits, then gpner's drop-in losses on them;
+* ``fused``: gpner's heads returning factors, then the fused losses (the fast training path);
+* ``fused_compiled``: ``fused`` with ``torch.compile`` on the head (optional; see bench_head.py).
+
+``hidden`` requires grad, so every step includes the gradient into the encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import reference as ref
+import torch
+from torch import Tensor, nn
+
+from gpner import functional as F
+from gpner.heads import build_head
+
+ALPHA = 1.0
+DROPOUT = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    head: str = "global_pointer"  # or "efficient_global_pointer"
+    mode: str = "rdrop"  # "headloss", "rdrop" or "rdrop_nokl"
+    batch: int = 16
+    types: int = 10
+    head_size: int = 64
+    hidden: int = 768
+    length: int = 512
+    max_width: int | None = None  # gpner implementations only
+
+    @property
+    def cells_bytes(self) -> int:
+        """Bytes of one (B, C, L, L) float32 tensor: the unit memory is reported in."""
+        return self.batch * self.types * self.length * self.length * 4
+
+    def key(self) -> str:
+        width = f"-W{self.max_width}" if self.max_width else ""
+        return f"{self.head}-{self.mode}-H{self.hidden}-L{self.length}{width}"
+
+
+@dataclasses.dataclass
+class Inputs:
+    hidden: Tensor  # (B, L, H), requires grad
+    attention_mask: Tensor  # (B, L) bool
+    spans: Tensor  # (N, 4) [b, c, i, j], all shorter than 16 tokens
+
+
+def make_inputs(cfg: Config, seed: int = 0) -> Inputs:
+    g = torch.Generator().manual_seed(seed)
+    b, length = cfg.batch, cfg.length
+    hidden = torch.randn(b, length, cfg.hidden, generator=g).requires_grad_()
+    lengths = length - torch.randint(0, max(1, length // 4), (b,), generator=g)
+    lengths[0] = length  # the batch is padded to its longest example
+    attention_mask = torch.arange(length)[None, :] < lengths[:, None]
+    rows = []
+    per_example = max(1, length // 16)
+    for bb in range(b):
+        n = int(lengths[bb])
+        starts = torch.randint(0, n, (per_example,), generator=g)
+        widths = torch.randint(0, 16, (per_example,), generator=g)
+        ends = torch.minimum(starts + widths, torch.tensor(n - 1))
+        types = torch.randint(0, cfg.types, (per_example,), generator=g)
+        rows.append(torch.stack([torch.full_like(starts, bb), types, starts, ends], -1))
+    return Inputs(hidden, attention_mask, torch.cat(rows))
+
+
+def make_heads(cfg: Config, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(gpner head, reference head) computing the same function."""
+    torch.manual_seed(seed)
+    head = build_head(cfg.head, cfg.hidden, cfg.types, cfg.head_size, max_width=cfg.max_width)
+    reference = ref.build(cfg.head, cfg.hidden, cfg.types, cfg.head_size)
+    ref.copy_weights_from_gpner(reference, head)
+    return head, reference
+
+
+def _passes(cfg: Config) -> int:
+    return 1 if cfg.mode == "headloss" else 2
+
+
+def reference_step(cfg: Config, head: nn.Module, x: Inputs, dropout: float = DROPOUT) -> Tensor:
+    shape = (cfg.batch, cfg.types, cfg.length, cfg.length)
+    labels = ref.dense_labels(x.spans, shape)
+    logits = [
+        head(nn.functional.dropout(x.hidden, dropout), x.attention_mask)
+        for _ in range(_passes(cfg))
+    ]
+    ce = [ref.global_pointer_crossentropy(labels, s) for s in logits]
+    if cfg.mode == "headloss":
+        return ce[0]
+    loss = (ce[0] + ce[1]) / 2
+    if cfg.mode == "rdrop":
+        loss = loss + ALPHA * ref.global_pointer_divergence(logits[0], logits[1], x.attention_mask)
+    return loss
+
+
+def logits_step(cfg: Config, head: nn.Module, x: Inputs, dropout: float = DROPOUT) -> Tensor:
+    w = cfg.max_width
+    logits = [
+        head(nn.functional.dropout(x.hidden, dropout), x.attention_mask)
+        for _ in range(_passes(cfg))
+    ]
+    ce = [
+        F.sparse_multilabel_categorical_crossentropy(s, x.spans, x.attention_mask, max_width=w)
+        for s in logits
+    ]
+    if cfg.mode == "headloss":
+        return ce[0]
+    loss = (ce[0] + ce[1]) / 2
+    if cfg.mode == "rdrop":
+        kl = F.global_pointer_kl(logits[0], logits[1], x.attention_mask, max_width=w)
+        loss = loss + ALPHA * kl
+    return loss
+
+
+def fused_step(cfg: Config, head: nn.Module, x: Inputs, dropout: float = DROPOUT) -> Tensor:
+    factors = [
+        head.factors(nn.functional.dropout(x.hidden, dropout), x.attention_mask)
+        for _ in range(_passes(cfg))
+    ]
+    if cfg.mode == "headloss":
+        return F.fused_crossentropy(factors[0], x.spans)
+    if cfg.mode == "rdrop_nokl":
+        ce = [F.fused_crossentropy(f, x.spans) for f in factors]
+        return (ce[0] + ce[1]) / 2
+    ce1, ce2, kl = F.fused_rdrop_losses(factors[0], factors[1], x.spans)
+    return (ce1 + ce2) / 2 + ALPHA * kl
+
+
+STEPS: dict[str, Callable[..., Tensor]] = {
+    "reference": reference_step,
+    "logits": logits_step,
+    "fused": fused_step,
+}
+
+
+def implementation(cfg: Config, name: str, seed: int = 0):
+    """A zero-argument callable running one forward + backward step of ``name``."""
+    head, reference = make_heads(cfg, seed)
+    x = make_inputs(cfg, seed)
+    module = reference if name == "reference" else head
+    fn = STEPS["fused" if name == "fused_compiled" else name]
+    if name == "fused_compiled":
+        module = _compiled_factors(head)
+
+    def step() -> float:
+        module.zero_grad(set_to_none=True)
+        x.hidden.grad = None
+        loss = fn(cfg, module, x)
+        loss.backward()
+        return float(loss)
+
+    return step
+
+
+class _CompiledFactors(nn.Module):
+    """Wraps a head so that ``factors`` runs through ``torch.compile`` (eager losses)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+        self._factors = torch.compile(head.factors, dynamic=False)
+
+    def factors(self, hidden: Tensor, attention_mask: Tensor) -> F.SpanFactors:
+        return self._factors(hidden, attention_mask)
+
+
+def _compiled_factors(head: nn.Module) -> nn.Module:
+    return _CompiledFactors(head)
+
+
+def parity(cfg: Config, seed: int = 0) -> dict[str, float]:
+    """Loss values of every implementation without dropout: they must agree."""
+    head, reference = make_heads(cfg, seed)
+    x = make_inputs(cfg, seed)
+    with torch.no_grad():
+        return {
+            "reference": float(reference_step(cfg, reference, x, 0.0)),
+            "logits": float(logits_step(cfg, head, x, 0.0)),
+            "fused": float(fused_step(cfg, head, x, 0.0)),
+        }
