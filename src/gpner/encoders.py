@@ -119,13 +119,17 @@ class HFEncoder(nn.Module):
         # The pooler weights a sentence-embedding checkpoint carries are unused here by design;
         # the load report listing them would only alarm users.
         previous = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
             model = AutoModel.from_pretrained(
                 str(path), local_files_only=True, add_pooling_layer=False
             )
         finally:
             hf_logging.set_verbosity(previous)
+            if bars:
+                hf_logging.enable_progress_bar()
         return cls(model)
 
     @classmethod
