@@ -133,3 +133,14 @@ def test_two_processes_match_single_process(tmp_path, tiny_data):
     assert single.history[0]["train_loss"] == pytest.approx(
         json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["train_loss"], rel=1e-3
     )
+
+
+def test_train_leaves_the_callers_config_alone(tmp_path, tiny_data):
+    from gpner.config import config_to_dict
+
+    cfg = _config(tiny_data, tmp_path / "v", **{"train.epochs": 1, "data.validation_fraction": 0.25})
+    before = config_to_dict(cfg)
+    train(cfg)
+    assert config_to_dict(cfg) == before
+    # the checkpoint records that the dev file was replaced by the carved split
+    assert load(tmp_path / "v" / "best.pt").config.data.dev is None

@@ -5,6 +5,7 @@ data-parallel training over ``torch.distributed`` (``torchrun --nproc_per_node=N
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -142,10 +143,6 @@ def validate(config: Config) -> None:
         raise ConfigError("train.epochs: must be positive")
     if config.data.max_length < 4:
         raise ConfigError("data.max_length: must be at least 4")
-    if config.data.validation_fraction > 0:
-        # The carved split replaces the dev file; record that, so no checkpoint or result claims
-        # a dev file (often the reported test set) that was never used.
-        config.data.dev = None
 
 
 # ------------------------------------------------------------------------------- distributed
@@ -308,6 +305,11 @@ def train(config: Config, resume: bool = False) -> TrainResult:
     and ends with the same metrics as an uninterrupted run.
     """
     validate(config)
+    config = copy.deepcopy(config)  # the caller's config is never modified
+    if config.data.validation_fraction > 0:
+        # The carved split replaces the dev file; the checkpoint records that, so it never claims
+        # a dev file (often the reported test set) that was not used.
+        config.data.dev = None
     tcfg = config.train
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
