@@ -185,7 +185,7 @@ def band_mask(attention_mask: Tensor, max_width: int) -> Tensor:
 
 
 def _band_view(x: Tensor, width: int) -> Tensor:
-    """The band of a contiguous (..., r, r + W - 1) block: ``view[..., i, w] = x[..., i, i + w]``."""
+    """The band of a contiguous (..., r, r + W - 1) block: ``view[..., i, w] = x[..., i, i+w]``."""
     rows, cols = x.shape[-2], x.shape[-1]
     lead = x.shape[:-2]
     strides = list(x.stride()[:-2]) + [cols + 1, 1]
@@ -584,7 +584,10 @@ class _Layout:
         for r0 in range(0, self.rows, rows):
             r1 = min(self.rows, r0 + rows)
             c0 = r0 if self.kind == "tri" else 0
-            per_example = self.types * (r1 - r0) * (self.cols - c0)
+            cols = self.cols - c0
+            if self.kind == "band":  # the block's matmul is r x (r + W - 1)
+                cols = r1 - r0 + self.cols - 1
+            per_example = self.types * (r1 - r0) * cols
             group = max(1, min(self.batch, _BLOCK_CELLS // max(1, per_example)))
             for b0 in range(0, self.batch, group):
                 blocks.append((b0, min(self.batch, b0 + group), r0, r1, c0))
@@ -695,7 +698,9 @@ class _FactorSource:
         if self.band:
             x = _band_view(x, self.width)  # (Bg, C or 1, r, W), a view
         if self.sb is not None:
-            x = x + self.sb[b0:b1, :, r0:r1, None].to(self.acc)  # (Bg, C, r, M - c0), fresh
+            sb = self.sb[b0:b1, :, r0:r1, None].to(self.acc)
+            out = torch.empty((*sb.shape[:-1], x.shape[-1]), dtype=self.acc, device=x.device)
+            x = torch.add(x, sb, out=out)  # (Bg, C, r, M - c0), fresh and contiguous
             if self.band:
                 x += self.eb[b0:b1, :, a:z].to(self.acc).unfold(-1, self.width, 1)
             else:
@@ -760,7 +765,7 @@ class _DenseSource:
         if invalid is None:
             return torch.empty(block.shape, dtype=self.acc, device=block.device).copy_(block)
         # Copy and clean in one pass: invalid cells may hold -inf (or anything) in user logits.
-        return torch.where(invalid, self._zero, block.to(self.acc))
+        return torch.where(invalid, self._zero, block.to(self.acc)).contiguous()
 
     def start_backward(self, needs: tuple[bool, ...]) -> None:
         logits = self.logits
