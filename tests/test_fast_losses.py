@@ -320,3 +320,37 @@ def test_fused_step_never_builds_a_dense_cell_tensor(monkeypatch, head, width):
         ce1, ce2, kl = F.fused_rdrop_losses(f, g, spans)
         (ce1 + ce2 + kl).backward()
     assert probe.largest <= b * c * length * length // 4
+
+
+@pytest.mark.parametrize("use_rope", [True, False])
+@pytest.mark.parametrize("efficient", [False, True])
+def test_projected_factors_match_view_factors(use_rope, efficient):
+    g = torch.Generator().manual_seed(16)
+    b, c, length, d = 2, 3, 5, 4
+    width = 2 * d if efficient else c * 2 * d
+    proj = torch.randn(b, length, width, generator=g, dtype=DT, requires_grad=True)
+    sb = torch.randn(b, c, length, generator=g, dtype=DT) if efficient else None
+    eb = torch.randn(b, c, length, generator=g, dtype=DT) if efficient else None
+    am = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+
+    def fused(p):
+        f = F.projected_factors(p, c, am, start_bias=sb, end_bias=eb, use_rope=use_rope)
+        return f.q, f.k
+
+    def plain(p):
+        if efficient:
+            f = F.efficient_global_pointer_factors(
+                p[..., 0::2], p[..., 1::2], sb, eb, am, use_rope=use_rope
+            )
+        else:
+            qk = p.view(b, length, c, 2, d).permute(3, 0, 2, 1, 4)
+            f = F.global_pointer_factors(qk[0], qk[1], am, use_rope=use_rope)
+        return f.q, f.k
+
+    w = [torch.randn(x.shape, generator=g, dtype=DT) for x in plain(proj)]
+    for a, b_ in zip(fused(proj), plain(proj)):
+        assert_close(a, b_)
+    ga = grads(sum((x * y).sum() for x, y in zip(fused(proj), w)), [proj])[0]
+    gb = grads(sum((x * y).sum() for x, y in zip(plain(proj), w)), [proj])[0]
+    assert_close(ga, gb)
+    assert torch.autograd.gradcheck(lambda p: fused(p)[0], (proj,))  # only q: k's grad is zero

@@ -164,7 +164,7 @@ def implementation(cfg: Config, name: str, seed: int = 0):
         x.hidden.grad = None
         loss = fn(cfg, module, x)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

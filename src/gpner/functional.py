@@ -51,6 +51,7 @@ __all__ = [
     "global_pointer_factors",
     "efficient_global_pointer_factors",
     "factors_to_logits",
+    "projected_factors",
     "multilabel_categorical_crossentropy",
     "sparse_multilabel_categorical_crossentropy",
     "global_pointer_kl",
@@ -91,10 +92,11 @@ def _rope_tables(
     return (angles.cos() * scale).to(x.dtype), (angles.sin() * scale).to(x.dtype)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -> Tensor:
     """Pairs ``(e, o)`` of ``x`` -> ``(e cos - o sin, o cos + e sin)``, in 4 half-size passes."""
-    shape = torch.broadcast_shapes(x.shape, (*cos.shape[:-1], x.shape[-1]))
-    out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    if out is None:
+        shape = torch.broadcast_shapes(x.shape, (*cos.shape[:-1], x.shape[-1]))
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
     pairs, out_pairs = x.unflatten(-1, (-1, 2)), out.unflatten(-1, (-1, 2))
     even, odd = pairs[..., 0], pairs[..., 1]
     out_even, out_odd = out_pairs[..., 0], out_pairs[..., 1]
@@ -121,6 +123,43 @@ class _Rope(torch.autograd.Function):
         if dx.shape != ctx.shape:  # x was broadcast against batched positions
             dx = dx.sum_to_size(ctx.shape)
         return dx, None, None
+
+
+class _ProjectedPair(torch.autograd.Function):
+    """``q`` and ``k`` cut from one projection output, rotated (``q`` also scaled), in one node.
+
+    ``split(base)`` returns the two (..., L, D) views. Backward writes both gradients straight
+    into one buffer shaped like ``base`` (the views partition it), instead of autograd's
+    zero-filled, base-sized buffer per view.
+    """
+
+    @staticmethod
+    def forward(ctx, base: Tensor, split, use_rope: bool, scale: float):
+        qv, kv = split(base)
+        ctx.split, ctx.use_rope, ctx.scale = split, use_rope, scale
+        ctx.base_shape = base.shape
+        if not use_rope:
+            return (qv * scale).contiguous(), kv.contiguous()
+        cos, sin = _rope_tables(qv, None, 10000.0)
+        ctx.save_for_backward(cos, sin)
+        return _rotate(qv, cos * scale, sin * scale), _rotate(kv, cos, sin)
+
+    @staticmethod
+    def backward(ctx, gq: Tensor | None, gk: Tensor | None):
+        ref = gq if gq is not None else gk
+        grad = torch.empty(ctx.base_shape, dtype=ref.dtype, device=ref.device)
+        gqv, gkv = ctx.split(grad)
+        scale = ctx.scale
+        if ctx.use_rope:
+            cos, sin = ctx.saved_tensors
+        for g, view, factor in ((gq, gqv, scale), (gk, gkv, 1.0)):
+            if g is None:
+                view.zero_()
+            elif ctx.use_rope:
+                _rotate(g, cos * factor, sin * -factor, out=view)
+            else:
+                torch.mul(g, factor, out=view)
+        return grad, None, None, None
 
 
 def rope(
@@ -340,6 +379,51 @@ class SpanFactors(NamedTuple):
             start_bias=cut(self.start_bias),
             end_bias=cut(self.end_bias),
         )
+
+
+def _split_global_pointer(base: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, L, C, 2, D) projection -> q, k (B, C, L, D) views."""
+    return base[..., 0, :].transpose(1, 2), base[..., 1, :].transpose(1, 2)
+
+
+def _split_efficient(base: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, L, D, 2) projection -> q, k (B, L, D) views (interleaved, as the original)."""
+    return base[..., 0], base[..., 1]
+
+
+def projected_factors(
+    projection: Tensor,
+    num_types: int,
+    attention_mask: Tensor | None = None,
+    *,
+    start_bias: Tensor | None = None,
+    end_bias: Tensor | None = None,
+    use_rope: bool = True,
+    max_width: int | None = None,
+) -> SpanFactors:
+    """Factors straight from a head's projection output, q and k split and rotated in one node.
+
+    Same values as :func:`global_pointer_factors` / :func:`efficient_global_pointer_factors` on
+    the projection's q and k views, with a cheaper backward.
+
+    Args:
+        projection: GlobalPointer: (B, L, C * 2 * D), per type ``[q (D), k (D)]``. Efficient
+            GlobalPointer (``start_bias`` given): (B, L, 2 * D), q and k interleaved.
+        num_types: C.
+        start_bias, end_bias: (B, C, L) for the Efficient head, else None.
+    """
+    _check_width(max_width)
+    batch, length, width = projection.shape
+    am = None if attention_mask is None else attention_mask.bool()
+    if start_bias is None:
+        dim = width // (2 * num_types)
+        base = projection.view(batch, length, num_types, 2, dim)
+        q, k = _ProjectedPair.apply(base, _split_global_pointer, use_rope, dim**-0.5)
+        return SpanFactors(q, k, None, None, am, max_width)
+    dim = width // 2
+    base = projection.view(batch, length, dim, 2)
+    q, k = _ProjectedPair.apply(base, _split_efficient, use_rope, dim**-0.5)
+    return SpanFactors(q[:, None], k[:, None], start_bias, end_bias, am, max_width)
 
 
 def global_pointer_factors(

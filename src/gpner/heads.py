@@ -47,11 +47,12 @@ class GlobalPointer(nn.Module):
 
     def factors(self, hidden: Tensor, attention_mask: Tensor | None = None) -> F.SpanFactors:
         """hidden (B, L, H) -> :class:`~gpner.functional.SpanFactors` of the logits."""
-        batch, length, _ = hidden.shape
-        qk = self.proj(hidden).view(batch, length, self.num_types, 2, self.head_size)
-        qk = qk.permute(3, 0, 2, 1, 4)  # (2, B, C, L, D)
-        return F.global_pointer_factors(
-            qk[0], qk[1], attention_mask, use_rope=self.use_rope, max_width=self.max_width
+        return F.projected_factors(
+            self.proj(hidden),  # (B, L, C * 2 * D)
+            self.num_types,
+            attention_mask,
+            use_rope=self.use_rope,
+            max_width=self.max_width,
         )
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -88,16 +89,15 @@ class EfficientGlobalPointer(nn.Module):
 
     def factors(self, hidden: Tensor, attention_mask: Tensor | None = None) -> F.SpanFactors:
         """hidden (B, L, H) -> :class:`~gpner.functional.SpanFactors` of the logits."""
-        shared = self.proj(hidden)  # (B, L, 2D)
-        q, k = shared[..., 0::2], shared[..., 1::2]
+        shared = self.proj(hidden)  # (B, L, 2D): q and k interleaved
         # Halved so that start + end bias has the scale of one projection.
         bias = self.bias(shared).transpose(1, 2) / 2  # (B, 2C, L)
-        return F.efficient_global_pointer_factors(
-            q,
-            k,
-            bias[:, 0::2],
-            bias[:, 1::2],
+        return F.projected_factors(
+            shared,
+            self.num_types,
             attention_mask,
+            start_bias=bias[:, 0::2],
+            end_bias=bias[:, 1::2],
             use_rope=self.use_rope,
             max_width=self.max_width,
         )

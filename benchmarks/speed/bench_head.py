@@ -1,0 +1,175 @@
+"""Speed and memory of the GlobalPointer head + loss (+ R-Drop divergence): gpner vs typical code.
+
+For each configuration (head, mode, hidden size, length, optional max width) every
+implementation (see steps.py) is timed side by side in this process, and its peak memory is
+measured in a fresh subprocess. Results go to a JSON file, rewritten after every configuration,
+so a long run can be read (or rendered with make_results.py) while it continues.
+
+    python3 benchmarks/speed/bench_head.py --quick            # small shapes, a minute or two
+    nohup nice -n 5 python3 benchmarks/speed/bench_head.py > benchmarks/speed/head.log 2>&1 &
+    python3 benchmarks/speed/make_results.py                  # RESULTS.md from the JSON files
+
+The default (full) run: B=16, C=10, D=64, hidden 768 and 256, L in {64, 128, 256, 512}, both
+heads, modes headloss / rdrop for every implementation and rdrop_nokl for gpner's; then the band
+(max_width=32) at L=512 and 2048. It takes about an hour on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+# On a shared 2-core machine OpenMP's spin-waiting turns every parallel region into a scheduler
+# quantum whenever another process holds a core; passive waiting keeps timings meaningful for
+# every implementation alike. Set before torch starts its thread pool; recorded in the results.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import measure  # noqa: E402
+from steps import Config, implementation, parity  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+IMPLS = ("reference", "logits", "fused")
+
+
+def child(payload: dict) -> dict:
+    """Peak memory of one implementation on one configuration (runs in a fresh process)."""
+    torch.set_num_threads(payload["threads"])
+    cfg = Config(**payload["config"])
+    step = implementation(cfg, payload["impl"])
+    return measure.peak_step_bytes(step, warmup=payload.get("warmup", 2))
+
+
+def plan(args) -> list[tuple[Config, tuple[str, ...]]]:
+    """(configuration, implementations) in run order: cheap and important first."""
+    out = []
+    for length in args.lengths:
+        for hidden in args.hidden:
+            for head in args.heads:
+                for mode in args.modes:
+                    impls = tuple(args.impls)
+                    if mode == "rdrop_nokl":
+                        impls = tuple(i for i in impls if i != "reference")
+                    cfg = Config(
+                        head=head,
+                        mode=mode,
+                        hidden=hidden,
+                        length=length,
+                        batch=args.batch,
+                        types=args.types,
+                        head_size=args.head_size,
+                    )
+                    out.append((cfg, impls))
+    for length in args.band_lengths:
+        for head in args.heads:
+            cfg = Config(
+                head=head,
+                mode="rdrop",
+                hidden=args.hidden[0],
+                length=length,
+                batch=args.batch,
+                types=args.types,
+                head_size=args.head_size,
+            )
+            banded = dataclasses.replace(cfg, max_width=args.band_width)
+            full_impls = ("fused",) if length > args.reference_max_length else IMPLS
+            out.append((cfg, full_impls))
+            out.append((banded, ("fused", "logits")))
+    return out
+
+
+def run_config(cfg: Config, impls: tuple[str, ...], args) -> list[dict]:
+    rows = []
+    if cfg.max_width is None and "reference" in impls:
+        check = parity(dataclasses.replace(cfg, batch=2, length=min(cfg.length, 64)))
+        spread = max(check.values()) - min(check.values())
+        if spread > 1e-3 * max(abs(v) for v in check.values()):
+            raise RuntimeError(f"implementations disagree on {cfg.key()}: {check}")
+    steps = {name: implementation(cfg, name) for name in impls}
+    times = measure.time_side_by_side(steps, args.repeats, args.warmup)
+    del steps
+    for name in impls:
+        row = {"config": dataclasses.asdict(cfg), "key": cfg.key(), "impl": name}
+        row["loadavg"] = os.getloadavg()[0]
+        row["unit_bytes"] = cfg.cells_bytes
+        row.update(measure.summary(times[name]))
+        if not args.no_memory:
+            payload = {"config": dataclasses.asdict(cfg), "impl": name, "threads": args.threads}
+            mem = measure.run_child("bench_head", payload)
+            row.update(mem)
+            if "peak_bytes" in mem:
+                row["peak_units"] = mem["peak_bytes"] / cfg.cells_bytes
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="small shapes and few repeats")
+    p.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--hidden", type=int, nargs="+", default=[768, 256])
+    p.add_argument("--heads", nargs="+", default=["global_pointer", "efficient_global_pointer"])
+    p.add_argument("--modes", nargs="+", default=["headloss", "rdrop", "rdrop_nokl"])
+    p.add_argument("--impls", nargs="+", default=list(IMPLS))
+    p.add_argument("--band-lengths", type=int, nargs="*", default=[512, 2048])
+    p.add_argument("--band-width", type=int, default=32)
+    p.add_argument(
+        "--reference-max-length",
+        type=int,
+        default=512,
+        help="longer configs skip the dense implementations (they need ~14 x 2.7 GB)",
+    )
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--types", type=int, default=10)
+    p.add_argument("--head-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS / "head.json")
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.quick:
+        args.lengths, args.hidden, args.band_lengths = [64, 128], [256], [256]
+        args.repeats, args.warmup, args.band_width = max(3, min(args.repeats, 3)), 1, 16
+        if args.out == RESULTS / "head.json":
+            args.out = RESULTS / "head_quick.json"
+    torch.set_num_threads(args.threads)
+    data = {
+        "benchmark": "head",
+        "command": "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
+        "machine": measure.machine(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "source": measure.source_state(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "rows": [],
+    }
+    for cfg, impls in plan(args):
+        start = time.perf_counter()
+        rows = run_config(cfg, impls, args)
+        data["rows"].extend(rows)
+        data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        measure.write_json(args.out, data)
+        line = "  ".join(
+            f"{r['impl']} {r['median_s']:.3f}s/{r.get('peak_units', float('nan')):.2f}u"
+            for r in rows
+        )
+        print(f"{cfg.key():55s} {line}   ({time.perf_counter() - start:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

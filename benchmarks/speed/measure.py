@@ -1,0 +1,140 @@
+"""Timing and peak-memory measurement helpers shared by the speed benchmarks.
+
+Timing: implementations of one configuration run side by side in one process, after warm-up,
+interleaved repeat by repeat (the order rotates), so machine load hits them alike; the result is
+the median and the interquartile range of the per-step wall times.
+
+Memory: each (configuration, implementation) runs in a fresh subprocess; after warm-up the
+allocator's free memory is returned to the OS (``malloc_trim``), the peak-RSS mark is reset
+(``/proc/self/clear_refs``), and the peak of one more step is ``VmHWM - VmRSS(before)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def _status_kib(key: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{key}:\s+(\d+)\s+kB", text, re.M).group(1))
+
+
+def release_free_memory() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def peak_step_bytes(step: Callable[[], object], warmup: int = 2) -> dict:
+    """Peak resident memory of one ``step()`` above the resident memory just before it."""
+    for _ in range(warmup):
+        step()
+    release_free_memory()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
+    before = _status_kib("VmRSS")
+    step()
+    peak = _status_kib("VmHWM")
+    return {"peak_bytes": (peak - before) * 1024, "baseline_bytes": before * 1024}
+
+
+def time_side_by_side(
+    steps: dict[str, Callable[[], object]], repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Per-step wall times of each implementation, interleaved with a rotating order."""
+    names = list(steps)
+    for name in names:
+        for _ in range(warmup):
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(repeats):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(samples: list[float]) -> dict:
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
+    return {
+        "median_s": statistics.median(samples),
+        "q1_s": q[0],
+        "q3_s": q[2],
+        "min_s": min(samples),
+        "repeats": len(samples),
+        "samples_s": samples,
+    }
+
+
+def run_child(module: str, payload: dict, timeout: float = 3600) -> dict:
+    """Run ``python <module>.py --child '<json>'`` in a fresh process; parse its last line."""
+    cmd = [sys.executable, str(HERE / f"{module}.py"), "--child", json.dumps(payload)]
+    env = dict(os.environ)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    with contextlib.suppress(OSError, AttributeError):
+        mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem / 2**20, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+    }
+
+
+def source_state() -> dict:
+    """The commit and whether gpner's sources differ from it (and where gpner was imported)."""
+    import gpner
+
+    root = HERE.parent.parent
+    out = {"gpner_path": str(Path(gpner.__file__).parent)}
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        out["commit"] = subprocess.check_output(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], text=True
+        ).strip()
+        diff = subprocess.check_output(
+            ["git", "-C", str(root), "diff", "--stat", "HEAD", "--", "src"], text=True
+        )
+        out["src_dirty"] = bool(diff.strip())
+    return out
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
