@@ -354,3 +354,88 @@ def test_projected_factors_match_view_factors(use_rope, efficient):
     gb = grads(sum((x * y).sum() for x, y in zip(plain(proj), w)), [proj])[0]
     assert_close(ga, gb)
     assert torch.autograd.gradcheck(lambda p: fused(p)[0], (proj,))  # only q: k's grad is zero
+
+
+def test_doubled_batch_halves_equal_separate_passes():
+    params, am, spans = make("egp", seed=17)
+    other = perturbed(params, 18)
+    both = [torch.cat([a, b]) for a, b in zip(params, other)]
+    f = factors("egp", both, torch.cat([am, am]))
+    b = am.shape[0]
+    got = F.fused_rdrop_losses(f.batch_slice(0, b), f.batch_slice(b, 2 * b), spans)
+    want = F.fused_rdrop_losses(factors("egp", params, am), factors("egp", other, am), spans)
+    for x, y in zip(got, want):
+        assert_close(x, y)
+
+
+@pytest.fixture
+def python_kernels(monkeypatch):
+    """The fused-kernel code path, with the kernels run uncompiled (same arithmetic)."""
+    monkeypatch.setattr(F, "_KERNEL_MODE", "python")
+
+
+def _all_terms(head, width, dense):
+    params, am, spans = make(head, seed=19)
+    other = perturbed(params, 20)
+    if dense:
+        s = ref_logits(*params).detach().requires_grad_()
+        t = ref_logits(*other).detach().requires_grad_()
+        leaves = [s, t]
+        valid = ref_valid(am, width)
+        terms = [
+            F.sparse_multilabel_categorical_crossentropy(s, spans, valid, "none"),
+            F.global_pointer_kl(s, t, valid, "none"),
+            F.global_pointer_kl(s.detach(), t, am, "sum"),
+        ]
+    else:
+        leaves = params + other
+        f, g = factors(head, params, am, width), factors(head, other, am, width)
+        terms = [
+            *F.fused_rdrop_losses(f, g, spans, "none"),
+            F.fused_crossentropy(g, spans, "sum"),
+            F.fused_global_pointer_kl(f.detach(), g),
+        ]
+    gen = torch.Generator().manual_seed(21)
+    total = sum((torch.rand(x.shape, generator=gen, dtype=DT) * x).sum() for x in terms)
+    return [x.detach() for x in terms], grads(total, leaves)
+
+
+@pytest.mark.parametrize("case", [("gp", None, False), ("egp", 3, False), ("gp", None, True)])
+def test_kernel_path_matches_eager_path(monkeypatch, case):
+    eager = _all_terms(*case)
+    monkeypatch.setattr(F, "_KERNEL_MODE", "python")
+    kernel = _all_terms(*case)
+    for a, b in zip(eager[0] + list(eager[1]), kernel[0] + list(kernel[1])):
+        if a is None:
+            assert b is None
+        else:
+            assert_close(a, b)
+
+
+def test_kernel_path_gradcheck_and_masked_inf(python_kernels):
+    test_gradcheck_fused("egp", 4)
+    s = torch.randn(2, 2, 5, 5, dtype=torch.float32)
+    am = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    valid = ref_valid(am)
+    s = s.masked_fill(~valid, float("-inf")).requires_grad_()
+    t = (s.detach() * 1.1).requires_grad_()
+    spans = torch.tensor([[0, 1, 0, 2], [1, 0, 3, 4]])
+    value = F.sparse_multilabel_categorical_crossentropy(s, spans, am) + F.global_pointer_kl(
+        s, t, am
+    )
+    assert torch.isfinite(value)
+    value.backward()
+    for grad in (s.grad, t.grad):
+        assert torch.isfinite(grad).all() and (grad.masked_select(~valid) == 0).all()
+
+
+@pytest.mark.skipif(
+    "GPNER_TEST_COMPILE" not in __import__("os").environ,
+    reason="compiles for ~30 s; set GPNER_TEST_COMPILE=1 to run",
+)
+def test_compiled_kernels_match_eager(monkeypatch):
+    eager = _all_terms("egp", None, False)
+    monkeypatch.setattr(F, "_KERNEL_MODE", "compiled")
+    compiled = _all_terms("egp", None, False)
+    for a, b in zip(eager[0] + list(eager[1]), compiled[0] + list(compiled[1])):
+        assert_close(a, b, tol=1e-8)

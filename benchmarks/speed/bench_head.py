@@ -57,6 +57,8 @@ def plan(args) -> list[tuple[Config, tuple[str, ...]]]:
             for head in args.heads:
                 for mode in args.modes:
                     impls = tuple(args.impls)
+                    if length in args.compiled_lengths:
+                        impls += ("fused_compiled",)
                     if mode == "rdrop_nokl":
                         impls = tuple(i for i in impls if i != "reference")
                     cfg = Config(
@@ -81,8 +83,9 @@ def plan(args) -> list[tuple[Config, tuple[str, ...]]]:
                 head_size=args.head_size,
             )
             banded = dataclasses.replace(cfg, max_width=args.band_width)
-            full_impls = ("fused",) if length > args.reference_max_length else IMPLS
-            out.append((cfg, full_impls))
+            if length not in args.lengths or "rdrop" not in args.modes:  # else already run
+                full_impls = ("fused",) if length > args.reference_max_length else IMPLS
+                out.append((cfg, full_impls))
             out.append((banded, ("fused", "logits")))
     return out
 
@@ -95,6 +98,11 @@ def run_config(cfg: Config, impls: tuple[str, ...], args) -> list[dict]:
         if spread > 1e-3 * max(abs(v) for v in check.values()):
             raise RuntimeError(f"implementations disagree on {cfg.key()}: {check}")
     steps = {name: implementation(cfg, name) for name in impls}
+    first = {}
+    for name, step in steps.items():  # the first call includes any compilation
+        start = time.perf_counter()
+        step()
+        first[name] = time.perf_counter() - start
     times = measure.time_side_by_side(steps, args.repeats, args.warmup)
     del steps
     for name in impls:
@@ -102,6 +110,7 @@ def run_config(cfg: Config, impls: tuple[str, ...], args) -> list[dict]:
         row["loadavg"] = os.getloadavg()[0]
         row["unit_bytes"] = cfg.cells_bytes
         row.update(measure.summary(times[name]))
+        row["first_call_s"] = first[name]
         if not args.no_memory:
             payload = {"config": dataclasses.asdict(cfg), "impl": name, "threads": args.threads}
             mem = measure.run_child("bench_head", payload)
@@ -124,6 +133,13 @@ def main(argv=None) -> None:
     p.add_argument("--band-lengths", type=int, nargs="*", default=[512, 2048])
     p.add_argument("--band-width", type=int, default=32)
     p.add_argument(
+        "--compiled-lengths",
+        type=int,
+        nargs="*",
+        default=[512],
+        help="lengths that also run fused_compiled (F.use_compiled_kernels; compiles ~30 s)",
+    )
+    p.add_argument(
         "--reference-max-length",
         type=int,
         default=512,
@@ -143,6 +159,7 @@ def main(argv=None) -> None:
         return
     if args.quick:
         args.lengths, args.hidden, args.band_lengths = [64, 128], [256], [256]
+        args.compiled_lengths = [128] if 512 in args.compiled_lengths else args.compiled_lengths
         args.repeats, args.warmup, args.band_width = max(3, min(args.repeats, 3)), 1, 16
         if args.out == RESULTS / "head.json":
             args.out = RESULTS / "head_quick.json"

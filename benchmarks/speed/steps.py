@@ -13,7 +13,8 @@ Implementations:
 * ``reference``: typical public code (benchmarks/speed/reference.py), dense labels built per step;
 * ``logits``: gpner's heads materialising logits, then gpner's drop-in losses on them;
 * ``fused``: gpner's heads returning factors, then the fused losses (the fast training path);
-* ``fused_compiled``: ``fused`` with ``torch.compile`` on the head (optional; see bench_head.py).
+* ``fused_compiled``: ``fused`` with gpner's optional ``torch.compile``-fused block kernels
+  (``F.use_compiled_kernels``); its compilation time is measured separately.
 
 ``hidden`` requires grad, so every step includes the gradient into the encoder.
 """
@@ -151,38 +152,29 @@ STEPS: dict[str, Callable[..., Tensor]] = {
 
 
 def implementation(cfg: Config, name: str, seed: int = 0):
-    """A zero-argument callable running one forward + backward step of ``name``."""
+    """A zero-argument callable running one forward + backward step of ``name``.
+
+    ``*_compiled`` runs the gpner implementation with ``F.use_compiled_kernels`` switched on for
+    the duration of the step (its first call compiles).
+    """
     head, reference = make_heads(cfg, seed)
     x = make_inputs(cfg, seed)
     module = reference if name == "reference" else head
-    fn = STEPS["fused" if name == "fused_compiled" else name]
-    if name == "fused_compiled":
-        module = _compiled_factors(head)
+    compiled = name.endswith("_compiled")
+    fn = STEPS[name.removesuffix("_compiled")]
 
     def step() -> float:
-        module.zero_grad(set_to_none=True)
-        x.hidden.grad = None
-        loss = fn(cfg, module, x)
-        loss.backward()
+        previous = F.use_compiled_kernels(compiled)
+        try:
+            module.zero_grad(set_to_none=True)
+            x.hidden.grad = None
+            loss = fn(cfg, module, x)
+            loss.backward()
+        finally:
+            F.use_compiled_kernels(previous)
         return float(loss.detach())
 
     return step
-
-
-class _CompiledFactors(nn.Module):
-    """Wraps a head so that ``factors`` runs through ``torch.compile`` (eager losses)."""
-
-    def __init__(self, head: nn.Module):
-        super().__init__()
-        self.head = head
-        self._factors = torch.compile(head.factors, dynamic=False)
-
-    def factors(self, hidden: Tensor, attention_mask: Tensor) -> F.SpanFactors:
-        return self._factors(hidden, attention_mask)
-
-
-def _compiled_factors(head: nn.Module) -> nn.Module:
-    return _CompiledFactors(head)
 
 
 def parity(cfg: Config, seed: int = 0) -> dict[str, float]:

@@ -64,6 +64,7 @@ __all__ = [
     "spans_to_band",
     "band_to_spans",
     "select_cells",
+    "use_compiled_kernels",
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -367,6 +368,20 @@ class SpanFactors(NamedTuple):
     def num_types(self) -> int:
         return self.start_bias.shape[1] if self.start_bias is not None else self.q.shape[1]
 
+    def batch_slice(self, start: int, stop: int) -> SpanFactors:
+        """Examples ``start:stop`` (e.g. the halves of an R-Drop doubled batch)."""
+
+        def cut(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x[start:stop]
+
+        return self._replace(
+            q=self.q[start:stop],
+            k=self.k[start:stop],
+            start_bias=cut(self.start_bias),
+            end_bias=cut(self.end_bias),
+            attention_mask=cut(self.attention_mask),
+        )
+
     def detach(self) -> SpanFactors:
         """The same factors cut from the graph (e.g. the clean side of a VAT divergence)."""
 
@@ -611,8 +626,9 @@ def _shifted_log1p(m: Tensor, shifted_sum: Tensor) -> Tensor:
 # times slower than adding a broadcast 0/-inf bias or multiplying by a 0/1 mask, and exp is 4 to
 # 30 times slower on -inf and on arguments that underflow. So invalid cells are excluded by a bias
 # (for maxima) or a 0/1 factor (for sums and gradients), and exp arguments are clamped below at
-# log(tiny): a clamped cell adds at most tiny (1e-38 in float32) where the sum it joins is >= 1,
-# and every gradient is multiplied by the mask, so excluded cells get exactly 0.
+# log(tiny) (about -86 in float32): a valid cell that far below the maximum adds at most tiny
+# (1e-38) to a sum that is >= 1 instead of its even tinier true value, and excluded cells are
+# multiplied by 0 after the exp, so they add, and receive, exactly 0.
 #
 # A _Layout says which blocks exist and which of their cells are valid; a source says how to
 # produce a block's cells and where a block's gradient goes; _SpanLosses runs both passes.
@@ -740,6 +756,7 @@ class _Positives:
         within = (((b - b0) * types + group % types) * r + (i - r0)) * (cols - c0) + (x - c0)
         sizes = torch.bincount(block, minlength=len(layout.blocks)).tolist()
         self.group = group  # (N,) in block order
+        self.groups = list(group.split(sizes))  # per block
         self.flat = list(within.split(sizes))  # per block
         self.sizes = sizes
 
@@ -753,9 +770,6 @@ class _FactorSource:
         self.width = layout.width
         self.acc = _acc(q.dtype)
         self.length = q.shape[-2]
-        if self.band:  # zero rows past the end keep every block's matmul r x (r + W - 1)
-            k = torch.nn.functional.pad(k, (0, 0, 0, self.width - 1))
-            eb = None if eb is None else torch.nn.functional.pad(eb, (0, self.width - 1))
         self.q, self.k, self.sb, self.eb = q, k, sb, eb
         self.shared = q.shape[1] == 1 and layout.types > 1
         self.grads: list[Tensor | None] | None = None
@@ -766,11 +780,21 @@ class _FactorSource:
             return r0, r1 + self.width - 1
         return c0, self.length
 
+    def _end_bias(self, b0: int, b1: int, a: int, z: int) -> Tensor:
+        """End biases of columns ``a:z``, zero past the end of the sequence (band blocks)."""
+        eb = self.eb[b0:b1, :, a : min(z, self.length)].to(self.acc)
+        return torch.nn.functional.pad(eb, (0, z - a - eb.shape[-1]))
+
     def load(self, b0: int, b1: int, r0: int, r1: int, c0: int) -> tuple[Tensor, Tensor]:
-        """The block's q rows and k columns in the accumulation dtype (kept for backward)."""
+        """The block's q rows and k columns in the accumulation dtype (kept for backward).
+
+        Band blocks always span r + W - 1 columns; columns past the end are zero rows of k.
+        """
         a, z = self._cols(r0, r1, c0)
         qb = self.q[b0:b1, :, r0:r1].to(self.acc)
-        kb = self.k[b0:b1, :, a:z].to(self.acc)
+        kb = self.k[b0:b1, :, a : min(z, self.length)].to(self.acc)
+        if kb.shape[-2] < z - a:
+            kb = torch.nn.functional.pad(kb, (0, 0, 0, z - a - kb.shape[-2]))
         self._last = (qb, kb)
         return qb, kb
 
@@ -786,7 +810,7 @@ class _FactorSource:
             out = torch.empty((*sb.shape[:-1], x.shape[-1]), dtype=self.acc, device=x.device)
             x = torch.add(x, sb, out=out)  # (Bg, C, r, M - c0), fresh and contiguous
             if self.band:
-                x += self.eb[b0:b1, :, a:z].to(self.acc).unfold(-1, self.width, 1)
+                x += self._end_bias(b0, b1, a, z).unfold(-1, self.width, 1)
             else:
                 x += self.eb[b0:b1, :, None, a:z].to(self.acc)
         elif self.band:
@@ -810,8 +834,9 @@ class _FactorSource:
             full = g.new_zeros((*g.shape[:-1], z - a))  # (Bg, C, r, r + W - 1)
             _band_view(full, self.width).copy_(g)
             g = full
+        end = min(z, self.length) - a  # band blocks: columns past the end are dropped
         if deb is not None:
-            deb[b0:b1, :, a:z] += g.sum(-2)
+            deb[b0:b1, :, a : a + end] += g.sum(-2)[..., :end]
         if dq is None and dk is None:
             return
         if self.shared:
@@ -819,14 +844,10 @@ class _FactorSource:
         if dq is not None:
             dq[b0:b1, :, r0:r1] = torch.matmul(g, kb)
         if dk is not None:
-            dk[b0:b1, :, a:z] += torch.matmul(g.transpose(-1, -2), qb)
+            dk[b0:b1, :, a : a + end] += torch.matmul(g.transpose(-1, -2), qb)[..., :end, :]
 
     def finish_backward(self) -> list[Tensor | None]:
         dq, dk, dsb, deb = self.grads
-        if dk is not None:
-            dk = dk[:, :, : self.length]
-        if deb is not None:
-            deb = deb[:, :, : self.length]
         originals = (self.q, self.k, self.sb, self.eb)
         out = [None if g is None else g.to(t.dtype) for g, t in zip((dq, dk, dsb, deb), originals)]
         self.grads = None
@@ -921,6 +942,139 @@ def _uniform_positive(w: Tensor) -> float | None:
     return lo if lo == hi and lo > 0 else None
 
 
+# ------------------------------------------------------------------- optional compiled kernels
+#
+# The eager block code above costs about 15-30 elementwise passes per block; the same arithmetic
+# written as pure functions lets torch.compile fuse it into a few loops (measured 3-5x faster on
+# the elementwise part, which is most of the work for the Efficient head). Opt-in, because the
+# first call compiles for 10-30 s (plus a few seconds for new size patterns) and needs a C++
+# compiler; the eager code stays the default and the fallback. Data-dependent work (the gold
+# cells) stays eager: before the forward kernel they are set to -inf (so the kernels exclude them
+# like invalid cells), and after the backward kernel their exact gradients are written in.
+
+_KERNEL_MODE = "eager"  # "eager" | "compiled" | "python" (the kernels uncompiled: for tests)
+_KERNELS: dict[str, dict] = {}  # per mode, built on first use
+
+
+def use_compiled_kernels(enabled: bool = True) -> bool:
+    """Opt in (or out) of ``torch.compile``-fused block kernels for every blocked loss.
+
+    Results equal the eager code's up to rounding. Compilation is lazy: the first loss call
+    afterwards compiles (about 10-30 s on a CPU; new size patterns add a few seconds), later calls
+    reuse it, also after switching off and on again. If compilation fails (e.g. no C++
+    compiler), a warning is issued and the uncompiled kernels are used. Returns the previous
+    setting.
+    """
+    global _KERNEL_MODE
+    previous = _KERNEL_MODE == "compiled"
+    _KERNEL_MODE = "compiled" if enabled else "eager"
+    return previous
+
+
+def _fwd_kernel(x0: Tensor, x1: Tensor | None, bias: Tensor | None, floor: float, ce: bool):
+    """Forward sums of one block. Excluded cells (invalid or gold) are -inf in ``x + bias``.
+
+    Returns ``(kl, m0, s0, m1, s1)``: the divergence summed over the block (None without
+    ``x1``), and per source the maximum of the cells and the sum of ``exp(x - max)``
+    (``s1``/``m1`` None without ``x1``); all (Bg, C).
+    """
+    y0 = x0 if bias is None else x0 + bias
+    out = [None]
+    ys = [y0]
+    if x1 is not None:
+        y1 = x1 if bias is None else x1 + bias
+        ys.append(y1)
+        excluded = y0 == _NEG_INF
+        cell = (torch.sigmoid(y0) - torch.sigmoid(y1)) * (y0 - y1)
+        out[0] = torch.where(excluded, 0.0, cell).sum(dim=(-2, -1))
+    for y in ys if ce else []:
+        m = y.amax(dim=(-2, -1), keepdim=True)
+        shift = torch.where(m == _NEG_INF, 0.0, m)
+        e = torch.exp(torch.clamp(y - shift, min=floor))
+        e = torch.where(y == _NEG_INF, 0.0, e)
+        out += [m.squeeze(-1).squeeze(-1), e.sum(dim=(-2, -1))]
+    out += [None] * (5 - len(out))
+    return tuple(out)
+
+
+def _bwd_kernel(
+    x0: Tensor,
+    x1: Tensor | None,
+    bias: Tensor | None,
+    neg0: Tensor | None,
+    neg1: Tensor | None,
+    w0: Tensor | None,
+    w1: Tensor | None,
+    w_kl: Tensor | None,
+    want0: bool,
+    want1: bool,
+    floor: float,
+):
+    """Gradients of one block's cells: cross-entropy negatives (weights ``w0``/``w1`` (Bg, C,
+    1, 1), log-normalisers ``neg0``/``neg1``) plus the divergence (``w_kl``); 0 on invalid cells
+    (-inf in ``bias``). Gold cells come out wrong and are overwritten by the caller."""
+    grads = []
+    if w_kl is not None:
+        a, b = torch.sigmoid(x0), torch.sigmoid(x1)
+        diff, d = a - b, x0 - x1
+    sides = ((want0, x0, neg0, w0, 1.0, 0), (want1, x1, neg1, w1, -1.0, 1))
+    for want, x, neg, w, sign, side in sides:
+        if not want:
+            grads.append(None)
+            continue
+        g = torch.zeros_like(x)
+        if w_kl is not None:
+            p = a if side == 0 else b
+            g = (diff + p * (1.0 - p) * d) * (sign * w_kl)
+        if w is not None:
+            g = g + torch.exp(torch.clamp(x - neg, min=floor, max=0.0)) * w
+        if bias is not None:
+            g = torch.where(bias == _NEG_INF, 0.0, g)
+        grads.append(g)
+    return tuple(grads)
+
+
+def _kernels() -> dict | None:
+    """The kernels for the current mode, compiling them on first use; None = eager code."""
+    if _KERNEL_MODE == "eager":
+        return None
+    if _KERNEL_MODE not in _KERNELS:
+        if _KERNEL_MODE == "python":
+            _KERNELS["python"] = {"fwd": _fwd_kernel, "bwd": _bwd_kernel}
+        else:
+            _KERNELS["compiled"] = {
+                "fwd": torch.compile(_fwd_kernel, dynamic=True),
+                "bwd": torch.compile(_bwd_kernel, dynamic=True),
+            }
+    return _KERNELS[_KERNEL_MODE]
+
+
+def _run_kernel(name: str, *args):
+    """Call a kernel; a compilation failure falls back to the uncompiled kernels, with a warning."""
+    global _KERNEL_MODE
+    try:
+        return _kernels()[name](*args)
+    except Exception as error:  # torch.compile backends raise many types
+        if _KERNEL_MODE != "compiled":
+            raise
+        import warnings
+
+        warnings.warn(f"compiled kernels failed ({error!r}); using uncompiled ones", stacklevel=3)
+        _KERNEL_MODE = "python"
+        return _kernels()[name](*args)
+
+
+def _kl_cells(x0: Tensor, x1: Tensor) -> Tensor:
+    """The divergence of individual cells (N,) (the gold cells, kept out of the kernels)."""
+    return (torch.sigmoid(x0) - torch.sigmoid(x1)) * (x0 - x1)
+
+
+def _kl_cell_grads(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
+    a, b = torch.sigmoid(x0), torch.sigmoid(x1)
+    diff, d = a - b, x0 - x1
+    return diff + a * (1 - a) * d, -(diff + b * (1 - b) * d)
+
+
 class _SpanLosses(torch.autograd.Function):
     """Cross-entropies (per source) and the GlobalPointer divergence, block by block.
 
@@ -939,6 +1093,7 @@ class _SpanLosses(torch.autograd.Function):
         floor = _exp_floor(acc)
         batch, types = layout.batch, layout.types
         device = layout.device
+        kernels = _kernels() is not None
         kl = torch.zeros(batch, types, dtype=acc, device=device)
         passes = [p for p in range(job.sources) if job.ce[p]]
         # Online log-sum-exp of the negatives per (b, c): shift m >= 0 and sum of exp(x - m).
@@ -948,27 +1103,26 @@ class _SpanLosses(torch.autograd.Function):
         for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
             xs = [src.cells(b0, b1, r0, r1, c0) for src in sources]
             masks = _block_masks(layout.invalid_block(b0, b1, r0, r1, c0), acc)
-            if job.kl:
-                x0, x1 = xs
-                cell = torch.sigmoid(x0).sub_(torch.sigmoid(x1)).mul_(x0 - x1)
-                if masks.keep is not None:
-                    cell.mul_(masks.keep)
-                kl[b0:b1] += cell.sum(dim=(-2, -1))
+            flat = job.positives.flat[index] if job.positives is not None else None
             for p in passes:
-                x = xs[p]  # used in place from here on
-                flat = job.positives.flat[index]
-                gold[p].append(x.view(-1)[flat])
-                if masks.bias is not None:
-                    x.add_(masks.bias)
-                x.view(-1).index_fill_(0, flat, _NEG_INF)
-                m = x.amax(dim=(-2, -1))  # (Bg, C), -inf where the block has no negatives
-                x.sub_(m.nan_to_num(neginf=0.0)[..., None, None]).clamp_min_(floor).exp_()
-                s = x.sum(dim=(-2, -1))
+                gold[p].append(xs[p].view(-1)[flat])
+            if kernels:
+                stats = _forward_block_kernel(job, xs, masks, flat, floor)
+                if job.kl and passes:  # gold cells were left out of the kernel's divergence
+                    extra = _kl_cells(gold[0][-1], gold[1][-1])
+                    group = job.positives.groups[index] - b0 * types
+                    stats[0].view(-1).index_add_(0, group, extra)
+            else:
+                stats = _forward_block_eager(job, xs, masks, flat, floor)
+            if job.kl:
+                kl[b0:b1] += stats[0]
+            for p in passes:
+                m, s = stats[1 + 2 * p], stats[2 + 2 * p]
                 old_m, old_s = shift[p][b0:b1], total[p][b0:b1]
                 new_m = torch.maximum(old_m, m)
                 total[p][b0:b1] = old_s * torch.exp(old_m - new_m) + s * torch.exp(m - new_m)
                 shift[p][b0:b1] = new_m
-        outputs, stats = [], {}
+        outputs, saved = [], {}
         for p in range(2):
             if p not in passes:
                 outputs.append(torch.zeros(batch, types, dtype=acc, device=device))
@@ -976,9 +1130,9 @@ class _SpanLosses(torch.autograd.Function):
             neg = _shifted_log1p(shift[p], total[p])  # log(1 + sum_neg e^s), (B, C)
             x_pos = torch.cat(gold[p])
             pos = _positive_term(x_pos, job.positives.group, batch * types)
-            stats[p] = (neg, x_pos, pos)
+            saved[p] = (neg, x_pos, pos)
             outputs.append(neg + pos.view(batch, types))
-        ctx.stats = stats
+        ctx.stats = saved
         outputs.append(kl)
         return tuple(outputs)
 
@@ -989,7 +1143,6 @@ class _SpanLosses(torch.autograd.Function):
         tensors = ctx.saved_tensors
         sources = _make_sources(job, tensors)
         acc = sources[0].acc
-        floor = _exp_floor(acc)
         per = 1 if job.kind == "dense" else 4
         needs = ctx.needs_input_grad[1:]
         source_needs = [tuple(needs[per * s : per * s + per]) for s in range(job.sources)]
@@ -1001,65 +1154,20 @@ class _SpanLosses(torch.autograd.Function):
         do_kl = job.kl and g_kl is not None and any(wants)
         for s, src in enumerate(sources):
             src.start_backward(source_needs[s])
-        # Per pass: the incoming weight (a python float when uniform, as after "mean" or "sum")
-        # and the gradient at each gold cell: -w e^(-s - log(1 + sum e^-s)).
-        ce_w, ce_w_scalar, gold_grad = {}, {}, {}
-        for p in ce_passes:
-            neg, x_pos, pos = ctx.stats[p]
-            ce_w[p] = g_ce[p].to(acc)
-            ce_w_scalar[p] = _uniform_positive(ce_w[p])
-            group = job.positives.group
-            wg = ce_w[p].reshape(-1)[group]
-            gold_grad[p] = list((-wg * torch.exp(-x_pos - pos[group])).split(job.positives.sizes))
-        if do_kl:
-            w_kl = g_kl.to(acc)
-            w_kl_scalar = _uniform_positive(w_kl)
+        plan = _BackwardPlan(job, ctx.stats, acc, wants, ce_passes, g_ce, g_kl if do_kl else None)
         computed = set(ce_passes) | ({0, 1} if do_kl else set())
+        kernels = _kernels() is not None
         for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
             xs = [
                 src.cells(b0, b1, r0, r1, c0) if s in computed else None
                 for s, src in enumerate(sources)
             ]
             masks = _block_masks(layout.invalid_block(b0, b1, r0, r1, c0), acc)
-            grads: list[Tensor | None] = [None, None]
-            if do_kl:
-                # dD/ds = (sig(s) - sig(t)) + sig'(s) (s - t)
-                # dD/dt = -(sig(s) - sig(t)) - sig'(t) (s - t)
-                x0, x1 = xs
-                a, b = torch.sigmoid(x0), torch.sigmoid(x1)
-                diff = a - b
-                d = x0 - x1
-                if w_kl_scalar is not None:
-                    keep = masks.keep * w_kl_scalar if masks.keep is not None else w_kl_scalar
-                    scales = [keep]
-                else:
-                    scales = [w_kl[b0:b1, :, None, None]]
-                    if masks.keep is not None:
-                        scales.append(masks.keep)
-                for s, sig in ((0, a), (1, b)):
-                    if not wants[s]:
-                        continue
-                    sig.addcmul_(sig, sig, value=-1.0)  # sig' = sig (1 - sig), in place
-                    g = torch.addcmul(diff, sig, d, out=sig)
-                    for scale in scales:
-                        g.mul_(scale)
-                    grads[s] = g if s == 0 else g.neg_()
-            for p in ce_passes:
-                x = xs[p]  # used in place: the softmax weights of the negatives
-                flat = job.positives.flat[index]
-                neg = ctx.stats[p][0]
-                # x - L <= 0 on every valid negative (L = log(1 + sum e^x)); clamping above at 0
-                # keeps invalid cells finite, so the 0 of the mask makes them exactly 0.
-                x.sub_(neg[b0:b1, :, None, None]).clamp_(floor, 0.0).exp_()
-                if ce_w_scalar[p] is not None:
-                    keep = masks.keep
-                    x.mul_(ce_w_scalar[p] if keep is None else keep * ce_w_scalar[p])
-                else:
-                    x.mul_(ce_w[p][b0:b1, :, None, None])
-                    if masks.keep is not None:
-                        x.mul_(masks.keep)
-                x.view(-1).index_copy_(0, flat, gold_grad[p][index])
-                grads[p] = x if grads[p] is None else grads[p].add_(x)
+            block = (index, b0, b1)
+            if kernels:
+                grads = _backward_block_kernel(plan, xs, masks, block)
+            else:
+                grads = _backward_block_eager(plan, xs, masks, block)
             for s, src in enumerate(sources):
                 if grads[s] is not None:
                     src.backward_cells(b0, b1, r0, r1, c0, grads[s])
@@ -1068,6 +1176,158 @@ class _SpanLosses(torch.autograd.Function):
             contributes = (s in ce_passes) or do_kl
             out.extend(src.finish_backward() if wants[s] and contributes else [None] * per)
         return tuple(out)
+
+
+def _forward_block_eager(job: _Job, xs: list[Tensor], masks: _BlockMasks, flat, floor: float):
+    """``(kl, m0, s0, m1, s1)`` of one block (None where not asked for), using ``xs`` in place."""
+    stats: list[Tensor | None] = [None] * 5
+    if job.kl:
+        x0, x1 = xs
+        cell = torch.sigmoid(x0).sub_(torch.sigmoid(x1)).mul_(x0 - x1)
+        if masks.keep is not None:
+            cell.mul_(masks.keep)
+        stats[0] = cell.sum(dim=(-2, -1))
+    for p in range(job.sources):
+        if not job.ce[p]:
+            continue
+        x = xs[p]  # used in place from here on
+        if masks.bias is not None:
+            x.add_(masks.bias)
+        x.view(-1).index_fill_(0, flat, _NEG_INF)
+        m = x.amax(dim=(-2, -1))  # (Bg, C), -inf where the block has no negatives
+        x.sub_(m.nan_to_num(neginf=0.0)[..., None, None]).clamp_min_(floor).exp_()
+        # The clamp gave excluded cells tiny values; the mask makes them exactly 0.
+        if masks.keep is not None:
+            x.mul_(masks.keep)
+        x.view(-1).index_fill_(0, flat, 0.0)
+        stats[1 + 2 * p], stats[2 + 2 * p] = m, x.sum(dim=(-2, -1))
+    return stats
+
+
+def _forward_block_kernel(job: _Job, xs: list[Tensor], masks: _BlockMasks, flat, floor: float):
+    if flat is not None and flat.numel():
+        for x in xs:  # gold cells: excluded like invalid ones (their values were gathered)
+            x.view(-1).index_fill_(0, flat, _NEG_INF)
+    x1 = xs[1] if job.sources > 1 else None
+    kl, m0, s0, m1, s1 = _run_kernel("fwd", xs[0], x1, masks.bias, floor, any(job.ce))
+    return [kl, m0, s0, m1, s1]
+
+
+class _BackwardPlan:
+    """Everything the backward blocks share: weights, log-normalisers, gold-cell gradients."""
+
+    def __init__(self, job: _Job, stats: dict, acc, wants, ce_passes, g_ce, g_kl):
+        self.job, self.wants, self.ce_passes = job, wants, ce_passes
+        self.floor = _exp_floor(acc)
+        self.neg = {p: stats[p][0] for p in ce_passes}
+        self.gold_values = {p: list(stats[p][1].split(job.positives.sizes)) for p in stats}
+        # Per pass: the incoming weight (also as a python float when uniform, as after "mean" or
+        # "sum") and the gradient at each gold cell: -w e^(-s - log(1 + sum e^-s)).
+        self.ce_w, self.ce_w_scalar, self.gold_grad = {}, {}, {}
+        for p in ce_passes:
+            _, x_pos, pos = stats[p]
+            self.ce_w[p] = g_ce[p].to(acc)
+            self.ce_w_scalar[p] = _uniform_positive(self.ce_w[p])
+            group = job.positives.group
+            wg = self.ce_w[p].reshape(-1)[group]
+            gold = -wg * torch.exp(-x_pos - pos[group])
+            self.gold_grad[p] = list(gold.split(job.positives.sizes))
+        self.w_kl = None if g_kl is None else g_kl.to(acc)
+        self.w_kl_scalar = None if g_kl is None else _uniform_positive(self.w_kl)
+
+
+def _backward_block_eager(plan: _BackwardPlan, xs, masks: _BlockMasks, block) -> list:
+    index, b0, b1 = block
+    job, wants = plan.job, plan.wants
+    grads: list[Tensor | None] = [None, None]
+    if plan.w_kl is not None:
+        # dD/ds = (sig(s) - sig(t)) + sig'(s) (s - t)
+        # dD/dt = -(sig(s) - sig(t)) - sig'(t) (s - t)
+        x0, x1 = xs
+        a, b = torch.sigmoid(x0), torch.sigmoid(x1)
+        diff = a - b
+        d = x0 - x1
+        if plan.w_kl_scalar is not None:
+            w = plan.w_kl_scalar
+            scales = [masks.keep * w if masks.keep is not None else w]
+        else:
+            scales = [plan.w_kl[b0:b1, :, None, None]]
+            if masks.keep is not None:
+                scales.append(masks.keep)
+        for s, sig in ((0, a), (1, b)):
+            if not wants[s]:
+                continue
+            sig.addcmul_(sig, sig, value=-1.0)  # sig' = sig (1 - sig), in place
+            g = torch.addcmul(diff, sig, d, out=sig)
+            for scale in scales:
+                g.mul_(scale)
+            grads[s] = g if s == 0 else g.neg_()
+    for p in plan.ce_passes:
+        x = xs[p]  # used in place: the softmax weights of the negatives
+        flat = job.positives.flat[index]
+        # x - L <= 0 on every valid negative (L = log(1 + sum e^x)); clamping above at 0 keeps
+        # invalid cells finite, so the 0 of the mask makes them exactly 0.
+        x.sub_(plan.neg[p][b0:b1, :, None, None]).clamp_(plan.floor, 0.0).exp_()
+        w = plan.ce_w_scalar[p]
+        if w is not None:
+            x.mul_(w if masks.keep is None else masks.keep * w)
+        else:
+            x.mul_(plan.ce_w[p][b0:b1, :, None, None])
+            if masks.keep is not None:
+                x.mul_(masks.keep)
+        x.view(-1).index_copy_(0, flat, plan.gold_grad[p][index])
+        grads[p] = x if grads[p] is None else grads[p].add_(x)
+    return grads
+
+
+def _backward_block_kernel(plan: _BackwardPlan, xs, masks: _BlockMasks, block) -> list:
+    index, b0, b1 = block
+    job, wants = plan.job, plan.wants
+
+    def weight(w: Tensor | None) -> Tensor | None:
+        return None if w is None else w[b0:b1, :, None, None]
+
+    xs = list(xs) + [None] * (2 - len(xs))
+    wants = list(wants) + [False] * (2 - len(wants))
+    ce = [p in plan.ce_passes for p in range(2)]
+    w_kl = weight(plan.w_kl)
+    want = [wants[s] and xs[s] is not None and (ce[s] or w_kl is not None) for s in range(2)]
+    grads = list(
+        _run_kernel(
+            "bwd",
+            xs[0],
+            xs[1],
+            masks.bias,
+            weight(plan.neg.get(0)),
+            weight(plan.neg.get(1)),
+            weight(plan.ce_w.get(0)),
+            weight(plan.ce_w.get(1)),
+            w_kl,
+            want[0],
+            want[1],
+            plan.floor,
+        )
+    )
+    if job.positives is None or not job.positives.flat[index].numel():
+        return grads
+    # Gold cells: the exact gradient (their cross-entropy term plus the divergence).
+    flat = job.positives.flat[index]
+    group = job.positives.groups[index]
+    kl_grads = None
+    if w_kl is not None:
+        g0p, g1p = plan.gold_values[0][index], plan.gold_values[1][index]
+        kl_grads = _kl_cell_grads(g0p, g1p)
+        w = plan.w_kl.reshape(-1)[group]
+    for s, g in enumerate(grads):
+        if g is None:
+            continue
+        value = torch.zeros(flat.shape, dtype=g.dtype, device=g.device)
+        if ce[s]:
+            value += plan.gold_grad[s][index]
+        if kl_grads is not None:
+            value += w * kl_grads[s]
+        g.view(-1).index_copy_(0, flat, value)
+    return grads
 
 
 def _dense_layout(

@@ -1,0 +1,306 @@
+"""Render benchmarks/speed/RESULTS.md from the measurement JSON files (no number typed by hand).
+
+python3 benchmarks/speed/make_results.py [--head results/head.json] [--train results/train.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NAMES = {
+    "reference": "reference",
+    "logits": "gpner logits",
+    "fused": "gpner fused",
+    "fused_compiled": "gpner fused, compiled kernels",
+}
+HEADS = {"global_pointer": "GP", "efficient_global_pointer": "EGP"}
+
+
+def fmt_s(row: dict) -> str:
+    return f"{row['median_s']:.3f} [{row['q1_s']:.3f}-{row['q3_s']:.3f}]"
+
+
+def fmt_mem(row: dict) -> str:
+    if "peak_bytes" not in row:
+        return "n/a"
+    return f"{row['peak_bytes'] / 2**20:.0f} MB ({row['peak_units']:.2f})"
+
+
+def index(rows: list[dict]) -> dict:
+    out = {}
+    for r in rows:
+        c = r["config"]
+        out[(c["head"], c["mode"], c["hidden"], c["length"], c["max_width"], r["impl"])] = r
+    return out
+
+
+def mark(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def head_section(data: dict) -> list[str]:
+    rows = data["rows"]
+    ix = index(rows)
+    out = []
+    m = data["machine"]
+    src = data.get("source", {})
+    out += [
+        "## Head, loss and divergence (benchmarks/speed/bench_head.py)",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; torch {m['torch']} "
+        f"({m['cpu_capability']}), {m['torch_threads']} intra-op threads, "
+        f"OMP_WAIT_POLICY={data.get('omp_wait_policy')}; Python {m['python']}.",
+        f"- Code: commit {src.get('commit', '?')}"
+        + (" with uncommitted src changes" if src.get("src_dirty") else "")
+        + f"; run {data['started']} to {data.get('finished', '?')}.",
+        f"- Command: `{data['command']}`",
+        f"- Timing: {data['warmup']} warm-up steps, then {data['repeats']} repeats per "
+        "implementation, interleaved with a rotating order in one process; median "
+        "[interquartile range] of the wall time of one step (forward + backward), in seconds.",
+        "- Memory: peak RSS of one step above the RSS just before it (VmHWM after a reset, in a "
+        "fresh process per cell, after warm-up and malloc_trim); in parentheses, in units of one "
+        "(B, C, L, L) float32 tensor.",
+        "- Shapes: B=16, C=10, D=64; hidden states (B, L, H) require grad (the step includes the "
+        "gradient into the encoder); 1/4 of the batch padded by up to L/4 tokens; L/16 gold spans "
+        "per example, 1-16 tokens long. `rdrop` = two head passes over two dropouts (p=0.1) of "
+        "the same hidden states, both cross-entropies and the divergence; `headloss` = one pass "
+        "and its cross-entropy; `rdrop_nokl` = `rdrop` without the divergence.",
+        "- Implementations: *reference* = typical public code (benchmarks/speed/reference.py: "
+        "dense 0/1 labels built per step, additive 1e12 masks, concatenated logsumexp, "
+        "everything (B, C, L, L)); *gpner logits* = gpner's heads returning (B, C, L, L) logits "
+        "and its drop-in losses; *gpner fused* = `head.factors()` + `fused_rdrop_losses` / "
+        "`fused_crossentropy` (no (B, C, L, L) tensor at all). All three compute the same loss "
+        "(checked before each timing).",
+        "",
+    ]
+    loads = [r["loadavg"] for r in rows if "loadavg" in r]
+    if loads:
+        out += [
+            f"- 1-minute load average during the run: {min(loads):.1f} to {max(loads):.1f} on "
+            f"{m['cores']} cores (other jobs shared the machine: absolute times are inflated and "
+            "noisy; the side-by-side ratios are what to read).",
+            "",
+        ]
+    # ---- targets at the longest full length
+    lengths = sorted({r["config"]["length"] for r in rows if r["config"]["max_width"] is None})
+    full_lengths = [
+        n for n in lengths if any(k[1] == "rdrop" and k[3] == n and k[5] == "reference" for k in ix)
+    ]
+    if full_lengths:
+        n = max(full_lengths)
+        out += [
+            f"### Targets at L={n} (ratios from the same run)",
+            "",
+            "R-Drop step (forward + backward), gpner fused vs the reference; *divergence adds* = "
+            "(`rdrop` - `rdrop_nokl`) / `headloss` of the same implementation: the time the "
+            "divergence adds to an R-Drop step, relative to the head + loss time of one pass.",
+            "",
+            "| head | H | reference | gpner fused | speed-up (>= 3x) | peak memory fused / ref "
+            "(<= 0.35) | divergence adds (<= 25 %) | gpner logits: speed-up, memory / ref |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        compiled_rows = []
+        for head in HEADS:
+            for hidden in sorted({r["config"]["hidden"] for r in rows}, reverse=True):
+                get = {
+                    (mode, impl): ix.get((head, mode, hidden, n, None, impl))
+                    for mode in ("rdrop", "rdrop_nokl", "headloss")
+                    for impl in NAMES
+                }
+                ref, fus = get["rdrop", "reference"], get["rdrop", "fused"]
+                if not (ref and fus):
+                    continue
+
+                def adds(impl, get=get):
+                    one, nokl = get["headloss", impl], get["rdrop_nokl", impl]
+                    if not (one and nokl and get["rdrop", impl]):
+                        return ""
+                    extra = (get["rdrop", impl]["median_s"] - nokl["median_s"]) / one["median_s"]
+                    return f"{100 * extra:.0f} % {mark(extra <= 0.25)}"
+
+                speed = ref["median_s"] / fus["median_s"]
+                mem = fus.get("peak_bytes", float("nan")) / ref.get("peak_bytes", float("nan"))
+                log = get["rdrop", "logits"]
+                logs = ""
+                if log:
+                    logm = log.get("peak_bytes", float("nan")) / ref["peak_bytes"]
+                    logs = f"{ref['median_s'] / log['median_s']:.1f}x, {logm:.2f}"
+                out.append(
+                    f"| {HEADS[head]} | {hidden} | {ref['median_s']:.3f} s "
+                    f"| {fus['median_s']:.3f} s | {speed:.1f}x {mark(speed >= 3)} "
+                    f"| {mem:.3f} {mark(mem <= 0.35)} | {adds('fused')} | {logs} |"
+                )
+                comp = get["rdrop", "fused_compiled"]
+                if comp:
+                    nan = float("nan")
+                    cmem = comp.get("peak_bytes", nan) / ref.get("peak_bytes", nan)
+                    compiled_rows.append(
+                        f"| {HEADS[head]} | {hidden} | {comp['median_s']:.3f} s "
+                        f"| {ref['median_s'] / comp['median_s']:.1f}x | {cmem:.3f} "
+                        f"| {adds('fused_compiled')} | {comp['first_call_s']:.1f} s |"
+                    )
+        out.append("")
+        if compiled_rows:
+            out += [
+                "With the optional compiled kernels (`gpner.functional.use_compiled_kernels()`, "
+                "torch.compile of the block arithmetic; eager stays the default):",
+                "",
+                "| head | H | gpner fused, compiled | speed-up vs reference | peak memory / ref "
+                "| divergence adds | first R-Drop step (includes compiling) |",
+                "|---|---|---|---|---|---|---|",
+                *compiled_rows,
+                "",
+                "The first step's time includes compilation in that process (Inductor's on-disk "
+                "cache makes later processes faster); it is not included in the medians.",
+                "",
+            ]
+    # ---- band
+    band = [r for r in rows if r["config"]["max_width"]]
+    if band:
+        out += ["### Maximum span width (band layout)", ""]
+        out += [
+            "| head | L | W | implementation | R-Drop step (s) | peak memory | time vs full fused "
+            "| memory vs full fused |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        seen = set()
+        for r in band:
+            c = r["config"]
+            key = (c["head"], c["length"])
+            if key in seen:
+                continue
+            seen.add(key)
+            hidden = c["hidden"]
+            full = ix.get((c["head"], "rdrop", hidden, c["length"], None, "fused"))
+            cells = [
+                ix.get((c["head"], "rdrop", hidden, c["length"], None, impl))
+                for impl in ("reference", "logits", "fused")
+            ]
+            cells += [
+                ix.get((c["head"], "rdrop", hidden, c["length"], c["max_width"], impl))
+                for impl in ("fused", "logits")
+            ]
+            for cell in cells:
+                if not cell:
+                    continue
+                w = cell["config"]["max_width"] or "-"
+                vs_t = vs_m = ""
+                if full:
+                    vs_t = f"{cell['median_s'] / full['median_s']:.2f}x"
+                    if "peak_bytes" in cell and "peak_bytes" in full:
+                        vs_m = f"{cell['peak_bytes'] / full['peak_bytes']:.2f}x"
+                out.append(
+                    f"| {HEADS[c['head']]} | {c['length']} | {w} | {NAMES[cell['impl']]} "
+                    f"| {fmt_s(cell)} | {fmt_mem(cell)} | {vs_t} | {vs_m} |"
+                )
+        out += [
+            "",
+            f"H={band[0]['config']['hidden']}. The dense implementations are not run where "
+            "their (B, C, L, L) tensors would not fit (at L=2048 one is "
+            f"{16 * 10 * 2048 * 2048 * 4 / 2**30:.1f} GiB and the reference needs over ten).",
+            "",
+        ]
+    # ---- everything
+    out += [
+        "### All measurements",
+        "",
+        "| head | mode | H | L | W | implementation | step (s) | peak memory | speed-up vs "
+        "reference | memory vs reference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c = r["config"]
+        ref = ix.get((c["head"], c["mode"], c["hidden"], c["length"], None, "reference"))
+        sp = mm = ""
+        if ref and r is not ref:
+            sp = f"{ref['median_s'] / r['median_s']:.1f}x"
+            if "peak_bytes" in r and "peak_bytes" in ref:
+                mm = f"{r['peak_bytes'] / ref['peak_bytes']:.2f}"
+        out.append(
+            f"| {HEADS[c['head']]} | {c['mode']} | {c['hidden']} | {c['length']} "
+            f"| {c['max_width'] or '-'} | {NAMES[r['impl']]} | {fmt_s(r)} | {fmt_mem(r)} "
+            f"| {sp} | {mm} |"
+        )
+    out.append("")
+    return out
+
+
+def train_section(data: dict) -> list[str]:
+    m = data["machine"]
+    src = data.get("source", {})
+    out = [
+        "## Whole training step and prediction (benchmarks/speed/bench_train.py)",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, "
+        f"{m['torch_threads']} threads, OMP_WAIT_POLICY={data.get('omp_wait_policy')}.",
+        f"- Code: commit {src.get('commit', '?')}"
+        + (" with uncommitted src changes" if src.get("src_dirty") else "")
+        + f"; run {data['started']} to {data.get('finished', '?')}.",
+        f"- Command: `{data['command']}`",
+        f"- {data['description']}",
+        "",
+    ]
+    out += [
+        "| objective | implementation | step (s) | vs plain (same implementation) | target "
+        "| train tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    targets = {"rdrop": 2.1, "vat": 3.2}
+    for r in data["train_rows"]:
+        base = next(
+            x for x in data["train_rows"] if x["impl"] == r["impl"] and x["objective"] == "plain"
+        )
+        ratio = r["median_s"] / base["median_s"]
+        target = targets.get(r["objective"])
+        tgt = f"<= {target}x {mark(ratio <= target)}" if target else ""
+        out.append(
+            f"| {r['objective']} | {r['impl']} | {fmt_s(r)} | {ratio:.2f}x | {tgt} "
+            f"| {r['tokens_per_s']:.0f} |"
+        )
+    out.append("")
+    if data.get("predict"):
+        p = data["predict"]
+        out += [
+            "| prediction | value |",
+            "|---|---|",
+            f"| texts | {p['texts']} ({p['tokens']} tokens) |",
+            f"| total time (median of {p['repeats']}) | {p['total_s']:.3f} s |",
+            f"| model forward | {p['forward_s']:.3f} s |",
+            f"| decoding (decode + spans_from_features) | {p['decode_s']:.3f} s "
+            f"({100 * p['decode_share']:.1f} % of prediction; target <= 5 % "
+            f"{mark(p['decode_share'] <= 0.05)}) |",
+            f"| prediction tokens/s | {p['tokens_per_s']:.0f} |",
+            "",
+        ]
+    for note in data.get("notes", []):
+        out.append(f"- {note}")
+    out.append("")
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--head", type=Path, default=HERE / "results" / "head.json")
+    p.add_argument("--train", type=Path, default=HERE / "results" / "train.json")
+    p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = p.parse_args(argv)
+    lines = [
+        "# gpner speed benchmarks",
+        "",
+        "Generated by `python3 benchmarks/speed/make_results.py` from the JSON files in "
+        "`benchmarks/speed/results/`; every number below comes from those files.",
+        "",
+    ]
+    if args.head.exists():
+        lines += head_section(json.loads(args.head.read_text()))
+    if args.train.exists():
+        lines += train_section(json.loads(args.train.read_text()))
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
