@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from gpner import functional as F
 
 
-
 @pytest.fixture(autouse=True)
 def float64_default():
     """References and gradcheck run in float64; restored so other test modules are unaffected."""
