@@ -138,7 +138,8 @@ def test_two_processes_match_single_process(tmp_path, tiny_data):
 def test_train_leaves_the_callers_config_alone(tmp_path, tiny_data):
     from gpner.config import config_to_dict
 
-    cfg = _config(tiny_data, tmp_path / "v", **{"train.epochs": 1, "data.validation_fraction": 0.25})
+    extra = {"train.epochs": 1, "data.validation_fraction": 0.25}
+    cfg = _config(tiny_data, tmp_path / "v", **extra)
     before = config_to_dict(cfg)
     train(cfg)
     assert config_to_dict(cfg) == before
