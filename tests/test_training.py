@@ -64,7 +64,7 @@ def _run_cli(args, **kwargs):
 
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_data):
-    epochs = 3
+    epochs = 5  # enough that the kill lands mid-run even when the poller is descheduled
     extra = {"train.epochs": epochs}
     straight = train(_config(tiny_data, tmp_path / "straight", **extra))
 
@@ -78,7 +78,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_data):
     while time.time() < deadline:
         if log.exists() and log.read_text().count("\n") >= 1:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = log.read_text().count("\n")
