@@ -106,7 +106,7 @@ def test_two_processes_match_single_process(tmp_path, tiny_data):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29533",
+        "--standalone",
         "-m",
         "gpner",
         "train",
