@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpner import functional as F
@@ -439,3 +441,22 @@ def test_compiled_kernels_match_eager(monkeypatch):
     compiled = _all_terms("egp", None, False)
     for a, b in zip(eager[0] + list(eager[1]), compiled[0] + list(compiled[1])):
         assert_close(a, b, tol=1e-8)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["gp", "egp"]), st.sampled_from([None, 1, 3]))
+def test_fused_properties(seed, head, width):
+    params, am, spans = make(head, seed=seed % 1000, b=2, length=6, d=2)
+    other = perturbed(params, seed % 997 + 1)
+    f, g = factors(head, params, am, width), factors(head, other, am, width)
+    d_fg = F.fused_global_pointer_kl(f, g, "none")
+    d_gf = F.fused_global_pointer_kl(g, f, "none")
+    assert (d_fg >= 0).all() and torch.allclose(d_fg, d_gf, atol=1e-12)
+    assert torch.equal(F.fused_global_pointer_kl(f, f, "none"), torch.zeros_like(d_fg))
+    ce = F.fused_crossentropy(f, spans, "none")
+    assert (ce >= 0).all()
+    # a narrower band never has more negatives: its loss without gold spans is no larger
+    if width is not None:
+        none = spans[:0]
+        wide = F.fused_crossentropy(factors(head, params, am, width + 1), none, "none")
+        assert (F.fused_crossentropy(f, none, "none") <= wide + 1e-12).all()
