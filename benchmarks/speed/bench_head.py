@@ -90,6 +90,30 @@ def plan(args) -> list[tuple[Config, tuple[str, ...]]]:
     return out
 
 
+def divergence_plan(args) -> list[tuple[Config, tuple[str, ...]]]:
+    """Per (length, hidden, head): headloss, rdrop_nokl and rdrop of each gpner implementation,
+    interleaved in one session (the divergence's cost is a difference of these times)."""
+    out = []
+    for length in args.lengths:
+        for hidden in args.hidden:
+            for head in args.heads:
+                cfg = Config(
+                    head=head,
+                    mode="rdrop",
+                    hidden=hidden,
+                    length=length,
+                    batch=args.batch,
+                    types=args.types,
+                    head_size=args.head_size,
+                )
+                impls = [i for i in args.impls if i != "reference"]
+                if length in args.compiled_lengths:
+                    impls.append("fused_compiled")
+                modes = ("headloss", "rdrop_nokl", "rdrop")
+                out.append((cfg, tuple(f"{i}@{m}" for i in impls for m in modes)))
+    return out
+
+
 def run_config(cfg: Config, impls: tuple[str, ...], args) -> list[dict]:
     rows = []
     if cfg.max_width is None and "reference" in impls:
@@ -107,6 +131,9 @@ def run_config(cfg: Config, impls: tuple[str, ...], args) -> list[dict]:
     del steps
     for name in impls:
         row = {"config": dataclasses.asdict(cfg), "key": cfg.key(), "impl": name}
+        if "@" in name:
+            row["impl"], row["config"]["mode"] = name.split("@")
+            row["key"] = Config(**row["config"]).key()
         row["loadavg"] = os.getloadavg()[0]
         row["unit_bytes"] = cfg.cells_bytes
         row.update(measure.summary(times[name]))
@@ -152,17 +179,27 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument(
+        "--divergence",
+        action="store_true",
+        help="only time headloss / rdrop_nokl / rdrop of gpner's implementations side by side "
+        "(results/divergence.json; no memory)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "head.json")
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
+    if args.divergence:
+        args.no_memory = True
+        if args.out == RESULTS / "head.json":
+            args.out = RESULTS / "divergence.json"
     if args.quick:
         args.lengths, args.hidden, args.band_lengths = [64, 128], [256], [256]
         args.compiled_lengths = [128] if 512 in args.compiled_lengths else args.compiled_lengths
         args.repeats, args.warmup, args.band_width = max(3, min(args.repeats, 3)), 1, 16
-        if args.out == RESULTS / "head.json":
-            args.out = RESULTS / "head_quick.json"
+        if args.out in (RESULTS / "head.json", RESULTS / "divergence.json"):
+            args.out = args.out.with_name(args.out.stem + "_quick.json")
     torch.set_num_threads(args.threads)
     data = {
         "benchmark": "head",
@@ -175,7 +212,7 @@ def main(argv=None) -> None:
         "warmup": args.warmup,
         "rows": [],
     }
-    for cfg, impls in plan(args):
+    for cfg, impls in divergence_plan(args) if args.divergence else plan(args):
         start = time.perf_counter()
         rows = run_config(cfg, impls, args)
         data["rows"].extend(rows)

@@ -41,9 +41,56 @@ def mark(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def head_section(data: dict) -> list[str]:
+def divergence_costs(data: dict | None) -> dict:
+    """(head, hidden, length, impl) -> (rdrop - rdrop_nokl) / headloss, all from one session."""
+    if not data:
+        return {}
+    ix = index(data["rows"])
+    out = {}
+    for (head, mode, hidden, length, width, impl), row in ix.items():
+        if mode != "rdrop" or width:
+            continue
+        nokl = ix.get((head, "rdrop_nokl", hidden, length, width, impl))
+        one = ix.get((head, "headloss", hidden, length, width, impl))
+        if nokl and one:
+            out[head, hidden, length, impl] = (
+                (row["median_s"] - nokl["median_s"]) / one["median_s"],
+                row,
+                nokl,
+                one,
+            )
+    return out
+
+
+def divergence_section(data: dict) -> list[str]:
+    costs = divergence_costs(data)
+    out = [
+        "### What the divergence adds (benchmarks/speed/bench_head.py --divergence)",
+        "",
+        f"- Command: `{data['command']}`; run {data['started']} to {data.get('finished', '?')}, "
+        f"commit {data.get('source', {}).get('commit', '?')}.",
+        "- `headloss`, `rdrop_nokl` and `rdrop` of each implementation timed side by side in one "
+        f"session ({data['repeats']} interleaved repeats, medians): the divergence adds "
+        "(`rdrop` - `rdrop_nokl`) / `headloss`, i.e. its share of the head + loss time of one "
+        "pass. Target <= 25 %.",
+        "",
+        "| head | H | L | implementation | headloss (s) | rdrop_nokl (s) | rdrop (s) "
+        "| divergence adds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (head, hidden, length, impl), (extra, r, nokl, one) in costs.items():
+        out.append(
+            f"| {HEADS[head]} | {hidden} | {length} | {NAMES[impl]} | {fmt_s(one)} "
+            f"| {fmt_s(nokl)} | {fmt_s(r)} | {100 * extra:.0f} % {mark(extra <= 0.25)} |"
+        )
+    out.append("")
+    return out
+
+
+def head_section(data: dict, div_data: dict | None = None) -> list[str]:
     rows = data["rows"]
     ix = index(rows)
+    div = divergence_costs(div_data)
     out = []
     m = data["machine"]
     src = data.get("source", {})
@@ -96,7 +143,8 @@ def head_section(data: dict) -> list[str]:
             "",
             "R-Drop step (forward + backward), gpner fused vs the reference; *divergence adds* = "
             "(`rdrop` - `rdrop_nokl`) / `headloss` of the same implementation: the time the "
-            "divergence adds to an R-Drop step, relative to the head + loss time of one pass.",
+            "divergence adds to an R-Drop step, relative to the head + loss time of one pass "
+            "(from the side-by-side divergence run below when there is one).",
             "",
             "| head | H | reference | gpner fused | speed-up (>= 3x) | peak memory fused / ref "
             "(<= 0.35) | divergence adds (<= 25 %) | gpner logits: speed-up, memory / ref |",
@@ -114,7 +162,10 @@ def head_section(data: dict) -> list[str]:
                 if not (ref and fus):
                     continue
 
-                def adds(impl, get=get):
+                def adds(impl, get=get, head=head, hidden=hidden):
+                    if (head, hidden, n, impl) in div:  # measured side by side: preferred
+                        extra = div[head, hidden, n, impl][0]
+                        return f"{100 * extra:.0f} % {mark(extra <= 0.25)}"
                     one, nokl = get["headloss", impl], get["rdrop_nokl", impl]
                     if not (one and nokl and get["rdrop", impl]):
                         return ""
@@ -285,6 +336,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--head", type=Path, default=HERE / "results" / "head.json")
     p.add_argument("--train", type=Path, default=HERE / "results" / "train.json")
+    p.add_argument("--divergence", type=Path, default=HERE / "results" / "divergence.json")
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = p.parse_args(argv)
     lines = [
@@ -294,8 +346,11 @@ def main(argv=None) -> None:
         "`benchmarks/speed/results/`; every number below comes from those files.",
         "",
     ]
+    div = json.loads(args.divergence.read_text()) if args.divergence.exists() else None
     if args.head.exists():
-        lines += head_section(json.loads(args.head.read_text()))
+        lines += head_section(json.loads(args.head.read_text()), div)
+    if div:
+        lines += divergence_section(div)
     if args.train.exists():
         lines += train_section(json.loads(args.train.read_text()))
     args.out.write_text("\n".join(lines))

@@ -155,8 +155,12 @@ def implementation(cfg: Config, name: str, seed: int = 0):
     """A zero-argument callable running one forward + backward step of ``name``.
 
     ``*_compiled`` runs the gpner implementation with ``F.use_compiled_kernels`` switched on for
-    the duration of the step (its first call compiles).
+    the duration of the step (its first call compiles). ``impl@mode`` runs ``impl`` in another
+    mode than ``cfg.mode`` (to time modes side by side).
     """
+    if "@" in name:
+        name, mode = name.split("@")
+        cfg = dataclasses.replace(cfg, mode=mode)
     head, reference = make_heads(cfg, seed)
     x = make_inputs(cfg, seed)
     module = reference if name == "reference" else head
