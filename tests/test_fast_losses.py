@@ -165,6 +165,25 @@ def test_fused_rdrop_matches_reference(head, width, reduction):
 
 
 @pytest.mark.parametrize("head", ["gp", "egp"])
+@pytest.mark.parametrize("width", [None, 3])
+def test_rdrop_gradients_with_uniform_weights(head, width):
+    """The R-Drop training loss ``(ce1 + ce2) / 2 + alpha * kl`` (uniform positive weights: the
+    backward folds the divergence into the cross-entropy's pass) against the reference."""
+    params, am, spans = make(head, seed=11)
+    other = perturbed(params, 12)
+    valid = ref_valid(am, width)
+    s, t = ref_logits(*params), ref_logits(*other)
+    want = (ref_ce(s, spans, valid).mean() + ref_ce(t, spans, valid).mean()) / 2
+    want = want + 0.7 * ref_kl(s, t, valid).mean()
+    f, g = factors(head, params, am, width), factors(head, other, am, width)
+    ce1, ce2, kl = F.fused_rdrop_losses(f, g, spans)
+    got = (ce1 + ce2) / 2 + 0.7 * kl
+    assert_close(got, want)
+    for a, b in zip(grads(got, params + other), grads(want, params + other)):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("head", ["gp", "egp"])
 def test_vat_side_gets_no_gradient_work(head):
     params, am, _ = make(head, seed=3)
     other = perturbed(params, 4)

@@ -924,15 +924,24 @@ def _exp_floor(dtype: torch.dtype) -> float:
 
 class _BlockMasks(NamedTuple):
     keep: Tensor | None  # 0/1 float, broadcastable to the block: multiplies sums and gradients
-    bias: Tensor | None  # 0/-inf float: added before a maximum
+    bias: Tensor | None  # 0 on valid cells, ``fill`` on invalid ones: added before a maximum
 
 
-def _block_masks(invalid: Tensor | None, dtype: torch.dtype) -> _BlockMasks:
+def _block_masks(invalid: Tensor | None, dtype: torch.dtype, fill: float) -> _BlockMasks:
+    """``fill`` is -inf for the compiled kernels (which test for it) and the dtype's lowest
+    finite value for the eager code: ``x + finfo.min`` is exactly ``finfo.min`` for any logit of
+    sane size (|x| far below the spacing of floats near finfo.min), so after the bias two
+    sources agree exactly on every invalid cell and their divergence there is exactly
+    ``(0 - 0) * 0 = 0`` with no mask, where -inf would give ``0 * nan``."""
     if invalid is None:
         return _BlockMasks(None, None)
     keep = (~invalid).to(dtype)
     bias = torch.zeros(invalid.shape, dtype=dtype, device=invalid.device)
-    return _BlockMasks(keep, bias.masked_fill_(invalid, _NEG_INF))
+    return _BlockMasks(keep, bias.masked_fill_(invalid, fill))
+
+
+def _mask_fill(kernels: bool, dtype: torch.dtype) -> float:
+    return _NEG_INF if kernels else torch.finfo(dtype).min
 
 
 def _uniform_positive(w: Tensor) -> float | None:
@@ -1094,6 +1103,7 @@ class _SpanLosses(torch.autograd.Function):
         batch, types = layout.batch, layout.types
         device = layout.device
         kernels = _kernels() is not None
+        fill = _mask_fill(kernels, acc)
         kl = torch.zeros(batch, types, dtype=acc, device=device)
         passes = [p for p in range(job.sources) if job.ce[p]]
         # Online log-sum-exp of the negatives per (b, c): shift m >= 0 and sum of exp(x - m).
@@ -1102,7 +1112,7 @@ class _SpanLosses(torch.autograd.Function):
         gold: dict[int, list[Tensor]] = {p: [] for p in passes}
         for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
             xs = [src.cells(b0, b1, r0, r1, c0) for src in sources]
-            masks = _block_masks(layout.invalid_block(b0, b1, r0, r1, c0), acc)
+            masks = _block_masks(layout.invalid_block(b0, b1, r0, r1, c0), acc, fill)
             flat = job.positives.flat[index] if job.positives is not None else None
             for p in passes:
                 gold[p].append(xs[p].view(-1)[flat])
@@ -1157,12 +1167,13 @@ class _SpanLosses(torch.autograd.Function):
         plan = _BackwardPlan(job, ctx.stats, acc, wants, ce_passes, g_ce, g_kl if do_kl else None)
         computed = set(ce_passes) | ({0, 1} if do_kl else set())
         kernels = _kernels() is not None
+        fill = _mask_fill(kernels, acc)
         for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
             xs = [
                 src.cells(b0, b1, r0, r1, c0) if s in computed else None
                 for s, src in enumerate(sources)
             ]
-            masks = _block_masks(layout.invalid_block(b0, b1, r0, r1, c0), acc)
+            masks = _block_masks(layout.invalid_block(b0, b1, r0, r1, c0), acc, fill)
             block = (index, b0, b1)
             if kernels:
                 grads = _backward_block_kernel(plan, xs, masks, block)
@@ -1179,22 +1190,30 @@ class _SpanLosses(torch.autograd.Function):
 
 
 def _forward_block_eager(job: _Job, xs: list[Tensor], masks: _BlockMasks, flat, floor: float):
-    """``(kl, m0, s0, m1, s1)`` of one block (None where not asked for), using ``xs`` in place."""
+    """``(kl, m0, s0, m1, s1)`` of one block (None where not asked for), using ``xs`` in place.
+
+    ``masks.bias`` holds finfo.min (not -inf) on invalid cells: see :func:`_block_masks`.
+    """
     stats: list[Tensor | None] = [None] * 5
+    passes = [p for p in range(job.sources) if job.ce[p]]
+    biased = masks.bias is not None and len(passes) == job.sources
+    if biased:  # both sources need the bias for their maxima: add it first, the divergence
+        for x in xs:  # then needs no mask (invalid cells agree exactly, see _block_masks)
+            x.add_(masks.bias)
     if job.kl:
         x0, x1 = xs
-        cell = torch.sigmoid(x0).sub_(torch.sigmoid(x1)).mul_(x0 - x1)
-        if masks.keep is not None:
-            cell.mul_(masks.keep)
-        stats[0] = cell.sum(dim=(-2, -1))
-    for p in range(job.sources):
-        if not job.ce[p]:
-            continue
+        diff = torch.sigmoid(x0).sub_(torch.sigmoid(x1))
+        if masks.keep is not None and not biased:
+            diff.mul_(masks.keep)
+        stats[0] = torch.einsum("bcij,bcij->bc", diff, x0 - x1)
+    for p in passes:
         x = xs[p]  # used in place from here on
-        if masks.bias is not None:
+        if masks.bias is not None and not biased:
             x.add_(masks.bias)
         x.view(-1).index_fill_(0, flat, _NEG_INF)
-        m = x.amax(dim=(-2, -1))  # (Bg, C), -inf where the block has no negatives
+        # (Bg, C): -inf or finfo.min where the block has no negatives (nan_to_num keeps the
+        # latter: x - m is then 0 on invalid cells, which the mask below zeroes anyway).
+        m = x.amax(dim=(-2, -1))
         x.sub_(m.nan_to_num(neginf=0.0)[..., None, None]).clamp_min_(floor).exp_()
         # The clamp gave excluded cells tiny values; the mask makes them exactly 0.
         if masks.keep is not None:
@@ -1240,6 +1259,8 @@ def _backward_block_eager(plan: _BackwardPlan, xs, masks: _BlockMasks, block) ->
     index, b0, b1 = block
     job, wants = plan.job, plan.wants
     grads: list[Tensor | None] = [None, None]
+    kl_raw: list[Tensor | None] = [None, None]  # dD/dx0 and -dD/dx1, unweighted and unmasked
+    merged = [False, False]  # the divergence's gradient is folded into the cross-entropy's
     if plan.w_kl is not None:
         # dD/ds = (sig(s) - sig(t)) + sig'(s) (s - t)
         # dD/dt = -(sig(s) - sig(t)) - sig'(t) (s - t)
@@ -1247,6 +1268,17 @@ def _backward_block_eager(plan: _BackwardPlan, xs, masks: _BlockMasks, block) ->
         a, b = torch.sigmoid(x0), torch.sigmoid(x1)
         diff = a - b
         d = x0 - x1
+        for s, sig in ((0, a), (1, b)):
+            if wants[s]:
+                sig.addcmul_(sig, sig, value=-1.0)  # sig' = sig (1 - sig), in place
+                kl_raw[s] = torch.addcmul(diff, sig, d, out=sig)
+                # With uniform weights (as after "mean"/"sum") the divergence term is added to
+                # the cross-entropy's before the shared weight-and-mask pass: fewer passes.
+                merged[s] = (
+                    s in plan.ce_passes
+                    and plan.w_kl_scalar is not None
+                    and plan.ce_w_scalar[s] is not None
+                )
         if plan.w_kl_scalar is not None:
             w = plan.w_kl_scalar
             scales = [masks.keep * w if masks.keep is not None else w]
@@ -1254,28 +1286,33 @@ def _backward_block_eager(plan: _BackwardPlan, xs, masks: _BlockMasks, block) ->
             scales = [plan.w_kl[b0:b1, :, None, None]]
             if masks.keep is not None:
                 scales.append(masks.keep)
-        for s, sig in ((0, a), (1, b)):
-            if not wants[s]:
+        for s in (0, 1):
+            if kl_raw[s] is None or merged[s]:
                 continue
-            sig.addcmul_(sig, sig, value=-1.0)  # sig' = sig (1 - sig), in place
-            g = torch.addcmul(diff, sig, d, out=sig)
+            g = kl_raw[s]
             for scale in scales:
                 g.mul_(scale)
             grads[s] = g if s == 0 else g.neg_()
     for p in plan.ce_passes:
         x = xs[p]  # used in place: the softmax weights of the negatives
         flat = job.positives.flat[index]
+        gold = plan.gold_grad[p][index]
         # x - L <= 0 on every valid negative (L = log(1 + sum e^x)); clamping above at 0 keeps
         # invalid cells finite, so the 0 of the mask makes them exactly 0.
         x.sub_(plan.neg[p][b0:b1, :, None, None]).clamp_(plan.floor, 0.0).exp_()
         w = plan.ce_w_scalar[p]
+        if merged[p]:
+            sign = 1.0 if p == 0 else -1.0
+            w_kl = sign * plan.w_kl_scalar
+            gold = gold + w_kl * kl_raw[p].view(-1)[flat]
+            x.add_(kl_raw[p], alpha=w_kl / w)
         if w is not None:
             x.mul_(w if masks.keep is None else masks.keep * w)
         else:
             x.mul_(plan.ce_w[p][b0:b1, :, None, None])
             if masks.keep is not None:
                 x.mul_(masks.keep)
-        x.view(-1).index_copy_(0, flat, plan.gold_grad[p][index])
+        x.view(-1).index_copy_(0, flat, gold)
         grads[p] = x if grads[p] is None else grads[p].add_(x)
     return grads
 
