@@ -10,14 +10,17 @@ import torch
 from torch import Tensor, nn
 
 from gpner import functional as F
-from gpner.heads import GlobalPointer
+from gpner.heads import EfficientGlobalPointer, GlobalPointer
 from gpner.regularizers import (
     VAT,
     Plain,
     RDrop,
     RNGState,
+    _per_example_normalize,
+    _private_generator,
     build_objective,
     cross_entropy,
+    factored_softmax_kl,
     get_divergence,
     vat_direction,
     vat_penalty,
@@ -38,30 +41,55 @@ def _one_thread():
 # ------------------------------------------------------------------------------ stand-in model
 
 
-class TinyModel(nn.Module):
-    """Embedding + positions + one masked self-attention block with dropout + GlobalPointer.
+HEADS = {"gp": GlobalPointer, "egp": EfficientGlobalPointer}
 
-    ``embed(input_ids) -> (B, L, H)``; ``forward(input_ids, attention_mask, inputs_embeds)`` ->
-    logits (B, C, L, L), the interface the objectives are written against.
+
+class TinyModel(nn.Module):
+    """Embedding + positions + one masked self-attention block with dropout + a span head.
+
+    ``embed(input_ids) -> (B, L, H)``; ``span_factors(input_ids, attention_mask, inputs_embeds)``
+    -> the head's SpanFactors, the interface the objectives are written against;
+    ``forward(...)`` -> the head's materialised logits (B, C, L, L), or band (B, C, L, W) with
+    ``max_width``, for the by-hand references. ``calls["passes"]`` counts encoder passes (either
+    entry point).
     """
 
-    def __init__(self, vocab=11, hidden=8, num_types=2, head_size=4, max_len=16, p=0.1):
+    def __init__(
+        self,
+        vocab=11,
+        hidden=8,
+        num_types=2,
+        head_size=4,
+        max_len=16,
+        p=0.1,
+        head="gp",
+        max_width=None,
+    ):
         super().__init__()
         self.word = nn.Embedding(vocab, hidden)
         self.position = nn.Embedding(max_len, hidden)
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.ff = nn.Linear(hidden, hidden)
         self.dropout = nn.Dropout(p)
-        self.head = GlobalPointer(hidden, num_types, head_size)
-        self.calls = {"embed": 0, "forward": 0}
+        self.head = HEADS[head](hidden, num_types, head_size, max_width=max_width)
+        self.calls = {"embed": 0, "passes": 0}
         self.seen: list[Tensor] = []  # every inputs_embeds received, detached
 
     def embed(self, input_ids: Tensor) -> Tensor:
         self.calls["embed"] += 1
         return self.word(input_ids)
 
+    def span_factors(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+        return self.head.factors(
+            self.encode(input_ids, inputs_embeds, attention_mask), attention_mask
+        )
+
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None) -> Tensor:
-        self.calls["forward"] += 1
+        return self.head(self.encode(input_ids, inputs_embeds, attention_mask), attention_mask)
+
+    def encode(self, input_ids, inputs_embeds, attention_mask) -> Tensor:
+        """-> hidden (B, L, H)."""
+        self.calls["passes"] += 1
         if inputs_embeds is not None:
             self.seen.append(inputs_embeds.detach().clone())
         x = self.word(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, H)
@@ -71,8 +99,7 @@ class TinyModel(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(x.shape[-1])  # (B, L, L)
         if attention_mask is not None:
             scores = scores.masked_fill(~attention_mask[:, None, :], torch.finfo(x.dtype).min)
-        x = x + self.dropout(torch.tanh(self.ff(self.dropout(scores.softmax(-1)) @ v)))
-        return self.head(x, attention_mask)
+        return x + self.dropout(torch.tanh(self.ff(self.dropout(scores.softmax(-1)) @ v)))
 
 
 @dataclass
@@ -170,8 +197,8 @@ def module_modes(model: nn.Module) -> list[bool]:
 
 
 def test_divergence_and_objective_names():
-    assert get_divergence("gp_kl") is F.global_pointer_kl
-    assert get_divergence("softmax_kl") is F.softmax_kl
+    assert get_divergence("gp_kl") is F.fused_global_pointer_kl
+    assert get_divergence("softmax_kl") is factored_softmax_kl
     with pytest.raises(ValueError, match=r"gp_kl.*softmax_kl"):
         get_divergence("kl")
     with pytest.raises(ValueError, match=r"gp_kl.*softmax_kl"):
@@ -197,9 +224,10 @@ def test_plain_is_the_sparse_cross_entropy():
     torch.manual_seed(3)
     loss, parts = Plain()(model, batch)
     torch.manual_seed(3)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    assert torch.equal(loss, cross_entropy(logits, batch))
+    factors = model.span_factors(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    assert torch.equal(loss, cross_entropy(factors, batch))
     assert parts == {"ce": loss.item(), "reg": 0.0}
+    logits = F.factors_to_logits(factors)  # (B, C, L, L)
     assert ref_cross_entropy(logits, batch.spans, batch.attention_mask) == pytest.approx(
         loss.item(), rel=1e-5
     )
@@ -228,7 +256,7 @@ def test_rdrop_is_mean_ce_plus_alpha_divergence_by_hand(divergence):
     alpha = 0.7
     torch.manual_seed(11)
     loss, parts = RDrop(alpha, divergence)(model, batch)
-    assert model.calls["forward"] == 1  # both passes in one call on the doubled batch
+    assert model.calls["passes"] == 1  # both passes in one call on the doubled batch
     # By hand: the same seeded call on the doubled batch (a 2B-row call draws other dropout masks
     # than two B-row calls, so it cannot be replayed as two calls), then plain-loop arithmetic.
     torch.manual_seed(11)
@@ -247,11 +275,11 @@ def test_rdrop_is_mean_ce_plus_alpha_divergence_by_hand(divergence):
 
 
 def clean_pass(model: TinyModel, batch: Batch):
-    """What VAT does before the power iteration: (embeds, rng_state, clean logits)."""
+    """What VAT does before the power iteration: (embeds, rng_state, clean factors)."""
     embeds = model.embed(batch.input_ids)
     rng_state = RNGState.capture(embeds.device)
-    logits = model(inputs_embeds=embeds, attention_mask=batch.attention_mask)
-    return embeds, rng_state, logits
+    factors = model.span_factors(inputs_embeds=embeds, attention_mask=batch.attention_mask)
+    return embeds, rng_state, factors
 
 
 @pytest.mark.parametrize("divergence", ["gp_kl", "softmax_kl"])
@@ -263,8 +291,8 @@ def test_vat_direction_increases_divergence_more_than_random(divergence, train):
     adversarial = random = 0.0
     for seed in range(6):
         torch.manual_seed(seed)
-        embeds, rng_state, logits = clean_pass(model, batch)
-        d = vat_direction(model, embeds, am, logits, divergence=div, rng_state=rng_state)
+        embeds, rng_state, clean = clean_pass(model, batch)
+        d = vat_direction(model, embeds, am, clean, divergence=div, rng_state=rng_state)
         # Unit norm per example; with softmax_kl a one-token example has a single valid cell per
         # type, whose softmax is 1 whatever the input: no gradient, so no direction (zero).
         norms = d.norm(dim=(1, 2))
@@ -273,8 +301,8 @@ def test_vat_direction_increases_divergence_more_than_random(divergence, train):
         assert (d[~am] == 0).all()
         r = unit_directions(d.shape, am, torch.Generator().manual_seed(100 + seed))
         kw = {"divergence": div, "rng_state": rng_state}
-        adversarial += vat_penalty(model, embeds, am, d, logits, **kw).item()
-        random += vat_penalty(model, embeds, am, r, logits, **kw).item()
+        adversarial += vat_penalty(model, embeds, am, d, clean, **kw).item()
+        random += vat_penalty(model, embeds, am, r, clean, **kw).item()
     assert adversarial > 2 * random  # measured about 4x (gp_kl) and 10x (softmax_kl)
 
 
@@ -282,12 +310,12 @@ def test_vat_replays_the_clean_pass_dropout_masks():
     model, batch = make_model(p=0.5), make_batch()
     am = batch.attention_mask
     torch.manual_seed(0)
-    embeds, rng_state, logits = clean_pass(model, batch)
+    embeds, rng_state, clean = clean_pass(model, batch)
     zero = torch.zeros_like(embeds)
     # Same masks: an unperturbed pass reproduces the clean logits bit for bit.
-    assert vat_penalty(model, embeds, am, zero, logits, rng_state=rng_state).item() == 0.0
+    assert vat_penalty(model, embeds, am, zero, clean, rng_state=rng_state).item() == 0.0
     # Fresh masks would make D measure dropout noise instead.
-    assert vat_penalty(model, embeds, am, zero, logits).item() > 1e-3
+    assert vat_penalty(model, embeds, am, zero, clean).item() > 1e-3
 
 
 def test_vat_is_ce_plus_alpha_penalty_at_the_power_iteration_direction():
@@ -296,18 +324,16 @@ def test_vat_is_ce_plus_alpha_penalty_at_the_power_iteration_direction():
     objective = VAT(alpha=0.7, epsilon=0.5, xi=1e-3, power_iterations=2)
     torch.manual_seed(4)
     loss, parts = objective(model, batch)
-    assert model.calls == {"embed": 1, "forward": 1 + 2 + 1}
+    assert model.calls == {"embed": 1, "passes": 1 + 2 + 1}
     grads = torch.autograd.grad(loss, list(model.parameters()))
 
     torch.manual_seed(4)
-    embeds, rng_state, logits = clean_pass(model, batch)
-    d = vat_direction(model, embeds, am, logits, power_iterations=2, rng_state=rng_state)
-    penalty = vat_penalty(model, embeds, am, 0.5 * d, logits, rng_state=rng_state)
-    expected = cross_entropy(logits, batch) + 0.7 * penalty
+    embeds, rng_state, clean = clean_pass(model, batch)
+    d = vat_direction(model, embeds, am, clean, power_iterations=2, rng_state=rng_state)
+    penalty = vat_penalty(model, embeds, am, 0.5 * d, clean, rng_state=rng_state)
+    expected = cross_entropy(clean, batch) + 0.7 * penalty
     assert torch.equal(loss, expected)
-    assert parts == pytest.approx(
-        {"ce": cross_entropy(logits, batch).item(), "reg": penalty.item()}
-    )
+    assert parts == pytest.approx({"ce": cross_entropy(clean, batch).item(), "reg": penalty.item()})
     by_hand = torch.autograd.grad(expected, list(model.parameters()), retain_graph=True)
     for g, h in zip(grads, by_hand):
         assert torch.equal(g, h)
@@ -336,7 +362,7 @@ def test_vat_probe_and_perturbation_sizes():
 def test_vat_forward_count(power_iterations):
     model, batch = make_model(), make_batch()
     VAT(1.0, power_iterations=power_iterations)(model, batch)
-    assert model.calls == {"embed": 1, "forward": power_iterations + 2}
+    assert model.calls == {"embed": 1, "passes": power_iterations + 2}
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -377,6 +403,99 @@ def test_vat_under_no_grad_still_computes_the_penalty():
     with torch.no_grad():
         loss, parts = VAT(1.0)(model, batch)
     assert not loss.requires_grad and parts["reg"] > 0
+
+
+# ----------------------------------------------------- fused objectives vs materialised logits
+
+
+def objective_by_hand(kind, divergence, model, batch, seed, **kw):
+    """The objective on materialised logits with the plain drop-in losses: ``(loss, ce, reg)``.
+
+    Written out step by step as the objectives were before the fused path: the model's
+    ``forward`` logits (B, C, L, L), or band (B, C, L, W) with ``max_width``, then
+    ``F.sparse_multilabel_categorical_crossentropy``, ``F.global_pointer_kl`` / ``F.softmax_kl``.
+    Same seeds, same forward calls in the same order, so the same dropout masks.
+    """
+    width = model.head.max_width
+    ids, am = batch.input_ids, batch.attention_mask
+    size = ids.shape[0]
+    div_fn = {"gp_kl": F.global_pointer_kl, "softmax_kl": F.softmax_kl}[divergence]
+
+    def ce(logits: Tensor) -> Tensor:
+        return F.sparse_multilabel_categorical_crossentropy(
+            logits, batch.spans, am, "mean", max_width=width
+        )
+
+    def div(s: Tensor, t: Tensor, reduction: str) -> Tensor:
+        return div_fn(s, t, am, reduction, max_width=width)
+
+    torch.manual_seed(seed)
+    if kind == "none":
+        loss = ce(model(input_ids=ids, attention_mask=am))
+        return loss, loss, torch.zeros(())
+    if kind == "rdrop":
+        logits = model(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([am, am]))
+        s1, s2 = logits[:size], logits[size:]  # (B, C, L, L or W) each
+        c, r = (ce(s1) + ce(s2)) / 2, div(s1, s2, "mean")
+        return c + kw["alpha"] * r, c, r
+    embeds = model.embed(ids)  # (B, L, H)
+    rng_state = RNGState.capture(embeds.device)
+    logits = model(inputs_embeds=embeds, attention_mask=am)
+    c, target, x = ce(logits), logits.detach(), embeds.detach()
+    noise = torch.randn(x.shape, generator=_private_generator(x.device), dtype=x.dtype)
+    d = _per_example_normalize(noise, am)
+    step = kw["xi"] * x.masked_fill(~am[..., None], 0.0).norm(dim=(1, 2), keepdim=True)
+    for _ in range(kw["power_iterations"]):
+        d.requires_grad_(True)
+        with rng_state.replay():
+            perturbed = model(inputs_embeds=x + step * d, attention_mask=am)
+        (g,) = torch.autograd.grad(div(target, perturbed, "sum"), [d])
+        d = _per_example_normalize(g, am)
+    with rng_state.replay():
+        adversarial = model(inputs_embeds=embeds + kw["epsilon"] * d.detach(), attention_mask=am)
+    r = div(target, adversarial, "mean")
+    return c + kw["alpha"] * r, c, r
+
+
+OBJECTIVE_CASES = [
+    ("none", "gp_kl"),
+    ("rdrop", "gp_kl"),
+    ("rdrop", "softmax_kl"),
+    ("vat", "gp_kl"),
+    ("vat", "softmax_kl"),
+]
+
+
+@pytest.mark.parametrize("max_width", [None, 2], ids=["full", "band2"])
+@pytest.mark.parametrize("head", ["gp", "egp"])
+@pytest.mark.parametrize("kind, divergence", OBJECTIVE_CASES)
+def test_fused_objectives_equal_the_materialised_logits_by_hand(kind, divergence, head, max_width):
+    # float64, dropout on: the fused objectives (factors, blocked losses) must reproduce the
+    # step-by-step computation on materialised logits, value and every parameter gradient. With
+    # max_width=2 the gold spans of width 3 fall outside the band and are ignored by both.
+    kw = {"alpha": 0.7, "epsilon": 0.5, "xi": 1e-3, "power_iterations": 2}
+    model = make_model(p=0.2, dtype=torch.float64, head=head, max_width=max_width)
+    batch = make_batch(lengths=(6, 4, 1, 0))
+    params = list(model.parameters())
+    objective = build_objective(kind, divergence=divergence, **kw)
+
+    torch.manual_seed(5)
+    loss, parts = objective(model, batch)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    want, want_ce, want_reg = objective_by_hand(kind, divergence, model, batch, 5, **kw)
+    want_grads = torch.autograd.grad(want, params, allow_unused=True)
+
+    assert loss.dtype == torch.float64
+    if kind != "none":
+        assert want_reg.item() > 1e-6  # a real regulariser term, not a trivial 0 = 0
+    tight = {"rtol": 1e-10, "atol": 1e-13}
+    torch.testing.assert_close(loss, want, **tight)
+    assert parts["ce"] == pytest.approx(want_ce.item(), rel=1e-10, abs=1e-13)
+    assert parts["reg"] == pytest.approx(want_reg.item(), rel=1e-10, abs=1e-13)
+    for (name, _), g, h in zip(model.named_parameters(), grads, want_grads):
+        g = torch.zeros_like(_) if g is None else g
+        h = torch.zeros_like(_) if h is None else h
+        torch.testing.assert_close(g, h, **tight, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ---------------------------------------------------------------------------------- gradcheck
@@ -436,9 +555,9 @@ def test_gradcheck_vat_at_a_fixed_adversarial_direction(divergence):
     target = target.detach()
 
     def loss(m):
-        embeds, rng_state, logits = clean_pass(m, batch)
+        embeds, rng_state, clean = clean_pass(m, batch)
         penalty = vat_penalty(m, embeds, am, r_adv, target, divergence=div, rng_state=rng_state)
-        return cross_entropy(logits, batch) + 0.7 * penalty
+        return cross_entropy(clean, batch) + 0.7 * penalty
 
     assert _gradcheck(model, loss)
 

@@ -1,9 +1,10 @@
 """Whole training steps (plain, R-Drop, VAT) and prediction with the default char Transformer.
 
-Runs the trainer's own objectives (:func:`gpner.regularizers.build_objective`, which compute
-(B, C, L, L) logits and use gpner's drop-in losses) and, next to them, the same objectives on the
-fused path (:meth:`head.factors` + ``gpner.functional.fused_*``; written here, in
-``fused_objectives``, as the change the regularisers would make). Each step is what
+Runs the trainer's own objectives (:func:`gpner.regularizers.build_objective`: the fused path,
+``model.span_factors`` + ``gpner.functional.fused_*``, no (B, C, L, L) tensor) and, next to them,
+the same objectives on materialised logits with gpner's drop-in losses (written here, in the
+``logits_*`` functions: what the regularisers computed before they moved to the fused path).
+Before timing, each pair must give the same loss on the first batch. Each step is what
 ``gpner.training`` does per batch: objective, ``zero_grad``, ``backward``, gradient clipping,
 AdamW step. All objectives run the same batches, interleaved repeat by repeat in one process.
 
@@ -18,6 +19,7 @@ the decoding (``decode`` + ``spans_from_features``) timed inside it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import shlex
@@ -47,59 +49,72 @@ from gpner.model import build_model, build_tokenizer  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-# ------------------------------------------------------------------------ the fused objectives
+# --------------------------------------------------------------- baseline: the logits objectives
 
 
-class FactorModel:
-    """The model's interface for the regularisers, returning span factors instead of logits."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def embed(self, input_ids):
-        return self.model.embed(input_ids)
-
-    def __call__(self, input_ids=None, attention_mask=None, inputs_embeds=None) -> F.SpanFactors:
-        hidden = self.model.encoder(
-            attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds
-        )
-        return self.model.head.factors(hidden, attention_mask)
+def _drop_in_ce(model, logits, batch):
+    return F.sparse_multilabel_categorical_crossentropy(
+        logits, batch.spans, batch.attention_mask, max_width=model.head.max_width
+    )
 
 
-def fused_divergence(s, t, mask=None, reduction="mean"):
-    """``gp_kl`` on factors, with the signature the regularisers call divergences with."""
-    return F.fused_global_pointer_kl(s, t, reduction)
+def _drop_in_kl(model, s, t, mask, reduction="mean"):
+    return F.global_pointer_kl(s, t, mask, reduction, max_width=model.head.max_width)
 
 
-def fused_plain(model, batch):
-    f = FactorModel(model)(batch.input_ids, batch.attention_mask)
-    ce = F.fused_crossentropy(f, batch.spans)
+def logits_plain(model, batch):
+    ce = _drop_in_ce(model, model(batch.input_ids, batch.attention_mask), batch)
     return ce, {"ce": ce, "reg": 0.0}
 
 
-def fused_rdrop(model, batch, alpha=1.0):
+def logits_rdrop(model, batch, alpha=1.0):
     ids, am = batch.input_ids, batch.attention_mask
     b = ids.shape[0]
-    f = FactorModel(model)(torch.cat([ids, ids]), torch.cat([am, am]))  # one doubled pass
-    ce1, ce2, kl = F.fused_rdrop_losses(f.batch_slice(0, b), f.batch_slice(b, 2 * b), batch.spans)
-    ce = (ce1 + ce2) / 2
+    logits = model(torch.cat([ids, ids]), torch.cat([am, am]))  # (2B, C, L, L): one doubled pass
+    s1, s2 = logits[:b], logits[b:]
+    ce = (_drop_in_ce(model, s1, batch) + _drop_in_ce(model, s2, batch)) / 2
+    kl = _drop_in_kl(model, s1, s2, am)
     return ce + alpha * kl, {"ce": ce, "reg": kl}
 
 
-def fused_vat(model, batch, alpha=1.0, epsilon=1.0, xi=1e-3):
-    fm = FactorModel(model)
+def logits_vat(model, batch, alpha=1.0, epsilon=1.0, xi=1e-3):
+    """VAT with one power iteration, as :class:`gpner.regularizers.VAT` (same RNG replay, same
+    random start from its private generator) but on materialised logits."""
     am = batch.attention_mask
-    embeds = model.embed(batch.input_ids)
+    embeds = model.embed(batch.input_ids)  # (B, L, H)
     rng = R.RNGState.capture(embeds.device)
-    f = fm(inputs_embeds=embeds, attention_mask=am)
-    ce = F.fused_crossentropy(f, batch.spans)
-    direction = R.vat_direction(
-        fm, embeds, am, f, xi=xi, divergence=fused_divergence, rng_state=rng
-    )
-    reg = R.vat_penalty(
-        fm, embeds, am, epsilon * direction, f, divergence=fused_divergence, rng_state=rng
-    )
+    logits = model(inputs_embeds=embeds, attention_mask=am)  # (B, C, L, L)
+    ce = _drop_in_ce(model, logits, batch)
+    target, x = logits.detach(), embeds.detach()
+    generator = R._private_generator(x.device)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    d = R._per_example_normalize(noise, am).requires_grad_(True)
+    step = xi * x.masked_fill(~am[..., None], 0.0).norm(dim=(1, 2), keepdim=True)
+    with torch.enable_grad():
+        with rng.replay():
+            probe = model(inputs_embeds=x + step * d, attention_mask=am)
+        (grad,) = torch.autograd.grad(_drop_in_kl(model, target, probe, am, "sum"), [d])
+    direction = R._per_example_normalize(grad, am)
+    with rng.replay():
+        adversarial = model(inputs_embeds=embeds + epsilon * direction, attention_mask=am)
+    reg = _drop_in_kl(model, target, adversarial, am)
     return ce + alpha * reg, {"ce": ce, "reg": reg}
+
+
+def check_same_losses(model, objectives, batch) -> None:
+    """Each ``kind/trainer`` and ``kind/logits`` pair gives the same loss (same seed, so the same
+    dropout masks), or the timings would compare different computations."""
+    losses = {}
+    for name, objective in objectives.items():
+        torch.manual_seed(0)
+        with torch.no_grad():  # VAT's power iteration enables gradients for itself
+            losses[name] = float(objective(model, batch)[0])
+    for name, value in losses.items():
+        reference = name.split("/")[0] + "/trainer"
+        if not math.isclose(value, losses[reference], rel_tol=1e-4):
+            raise AssertionError(
+                f"{name} loss {value} differs from {reference} {losses[reference]}"
+            )
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -240,10 +255,12 @@ def main(argv=None) -> None:
         "plain/trainer": R.build_objective("none"),
         "rdrop/trainer": R.build_objective("rdrop", reg.alpha),
         "vat/trainer": R.build_objective("vat", reg.alpha, epsilon=reg.epsilon, xi=reg.xi),
-        "plain/fused": fused_plain,
-        "rdrop/fused": lambda m, b: fused_rdrop(m, b, reg.alpha),
-        "vat/fused": lambda m, b: fused_vat(m, b, reg.alpha, reg.epsilon, reg.xi),
+        "plain/logits": logits_plain,
+        "rdrop/logits": lambda m, b: logits_rdrop(m, b, reg.alpha),
+        "vat/logits": lambda m, b: logits_vat(m, b, reg.alpha, reg.epsilon, reg.xi),
     }
+    model.train()
+    check_same_losses(model, objectives, batches[0])
     enc = config.encoder
     shapes = [tuple(b.input_ids.shape) for b in batches]
     data = {
@@ -259,8 +276,9 @@ def main(argv=None) -> None:
             f"{config.head.kind} head (D={config.head.head_size}), C={len(labels)} types; "
             f"{len(batches)} batches of CLUENER training texts from the length-bucket sampler, "
             f"shapes (B, L) {shapes}; {args.warmup} warm-up pass(es), {args.repeats} repeats; the "
-            "step time is per batch. 'trainer' = gpner.regularizers' objectives (logits + "
-            "drop-in losses); 'fused' = the same objectives on head.factors + fused losses."
+            "step time is per batch. 'trainer' = gpner.regularizers' objectives (the fused path: "
+            "model.span_factors + fused losses); 'logits' = the same objectives on materialised "
+            "(B, C, L, L) logits + drop-in losses (bench_train.py's logits_*)."
         ),
         "notes": [],
     }

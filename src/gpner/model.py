@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from gpner import __version__
+from gpner import functional as F
 from gpner.config import Config, config_from_dict, config_to_dict
 from gpner.data.tokenizers import CharTokenizer, HFTokenizer, Tokenizer, tokenizer_from_state
 from gpner.encoders import CharTransformerEncoder, HFEncoder, encoder_from_spec, resolve_model_dir
@@ -51,18 +52,35 @@ class NERModel(nn.Module):
         """(B, L) -> (B, L, H) input embeddings (VAT perturbs these)."""
         return self.encoder.embed(input_ids)
 
+    def span_factors(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> F.SpanFactors:
+        """-> the span logits in factored form, :class:`~gpner.functional.SpanFactors`.
+
+        What training reads (:mod:`gpner.regularizers`): the fused losses compute the logits
+        block by block from these, so no (B, C, L, L) tensor is ever built. Give ``input_ids``
+        (B, L) or ``inputs_embeds`` (B, L, H); ``attention_mask`` (B, L) bool defaults to all
+        tokens real. The factors carry the mask and the head's ``max_width``.
+        """
+        if attention_mask is None:
+            ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            attention_mask = torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device)
+        hidden = self.encoder(attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
+        return self.head.factors(hidden, attention_mask)
+
     def forward(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
     ) -> Tensor:
-        """-> logits (B, C, L, L); invalid cells hold the dtype's lowest finite value."""
-        if attention_mask is None:
-            ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
-            attention_mask = torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device)
-        hidden = self.encoder(attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
-        return self.head(hidden, attention_mask)
+        """-> logits (B, C, L, L), or band (B, C, L, W) for a head with ``max_width``; invalid
+        cells hold the dtype's lowest finite value. For prediction and decoding: the
+        materialised :meth:`span_factors` (one code path for both)."""
+        return F.factors_to_logits(self.span_factors(input_ids, attention_mask, inputs_embeds))
 
 
 def _head_for(config: Config, hidden_size: int, num_types: int) -> nn.Module:

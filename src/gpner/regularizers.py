@@ -1,6 +1,7 @@
 """Training objectives: plain cross-entropy, R-Drop and VAT for GlobalPointer span logits.
 
-Shape letters: B batch, C entity types, L tokens, H hidden size, N gold spans.
+Shape letters: B batch, C entity types, L tokens, H hidden size, D head size, N gold spans,
+W maximum span width.
 
 An *objective* is called once per training step as ``loss, parts = objective(model, batch)``:
 ``loss`` is a scalar tensor for the trainer to ``backward()``; ``parts`` holds floats for logging
@@ -12,14 +13,22 @@ consume no global randomness beyond what the model's own forward passes consume 
 The model interface they rely on:
 
 * ``model.embed(input_ids)`` -> (B, L, H) input (word) embeddings, the place VAT perturbs;
-* ``model(input_ids=None, attention_mask=None, inputs_embeds=None)`` -> logits (B, C, L, L), with
-  invalid cells filled with ``finfo.min`` by the head.
+* ``model.span_factors(input_ids=None, attention_mask=None, inputs_embeds=None)`` ->
+  :class:`~gpner.functional.SpanFactors`, the span logits in factored form (q, k (B, C or 1, L, D)
+  and optional biases, carrying the attention mask and the head's ``max_width``).
+
+Training never materialises the (B, C, L, L) logits: the cross-entropy and the GlobalPointer
+divergence are the fused losses of :mod:`gpner.functional`, which compute the logits block by
+block over the valid triangle (or band) and recompute them in backward. Only the baseline
+divergence "softmax_kl" needs the whole logits of an (example, type) at once (its softmax), so it
+materialises them with :func:`gpner.functional.factors_to_logits`, for itself alone. Heads built
+with ``max_width`` work throughout: the factors carry ``max_width`` and every loss reads the band.
 
 A batch has ``input_ids`` (B, L) long, ``attention_mask`` (B, L) bool and ``spans`` (N, 4) long
-rows ``[b, c, i, j]``. Every loss and divergence uses ``mask=batch.attention_mask`` and
-``reduction="mean"`` (the sum over the (L, L) cells of each (example, type), averaged over (B, C);
-see :mod:`gpner.functional`), so ``alpha`` weighs the regulariser against the cross-entropy on the
-same per-(example, type) scale.
+rows ``[b, c, i, j]``. Every loss and divergence is masked by the attention mask the factors carry
+(the batch's) and uses ``reduction="mean"`` (the sum over the valid (L, L) cells, or band
+(L, W) cells, of each (example, type), averaged over (B, C); see :mod:`gpner.functional`), so
+``alpha`` weighs the regulariser against the cross-entropy on the same per-(example, type) scale.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ __all__ = [
     "OBJECTIVES",
     "Divergence",
     "get_divergence",
+    "factored_softmax_kl",
     "RNGState",
     "Objective",
     "Plain",
@@ -51,20 +61,48 @@ __all__ = [
     "vat_penalty",
 ]
 
-Divergence = Callable[..., Tensor]
-"""``divergence(s, t, mask, reduction) -> Tensor`` on (B, C, L, L) logits."""
+Divergence = Callable[[F.SpanFactors, F.SpanFactors, str], Tensor]
+"""``divergence(f, g, reduction) -> Tensor`` of two factored logits, over ``f``'s valid cells.
+
+``f`` is the reference side (VAT's clean pass, passed detached); both must come from the same head
+on the same batch shape.
+"""
+
+
+def factored_softmax_kl(f: F.SpanFactors, g: F.SpanFactors, reduction: str = "mean") -> Tensor:
+    """:func:`gpner.functional.softmax_kl` of two factored logits, over ``f``'s valid cells.
+
+    The softmax normalises over all valid cells of an (example, type), so unlike the GlobalPointer
+    divergence it cannot be summed block by block from the factors: both logits are materialised
+    here, (B, C, L, L), or band (B, C, L, W) with ``f.max_width`` (the baseline pays that memory;
+    the cross-entropy next to it stays fused).
+    """
+    if f.num_types != g.num_types or f.max_width != g.max_width:
+        raise ValueError("the two factor sets differ in types or max_width")
+    s, t = F.factors_to_logits(f), F.factors_to_logits(g)  # (B, C, L, L or W) each
+    if s.shape != t.shape:
+        raise ValueError(f"the two logits differ in shape: {tuple(s.shape)} vs {tuple(t.shape)}")
+    return F.softmax_kl(s, t, mask=f.attention_mask, reduction=reduction, max_width=f.max_width)
+
 
 DIVERGENCES: dict[str, Divergence] = {
-    "gp_kl": F.global_pointer_kl,
-    "softmax_kl": F.softmax_kl,
+    "gp_kl": F.fused_global_pointer_kl,
+    "softmax_kl": factored_softmax_kl,
+}
+
+# Divergences with a one-sweep R-Drop kernel: ``(f, g, spans, reduction) -> (ce_f, ce_g, d)``,
+# both cross-entropies and the divergence from each block of logits computed once.
+_RDROP_SWEEPS: dict[Divergence, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
+    F.fused_global_pointer_kl: F.fused_rdrop_losses,
 }
 
 OBJECTIVES = ("none", "rdrop", "vat")
 
 
 def get_divergence(name: str) -> Divergence:
-    """The divergence registered as ``name``: "gp_kl" (:func:`gpner.functional.global_pointer_kl`,
-    the default everywhere) or "softmax_kl" (:func:`gpner.functional.softmax_kl`, the baseline).
+    """The divergence registered as ``name``, a function of two :class:`SpanFactors`: "gp_kl"
+    (:func:`gpner.functional.fused_global_pointer_kl`, the default everywhere) or "softmax_kl"
+    (:func:`factored_softmax_kl`, the baseline).
     """
     try:
         return DIVERGENCES[name]
@@ -82,11 +120,13 @@ def _parts(**values: Tensor | float) -> dict[str, float]:
     return {k: fetched[k] if k in fetched else float(v) for k, v in values.items()}
 
 
-def cross_entropy(logits: Tensor, batch: Any) -> Tensor:
-    """Sparse multi-label CE of logits (B, C, L, L) against ``batch.spans`` (N, 4), mean."""
-    return F.sparse_multilabel_categorical_crossentropy(
-        logits, batch.spans, mask=batch.attention_mask, reduction="mean"
-    )
+def cross_entropy(factors: F.SpanFactors, batch: Any) -> Tensor:
+    """Sparse multi-label CE of factored logits against ``batch.spans`` (N, 4), mean, fused.
+
+    Masked by ``factors.attention_mask``; band logits (``factors.max_width``) take the spans in
+    ``[b, c, i, j]`` coordinates too.
+    """
+    return F.fused_crossentropy(factors, batch.spans, reduction="mean")
 
 
 # ------------------------------------------------------------------------------------ RNG replay
@@ -151,28 +191,36 @@ def _private_generator(device: torch.device) -> torch.Generator:
 
 
 def rdrop_loss(
-    model: nn.Module, batch: Any, alpha: float, divergence: Divergence = F.global_pointer_kl
+    model: nn.Module, batch: Any, alpha: float, divergence: Divergence = F.fused_global_pointer_kl
 ) -> tuple[Tensor, Tensor, Tensor]:
     """R-Drop: two dropout passes of the batch in one forward call.
 
     ``input_ids`` and ``attention_mask`` (B, L) are concatenated along the batch to (2B, L), so one
-    forward gives both passes' logits s1, s2 (B, C, L, L) with independent dropout masks.
+    ``model.span_factors`` call gives both passes' factors with independent dropout masks; they are
+    cut into the halves f1, f2 (views, no copy). With "gp_kl" one blocked sweep
+    (:func:`gpner.functional.fused_rdrop_losses`) computes both cross-entropies and the
+    divergence, each block of logits once; any other divergence is computed on its own next to
+    one fused cross-entropy over the 2B rows.
 
     Returns:
-        ``(loss, ce, reg)`` scalars with ``ce = (CE(s1) + CE(s2)) / 2``, ``reg = D(s1, s2)``
+        ``(loss, ce, reg)`` scalars with ``ce = (CE(f1) + CE(f2)) / 2``, ``reg = D(f1, f2)``
         (both mean-reduced, masked by the attention mask) and ``loss = ce + alpha * reg``.
     """
     ids, am = batch.input_ids, batch.attention_mask
     batch_size = ids.shape[0]
-    am2 = torch.cat([am, am])  # (2B, L)
-    logits = model(input_ids=torch.cat([ids, ids]), attention_mask=am2)  # (2B, C, L, L)
-    s1, s2 = logits[:batch_size], logits[batch_size:]  # (B, C, L, L) each
-    # One CE over the 2B rows (spans repeated for the second copy): the mean over (2B, C) is the
-    # mean of the two halves' means, with one call and no per-half slicing in the backward.
-    shift = batch.spans.new_tensor([batch_size, 0, 0, 0])
-    spans2 = torch.cat([batch.spans, batch.spans + shift])  # (2N, 4)
-    ce = F.sparse_multilabel_categorical_crossentropy(logits, spans2, mask=am2, reduction="mean")
-    reg = divergence(s1, s2, mask=am, reduction="mean")
+    both = model.span_factors(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([am, am]))
+    f1, f2 = both.batch_slice(0, batch_size), both.batch_slice(batch_size, 2 * batch_size)
+    sweep = _RDROP_SWEEPS.get(divergence)
+    if sweep is not None:
+        ce1, ce2, reg = sweep(f1, f2, batch.spans, "mean")
+        ce = (ce1 + ce2) / 2
+    else:
+        # One CE over the 2B rows (spans repeated for the second copy): the mean over (2B, C) is
+        # the mean of the two halves' means, in one call.
+        shift = batch.spans.new_tensor([batch_size, 0, 0, 0])
+        spans2 = torch.cat([batch.spans, batch.spans + shift])  # (2N, 4)
+        ce = F.fused_crossentropy(both, spans2, reduction="mean")
+        reg = divergence(f1, f2, "mean")
     return ce + alpha * reg, ce, reg
 
 
@@ -192,11 +240,11 @@ def vat_direction(
     model: nn.Module,
     embeds: Tensor,
     attention_mask: Tensor,
-    clean_logits: Tensor,
+    clean: F.SpanFactors,
     *,
     xi: float = 1e-3,
     power_iterations: int = 1,
-    divergence: Divergence = F.global_pointer_kl,
+    divergence: Divergence = F.fused_global_pointer_kl,
     rng_state: RNGState | None = None,
 ) -> Tensor:
     """The adversarial unit direction of VAT, by power iteration; no parameter gradients.
@@ -204,7 +252,8 @@ def vat_direction(
     Starts from a random direction d (unit norm over (L, H) per example, zero on padding) and
     repeats ``power_iterations`` times: ``g = grad_d D(clean, s(x + xi * |x_b| * d))``,
     ``d = normalize(g)``. ``torch.autograd.grad(..., inputs=[d])`` differentiates with respect to
-    d only, so no ``.grad`` is written anywhere; the embeddings are detached inside.
+    d only, so no ``.grad`` is written anywhere; the embeddings and the clean factors are
+    detached inside (the fused divergence then does no gradient work for the clean side).
 
     ``xi`` is relative: the probe for example b has norm ``xi * |x_b|``, the norm of its real
     tokens' embeddings. It is a finite-difference step, so it should sit in the model's linear
@@ -224,7 +273,8 @@ def vat_direction(
         model: the interface of this module's docstring.
         embeds: (B, L, H) the clean input embeddings (detached here).
         attention_mask: (B, L) bool.
-        clean_logits: (B, C, L, L) the clean pass's logits (detached here).
+        clean: the clean pass's :class:`~gpner.functional.SpanFactors` (detached here).
+        divergence: a :data:`Divergence`, e.g. ``get_divergence("gp_kl")``.
         rng_state: replayed for each perturbed pass (the clean pass's dropout masks); ``None``
             runs them as ordinary forwards, with fresh dropout masks from the global RNG.
     Returns:
@@ -233,7 +283,7 @@ def vat_direction(
     if power_iterations < 0:
         raise ValueError(f"power_iterations must be >= 0, got {power_iterations}")
     x = embeds.detach()
-    target = clean_logits.detach()
+    target = clean.detach()
     generator = _private_generator(x.device)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     d = _per_example_normalize(noise, attention_mask)  # (B, L, H)
@@ -244,10 +294,12 @@ def vat_direction(
         d.requires_grad_(True)
         with torch.enable_grad():
             with replay():
-                perturbed = model(inputs_embeds=x + step * d, attention_mask=attention_mask)
+                perturbed = model.span_factors(
+                    inputs_embeds=x + step * d, attention_mask=attention_mask
+                )
             # Sum, not mean: the direction is normalised anyway and the sum keeps it far from
             # underflow. Examples are independent, so each g_b is example b's own gradient.
-            distance = divergence(target, perturbed, mask=attention_mask, reduction="sum")
+            distance = divergence(target, perturbed, "sum")
             (grad,) = torch.autograd.grad(distance, inputs=[d], allow_unused=True)
         if grad is None:  # the logits do not depend on the embeddings
             grad = torch.zeros_like(x)
@@ -260,9 +312,9 @@ def vat_penalty(
     embeds: Tensor,
     attention_mask: Tensor,
     r_adv: Tensor,
-    target: Tensor,
+    target: F.SpanFactors,
     *,
-    divergence: Divergence = F.global_pointer_kl,
+    divergence: Divergence = F.fused_global_pointer_kl,
     rng_state: RNGState | None = None,
 ) -> Tensor:
     """VAT's penalty ``D(target, s(embeds + r_adv))``, mean-reduced, for a given perturbation.
@@ -275,15 +327,18 @@ def vat_penalty(
         embeds: (B, L, H) clean input embeddings, not detached.
         attention_mask: (B, L) bool.
         r_adv: (B, L, H) the perturbation (detached here).
-        target: (B, C, L, L) the clean logits (detached here).
+        target: the clean pass's :class:`~gpner.functional.SpanFactors` (detached here).
+        divergence: a :data:`Divergence`.
         rng_state: replayed for this pass (the clean pass's dropout masks); ``None`` = fresh.
     Returns:
         scalar.
     """
     replay = rng_state.replay if rng_state is not None else contextlib.nullcontext
     with replay():
-        perturbed = model(inputs_embeds=embeds + r_adv.detach(), attention_mask=attention_mask)
-    return divergence(target.detach(), perturbed, mask=attention_mask, reduction="mean")
+        perturbed = model.span_factors(
+            inputs_embeds=embeds + r_adv.detach(), attention_mask=attention_mask
+        )
+    return divergence(target.detach(), perturbed, "mean")
 
 
 # ------------------------------------------------------------------------------------ objectives
@@ -297,11 +352,11 @@ class Objective:
 
 
 class Plain(Objective):
-    """Sparse multi-label cross-entropy only; ``reg`` is reported as 0."""
+    """Sparse multi-label cross-entropy only (fused, from the factors); ``reg`` is reported as 0."""
 
     def __call__(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        ce = cross_entropy(logits, batch)
+        factors = model.span_factors(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        ce = cross_entropy(factors, batch)
         return ce, _parts(ce=ce, reg=0.0)
 
     def __repr__(self) -> str:
@@ -311,10 +366,13 @@ class Plain(Objective):
 class RDrop(Objective):
     """R-Drop (Liang et al., 2021) with a GlobalPointer divergence: see :func:`rdrop_loss`.
 
-    One forward call on the doubled batch (2B, L). Whole step (forward + backward) measured at
-    2.0-2.2x a plain step on a small CPU stand-in (2 layers, H=128, L=64), where the (B, C, L, L)
-    loss work weighs more than next to a full-size encoder. With dropout off the two halves are
-    the same computation: ``reg`` is exactly 0 (bit-identical halves in float32 on CPU).
+    One forward call on the doubled batch (2B, L) and, with "gp_kl", one fused sweep for both
+    cross-entropies and the divergence. Whole step (forward + backward) measured at 2.0-2.2x a
+    plain step with the materialised-logits losses on a small CPU stand-in (2 layers, H=128,
+    L=64), and at 2.08x a plain fused step for these fused losses (benchmarks/speed/bench_train.py
+    at commit 2e3ec98: default char Transformer, CLUENER batches with L <= 47). With dropout off
+    the two halves are the same computation: ``reg`` is exactly 0 (bit-identical halves in float32
+    on CPU).
     """
 
     def __init__(self, alpha: float = 1.0, divergence: str = "gp_kl"):
@@ -335,14 +393,17 @@ class RDrop(Objective):
 class VAT(Objective):
     """Virtual adversarial training (Miyato et al.) on the input embeddings.
 
-    ``loss = CE(s) + alpha * D(s.detach(), s(x + r_adv))`` with ``s`` the clean logits,
+    ``loss = CE(s) + alpha * D(s.detach(), s(x + r_adv))`` with ``s`` the clean logits (in
+    factored form: CE and "gp_kl" fused, see the module docstring),
     ``x = model.embed(input_ids)`` (B, L, H) and ``r_adv = epsilon * vat_direction(...)``, i.e.
     norm ``epsilon`` per example over its real tokens (padding never perturbed).
 
     Cost: the embedding and the clean forward run once and are reused (the trainer's backward
     goes through them); then ``power_iterations`` perturbed forwards each with a backward to the
     input only, and one adversarial forward whose backward the trainer does. Whole step measured
-    at 2.8-2.9x a plain step with one power iteration (same stand-in as :class:`RDrop`).
+    at 2.8-2.9x a plain step with one power iteration with the materialised-logits losses (same
+    stand-in as :class:`RDrop`), and at 2.79x a plain fused step for these fused losses (same
+    benchmark run as :class:`RDrop`'s).
 
     Dropout: the clean, power-iteration and adversarial passes share one set of dropout masks
     (:class:`RNGState`), so D measures the perturbation and not dropout noise, and the global RNG
@@ -382,13 +443,13 @@ class VAT(Objective):
         am = batch.attention_mask
         embeds = model.embed(batch.input_ids)  # (B, L, H)
         rng_state = RNGState.capture(embeds.device)
-        logits = model(inputs_embeds=embeds, attention_mask=am)  # (B, C, L, L)
-        ce = cross_entropy(logits, batch)
+        clean = model.span_factors(inputs_embeds=embeds, attention_mask=am)
+        ce = cross_entropy(clean, batch)
         direction = vat_direction(
             model,
             embeds,
             am,
-            logits,
+            clean,
             xi=self.xi,
             power_iterations=self.power_iterations,
             divergence=self._divergence,
@@ -399,7 +460,7 @@ class VAT(Objective):
             embeds,
             am,
             self.epsilon * direction,
-            logits,
+            clean,
             divergence=self._divergence,
             rng_state=rng_state,
         )
