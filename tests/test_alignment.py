@@ -68,9 +68,7 @@ def test_roundtrip_property(text, data):
     if not enc.offsets:
         return
     n = len(enc.offsets)
-    pairs = data.draw(
-        st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=5)
-    )
+    pairs = data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=5))
     spans = [Span(enc.offsets[min(p)][0], enc.offsets[max(p)][1], "PER") for p in pairs]
     aligned, unaligned = align_spans(spans, enc.offsets, L2I)
     assert unaligned == []

@@ -66,6 +66,24 @@ def test_decode_matches_loop_reference(threshold, seed):
     _close(flat, [reference_flat(items) for items in nested])
 
 
+@pytest.mark.parametrize("flat", [False, True])
+def test_decode_band_layout_equals_full_layout(flat):
+    from gpner.functional import band_mask, dense_to_band
+
+    g = torch.Generator().manual_seed(3)
+    width = 3
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    logits = torch.randn(3, 2, 7, 7, generator=g) * 2  # (B, C, L, L)
+    far = torch.ones(7, 7, dtype=torch.bool).triu(width)  # j - i >= W: outside the band
+    full = logits.masked_fill(far, -5.0)
+    band = dense_to_band(full, width)  # (B, C, L, W)
+    band = band.masked_fill(~band_mask(mask, width), float("nan"))  # garbage outside: ignored
+    got = decode(band, 0.0, flat, mask, max_width=width)
+    _close(got, decode(full, 0.0, flat, mask))
+    assert any(got)
+
+
 def test_decode_handles_nan_inf_and_masked_fill():
     logits = torch.full((1, 1, 4, 4), torch.finfo(torch.float32).min)
     logits[0, 0, 0, 1] = float("nan")

@@ -57,6 +57,19 @@ def test_regularised_training_runs(tmp_path, tiny_data, kind):
     assert record["train_reg"] >= 0 and torch.isfinite(torch.tensor(record["train_loss"]))
 
 
+def test_band_head_trains_evaluates_and_predicts(tmp_path, tiny_data):
+    out = tmp_path / "band"
+    extra = {"head.max_width": 4, "train.epochs": 1, "regularizer.kind": '"rdrop"'}
+    result = train(_config(tiny_data, out, **extra))
+    model = load(out / "best.pt")
+    assert model.head.max_width == 4
+    from gpner.data.readers import read
+
+    assert evaluate(model, read(tiny_data[1]))["micro"]["f1"] == pytest.approx(result.best_f1)
+    spans = predict(model, ["张三在上海工作。"])[0]
+    assert all(0 <= s.start < s.end <= 8 and s.end - s.start <= 4 for s, _ in spans)
+
+
 def _run_cli(args, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "gpner", *args], env=env, cwd=ROOT, **kwargs)

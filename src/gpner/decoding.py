@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from gpner.data.spans import Span
+from gpner.functional import select_cells
 
 if TYPE_CHECKING:
     from gpner.data.batching import Feature
@@ -26,34 +27,33 @@ def decode(
     threshold: float = 0.0,
     flat: bool = False,
     attention_mask: Tensor | None = None,
+    *,
+    max_width: int | None = None,
 ) -> list[list[TokenSpan]]:
     """The predicted ``(c, i, j, score)`` of each batch item: every cell with ``score > threshold``.
 
     ``logits``: (B, C, L, L), ``logits[b, c, i, j]`` scores tokens ``i..j`` (inclusive) as type
-    ``c``. Only cells with ``i <= j`` count, and with ``attention_mask`` (B, L) only cells whose
-    tokens are both real (True). NaN never passes the threshold. Selection is one vectorised
-    ``torch.nonzero``; Python only touches the selected cells.
+    ``c``; or, with ``max_width=W``, the band layout (B, C, L, W) of a head with a maximum span
+    width, ``logits[b, c, i, w]`` scoring tokens ``i..i+w``. Only cells with ``i <= j`` (and
+    ``j < L``) count, and with ``attention_mask`` (B, L) only cells whose tokens are both real
+    (True). NaN never passes the threshold. Selection is one vectorised ``torch.nonzero``; Python
+    only touches the selected cells.
 
     Nested (default): every selected cell, sorted by ``(i, j, c)``. ``flat=True``: greedy by
     descending score (ties by position), a cell is kept when it shares no token with a kept one,
     so at most one type per token span and no overlaps; sorted by ``(i, j, c)``.
     """
-    if logits.dim() != 4 or logits.shape[-1] != logits.shape[-2]:
-        raise ValueError(f"logits must be (B, C, L, L), got {tuple(logits.shape)}")
-    B, C, L, _ = logits.shape
-    logits = logits.detach()
-    upper = torch.ones(L, L, dtype=torch.bool, device=logits.device).triu()  # (L, L): i <= j
-    keep = (logits > threshold) & upper  # (B, C, L, L)
+    if logits.dim() != 4:
+        raise ValueError(f"logits must be (B, C, L, L) or (B, C, L, W), got {tuple(logits.shape)}")
+    B, _, L, _ = logits.shape
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, L):
+        raise ValueError(
+            f"attention_mask must be (B, L) = {(B, L)}, got {tuple(attention_mask.shape)}"
+        )
     if attention_mask is not None:
-        if tuple(attention_mask.shape) != (B, L):
-            raise ValueError(
-                f"attention_mask must be (B, L) = {(B, L)}, got {tuple(attention_mask.shape)}"
-            )
-        mask = attention_mask.to(device=logits.device, dtype=torch.bool)  # (B, L)
-        keep &= mask[:, None, :, None] & mask[:, None, None, :]
-    keep = keep.permute(0, 2, 3, 1)  # (B, L, L, C): nonzero order is (b, i, j, c)
-    index = torch.nonzero(keep)  # (K, 4) rows [b, i, j, c]
-    scores = logits.permute(0, 2, 3, 1)[keep].float()  # (K,), same order as index
+        attention_mask = attention_mask.to(device=logits.device, dtype=torch.bool)
+    # index: (K, 4) rows [b, c, i, j] in span coordinates, ordered by (b, i, j, c); scores (K,)
+    index, scores = select_cells(logits, threshold, attention_mask, max_width=max_width)
     counts = torch.bincount(index[:, 0], minlength=B).tolist() if len(index) else [0] * B
     rows = index[:, 1:].tolist()
     values = scores.tolist()
@@ -61,7 +61,7 @@ def decode(
     pos = 0
     for b in range(B):
         n = counts[b]
-        spans = [(c, i, j, s) for (i, j, c), s in zip(rows[pos : pos + n], values[pos : pos + n])]
+        spans = [(c, i, j, s) for (c, i, j), s in zip(rows[pos : pos + n], values[pos : pos + n])]
         pos += n
         out.append(_greedy_flat(spans, L) if flat else spans)
     return out

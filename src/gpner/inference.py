@@ -46,6 +46,7 @@ def predict_examples(
         model.config.data.max_length,
         model.config.data.stride,
     )
+    width = model.config.head.max_width  # band logits (B, C, L, W) when set
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -54,8 +55,9 @@ def predict_examples(
         for index in _batches_by_length(features, batch_size):
             batch = collate([features[k] for k in index], model.tokenizer.pad_id).to(device)
             logits = model(batch.input_ids, batch.attention_mask)
-            for k, items in zip(index, decode(logits, threshold, flat, batch.attention_mask)):
-                decoded[k] = items
+            items = decode(logits, threshold, flat, batch.attention_mask, max_width=width)
+            for k, spans in zip(index, items):
+                decoded[k] = spans
     finally:
         model.train(was_training)
     by_example = spans_from_features(features, decoded, model.labels, flat=flat)
