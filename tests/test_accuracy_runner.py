@@ -45,7 +45,7 @@ def test_main_grid_order_and_protocol(tmp_path):
     blocks = G.main_blocks()
     entries = G.plan(blocks, tmp_path)
     ids = [e.cell.id for e in entries]
-    assert len(ids) == len(set(ids)) == 120
+    assert len(ids) == len(set(ids)) == 128
     assert ids[0] == "cluener-m3e/search/baseline/s1"
     # Blocks in priority order; in each block the search cells come before the final cells.
     assert [e.cell.block for e in entries] == sorted(e.cell.block for e in entries)
@@ -111,6 +111,7 @@ def test_matches_and_only_pulls_in_search_dependencies(tmp_path):
     chosen = run.selected_ids(entries, ["cluener-m3e/final/rdrop-gp_kl/s2"])
     assert chosen == {
         "cluener-m3e/final/rdrop-gp_kl/s2",
+        "cluener-m3e/search/rdrop-gp_kl/a0.0625/s1",
         "cluener-m3e/search/rdrop-gp_kl/a0.25/s1",
         "cluener-m3e/search/rdrop-gp_kl/a1/s1",
         "cluener-m3e/search/rdrop-gp_kl/a4/s1",
@@ -274,12 +275,12 @@ def test_second_runner_on_the_same_results_is_refused(tmp_path):
 # ------------------------------------------------------------------------------- report
 
 
-def _fill_block1(results, base, gp, soft, alphas_val=(0.60, 0.62, 0.61)):
+def _fill_block1(results, base, gp, soft, alphas_val=(0.59, 0.60, 0.62, 0.61)):
     """Fake CLUENER/m3e block-1 results: search F1s, then finals with the chosen alphas."""
     blocks = G.main_blocks()
     entries = _entries(blocks, results)
     for variant in ("rdrop-gp_kl", "rdrop-softmax_kl"):
-        for alpha, f1 in zip((0.25, 1, 4), alphas_val):
+        for alpha, f1 in zip((0.0625, 0.25, 1, 4), alphas_val):
             _write_fake(results, entries[f"cluener-m3e/search/{variant}/a{alpha}/s1"], f1)
     _write_fake(results, entries["cluener-m3e/search/baseline/s1"], 0.6)
     entries = _entries(blocks, results)
@@ -318,7 +319,7 @@ def test_report_from_fake_results(tmp_path):
     assert "Not measured yet: VAT on CLUENER / m3e-small;" in text
     # Incomplete grid: the missing cells are listed by block.
     assert "### Missing cells" in text
-    assert "Block 1 (CLUENER, m3e-small: baseline and R-Drop): 16 of 16 done." in text
+    assert "Block 1 (CLUENER, m3e-small: baseline and R-Drop): 18 of 18 done." in text
     assert "`cluener-m3e/final/vat-gp_kl/s1` (blocked, waits for 4 search cell(s))" in text
     assert "`cmeee-m3e/search/baseline/s1` (pending)" in text
 
@@ -331,7 +332,9 @@ def test_report_says_when_the_claim_does_not_hold(tmp_path):
     assert "R-Drop + gp_kl is worse than baseline (CE only)" in text
     # The largest alpha wins the search here: the report says it sits on the grid's edge.
     results2 = tmp_path / "results2"
-    blocks = _fill_block1(results2, [0.7] * 3, [0.7] * 3, [0.7] * 3, alphas_val=(0.1, 0.2, 0.3))
+    blocks = _fill_block1(
+        results2, [0.7] * 3, [0.7] * 3, [0.7] * 3, alphas_val=(0.05, 0.1, 0.2, 0.3)
+    )
     text = report.build_report(blocks, results2, tmp_path / "R2.md").read_text()
     assert "the chosen alpha 4 is the largest value of its grid" in text
     assert "ties with" in text
@@ -339,7 +342,7 @@ def test_report_says_when_the_claim_does_not_hold(tmp_path):
 
 def test_report_with_no_results(tmp_path):
     text = report.build_report(G.main_blocks(), tmp_path, tmp_path / "R.md").read_text()
-    assert "0 of 120 cells finished" in text and "No finished cells yet, so no plot." in text
+    assert "0 of 128 cells finished" in text and "No finished cells yet, so no plot." in text
     assert not (tmp_path / "r.png").exists()
 
 
@@ -350,7 +353,7 @@ def test_dry_run_lists_cells_in_order(capsys, tmp_path):
     assert run.main(["--dry-run", "--results", str(tmp_path), "--only", "cluener-m3e"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "cluener-m3e/search/baseline/s1" in lines[1]
-    assert sum("cluener-m3e/" in line for line in lines) == 30
+    assert sum("cluener-m3e/" in line for line in lines) == 32
     assert not any("cluener-char" in line for line in lines)
     assert run.main(["--dry-run", "--results", str(tmp_path), "--block", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
