@@ -197,7 +197,8 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
         if compiled_rows:
             out += [
                 "With the optional compiled kernels (`gpner.functional.use_compiled_kernels()`, "
-                "torch.compile of the block arithmetic; eager stays the default):",
+                "or `train.compiled_kernels = true` in a training config: torch.compile of the "
+                "block arithmetic; eager stays the default and the fallback):",
                 "",
                 "| head | H | gpner fused, compiled | speed-up vs reference | peak memory / ref "
                 "| divergence adds | first R-Drop step (includes compiling) |",

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gpner import functional as F
 from gpner.config import Config, ConfigError
 from gpner.data.batching import Feature, LengthBucketSampler, collate, encode_examples
 from gpner.data.paths import resolve
@@ -467,31 +468,37 @@ def _train_epoch(
         leave=False,
         dynamic_ncols=True,
     )
-    for indices in bar:
-        local = _rank_slice(indices, ddp)
-        batch = collate([features[k] for k in local], model.tokenizer.pad_id).to(device)
-        loss, parts = objective(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        if ddp.world > 1:
-            # Each process averages over its share; scaling by the share's size makes the
-            # all-reduced mean equal the single-process mean over the global batch.
-            (loss * (len(local) * ddp.world / len(indices))).backward()
-            _average_gradients(model, ddp.world)
-        else:
-            loss.backward()
-        if tcfg.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        seen += len(indices)
-        tokens += int(batch.attention_mask.sum()) * ddp.world
-        # Weighted by this process's share so that the all-reduced epoch means are global.
-        share = len(local) * ddp.world / len(indices)
-        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * share
-        for key, value in parts.items():
-            totals[key] = totals.get(key, 0.0) + float(value) * share
-        elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", ex_s=f"{seen / max(elapsed, 1e-9):.1f}")
+    # A process-wide switch of the loss kernels, restored on the way out (also on errors).
+    previous_kernels = F.use_compiled_kernels(tcfg.compiled_kernels)
+    try:
+        for indices in bar:
+            local = _rank_slice(indices, ddp)
+            batch = collate([features[k] for k in local], model.tokenizer.pad_id).to(device)
+            loss, parts = objective(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            if ddp.world > 1:
+                # Each process averages over its share; scaling by the share's size makes the
+                # all-reduced mean equal the single-process mean over the global batch.
+                (loss * (len(local) * ddp.world / len(indices))).backward()
+                _average_gradients(model, ddp.world)
+            else:
+                loss.backward()
+            if tcfg.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            seen += len(indices)
+            tokens += int(batch.attention_mask.sum()) * ddp.world
+            # Weighted by this process's share so that the all-reduced epoch means are global.
+            share = len(local) * ddp.world / len(indices)
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * share
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0.0) + float(value) * share
+            elapsed = time.perf_counter() - start
+            rate = seen / max(elapsed, 1e-9)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", ex_s=f"{rate:.1f}")
+    finally:
+        F.use_compiled_kernels(previous_kernels)
     elapsed = time.perf_counter() - start
     n = max(1, len(batches))
     if ddp.world > 1:
