@@ -101,3 +101,31 @@ def test_objectives_train_the_real_model(kind, divergence, head, max_width):
     assert parts["ce"] == pytest.approx(ce.item(), rel=1e-10)
     if kind == "rdrop":
         assert parts["reg"] == 0.0  # no dropout in eval mode: identical halves
+
+
+@pytest.mark.parametrize("kind", ["none", "rdrop", "vat"])
+def test_training_steps_never_build_a_dense_cell_tensor(monkeypatch, kind):
+    from tests.test_fast_losses import _LargestTensor
+
+    monkeypatch.setattr(F, "_BLOCK_CELLS", 1 << 12)
+    batch_size, types, length = 2, 8, 96
+    torch.manual_seed(0)
+    encoder = CharTransformerEncoder(
+        vocab_size=12, hidden_size=8, num_layers=1, num_heads=1, ffn_size=16, max_positions=length
+    )
+    labels = [f"T{c}" for c in range(types)]
+    head = build_head("global_pointer", 8, types, 4)
+    model = NERModel(encoder, head, labels, CharTokenizer.build(["abc"]), Config())
+
+    class Batch:
+        input_ids = torch.randint(1, 12, (batch_size, length))  # (B, L)
+        attention_mask = torch.ones(batch_size, length, dtype=torch.bool)
+        spans = torch.tensor([[0, 1, 3, 5], [1, 7, 40, 41]])  # (N, 4)
+
+    Batch.attention_mask[1, 80:] = False
+    objective = build_objective(kind, alpha=1.0, divergence="gp_kl")
+    with _LargestTensor() as probe:
+        loss, _ = objective(model, Batch)
+        loss.backward()
+    # One (B, C, L, L) tensor would be 4x this bound; the encoder's (B, 1, L, L) attention fits.
+    assert probe.largest <= batch_size * types * length * length // 4
