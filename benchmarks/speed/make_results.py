@@ -125,10 +125,17 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
     ]
     loads = [r["loadavg"] for r in rows if "loadavg" in r]
     if loads:
+        # The benchmark itself keeps about `threads` cores busy; more than that means other jobs.
+        shared = max(loads) > m["torch_threads"] + 0.5
+        why = (
+            "other jobs shared the machine: absolute times are inflated and noisy; the "
+            "side-by-side ratios are what to read"
+            if shared
+            else "about the benchmark's own threads: no other job was running"
+        )
         out += [
             f"- 1-minute load average during the run: {min(loads):.1f} to {max(loads):.1f} on "
-            f"{m['cores']} cores (other jobs shared the machine: absolute times are inflated and "
-            "noisy; the side-by-side ratios are what to read).",
+            f"{m['cores']} cores ({why}).",
             "",
         ]
     # ---- targets at the longest full length
