@@ -145,6 +145,26 @@ def _write_fake(results, entry, *args, **kwargs):
     G.atomic_write_json(G.result_path(results, entry.cell), _fake_result(entry, *args, **kwargs))
 
 
+def test_config_fields_added_later_keep_finished_cells_done(tmp_path):
+    blocks = G.main_blocks()
+    entry = _entries(blocks, tmp_path)["cluener-m3e/search/baseline/s1"]
+    _write_fake(tmp_path, entry, 0.6)
+    path = G.result_path(tmp_path, entry.cell)
+    payload = json.loads(path.read_text())
+    # Written before train.compiled_kernels existed: the key is missing (its default = old code).
+    del payload["config"]["train"]["compiled_kernels"]
+    path.write_text(json.dumps(payload))
+    assert _entries(blocks, tmp_path)[entry.cell.id].status == "done"
+    # A real difference still makes it stale, and so does a key the current Config cannot read.
+    payload["config"]["train"]["lr"] = 123.0
+    path.write_text(json.dumps(payload))
+    assert _entries(blocks, tmp_path)[entry.cell.id].status == "stale"
+    payload["config"]["train"]["lr"] = entry.config.train.lr
+    payload["config"]["train"]["removed_option"] = 1
+    path.write_text(json.dumps(payload))
+    assert _entries(blocks, tmp_path)[entry.cell.id].status == "stale"
+
+
 def test_plan_chooses_alpha_from_search_results(tmp_path, synthetic):
     blocks = G.smoke_blocks(*synthetic, rdrop_alphas=(0.5, 2.0, 8.0))
     entries = _entries(blocks, tmp_path)

@@ -17,6 +17,7 @@ its search cells are done. Nothing here does work at import time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import json
@@ -45,7 +46,13 @@ ALL_VARIANTS = tuple(VARIANTS)
 # Reference cost of a training step relative to a plain one (dry-run estimates only).
 COST_FACTOR = {"none": 1.0, "rdrop": 2.0, "vat": 3.0}
 # Config keys that do not change what a cell computes (so they may differ between sittings).
-VOLATILE_KEYS = (("train", "num_threads"), ("train", "progress"), ("output_dir",))
+# compiled_kernels only changes how the loss arithmetic is scheduled (same values up to rounding).
+VOLATILE_KEYS = (
+    ("train", "num_threads"),
+    ("train", "progress"),
+    ("train", "compiled_kernels"),
+    ("output_dir",),
+)
 
 
 @dataclass(frozen=True)
@@ -357,7 +364,15 @@ def cell_config(
 
 
 def identity(config: Config | dict[str, Any]) -> dict[str, Any]:
-    """A config as a dict without the keys that do not change the result."""
+    """A config as a dict without the keys that do not change the result.
+
+    A stored dict is first completed with the current defaults, so that a config field added to
+    gpner after a cell finished (its default being the old behaviour) does not make the cell
+    stale; a dict the current Config cannot read is compared as it is (and so differs).
+    """
+    if isinstance(config, dict):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            config = config_from_dict(copy.deepcopy(config))
     data = copy.deepcopy(config if isinstance(config, dict) else config_to_dict(config))
     for path in VOLATILE_KEYS:
         node = data
