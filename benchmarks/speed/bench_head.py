@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -202,12 +201,7 @@ def main(argv=None) -> None:
             args.out = args.out.with_name(args.out.stem + "_quick.json")
     torch.set_num_threads(args.threads)
     data = {
-        "benchmark": "head",
-        "command": "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
-        "machine": measure.machine(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "source": measure.source_state(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **measure.run_header("head"),
         "repeats": args.repeats,
         "warmup": args.warmup,
         "rows": [],

@@ -22,7 +22,6 @@ import argparse
 import math
 import os
 import random
-import shlex
 import statistics
 import sys
 import time
@@ -264,12 +263,7 @@ def main(argv=None) -> None:
     enc = config.encoder
     shapes = [tuple(b.input_ids.shape) for b in batches]
     data = {
-        "benchmark": "train",
-        "command": "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
-        "machine": measure.machine(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "source": measure.source_state(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **measure.run_header("train"),
         "description": (
             f"Default config: char Transformer (H={enc.hidden_size}, {enc.num_layers} layers, "
             f"{enc.num_heads} heads, FFN {enc.ffn_size}, dropout {enc.dropout}), "

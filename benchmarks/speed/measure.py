@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -131,6 +132,19 @@ def source_state() -> dict:
         )
         out["src_dirty"] = bool(diff.strip())
     return out
+
+
+def run_header(benchmark: str) -> dict:
+    """What every results file starts with: the benchmark, its command line, machine, OpenMP
+    wait policy, source state and start time."""
+    return {
+        "benchmark": benchmark,
+        "command": "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
+        "machine": machine(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "source": source_state(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def write_json(path: Path, data: dict) -> None:
