@@ -220,6 +220,8 @@ def test_runner_skips_finished_and_redoes_failed_cells(tmp_path, synthetic, monk
         assert 0.0 <= payload["test"]["f1"] <= 1.0 and payload["test"]["per_type_f1"]
         assert payload["environment"]["torch"] and "git_commit" in payload["environment"]
         assert payload["config"]["data"]["validation_fraction"] == 0.25
+        # no machine path: the (deleted) run dir relative to the results dir
+        assert payload["config"]["output_dir"] == f"{G.WORK_DIRNAME}/{path.stem}"
     assert not any(p.name.startswith("smoke") for p in work.iterdir())  # run dirs cleaned up
 
     # Finished cells are skipped; a deleted or stale result is redone.

@@ -227,6 +227,9 @@ def run_cell(
         started_at=started_at,
         env=env,
     )
+    # The run dir is deleted below: record it relative to the results dir, so the JSON holds no
+    # machine path (output_dir is a volatile key: it never makes a cell stale).
+    payload["config"]["output_dir"] = os.path.relpath(work, results_dir)
     G.atomic_write_json(G.result_path(results_dir, cell), payload)
     shutil.rmtree(work, ignore_errors=True)
     return payload
