@@ -362,6 +362,15 @@ def test_report_says_when_the_claim_does_not_hold(tmp_path):
     assert "ties with" in text
 
 
+def test_report_with_one_paired_seed_gives_a_direction_not_a_verdict(tmp_path):
+    results = tmp_path / "results"
+    blocks = _fill_block1(results, [0.70], [0.71], [0.69])
+    text = report.build_report(blocks, results, tmp_path / "R.md").read_text()
+    assert "**holds in direction only (1 paired seed)** (" in text
+    assert "no interval from a single seed" in text
+    assert "within seed noise" not in text
+
+
 def test_report_with_no_results(tmp_path):
     text = report.build_report(G.main_blocks(), tmp_path, tmp_path / "R.md").read_text()
     assert "0 of 128 cells finished" in text and "No finished cells yet, so no plot." in text

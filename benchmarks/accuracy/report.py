@@ -208,10 +208,15 @@ class Verdict:
         gp_better = self.gp_vs_base.stats.mean > 0
         soft_worse = self.soft_vs_gp.stats.mean < 0
         if gp_better and soft_worse:
-            return "holds"
-        if gp_better or soft_worse:
-            return "partly holds"
-        return "does not hold"
+            label = "holds"
+        elif gp_better or soft_worse:
+            label = "partly holds"
+        else:
+            label = "does not hold"
+        # One paired seed shows a direction, not a result: say so in the label itself.
+        if min(self.gp_vs_base.stats.n, self.soft_vs_gp.stats.n) < 2:
+            label += " in direction only (1 paired seed)"
+        return label
 
     @property
     def detail(self) -> str:
@@ -233,8 +238,10 @@ class Verdict:
             parts.append("only the gp_kl − baseline interval excludes zero")
         elif significant(self.soft_vs_gp):
             parts.append("only the softmax_kl − gp_kl interval excludes zero")
+        elif min(p.stats.n for p in relevant) < 2:
+            parts.append("no interval from a single seed")
         else:
-            parts.append("both within seed noise (95 % intervals include zero, or n < 2)")
+            parts.append("both within seed noise (95 % intervals include zero)")
         return "; ".join(parts)
 
     @property
