@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -289,9 +290,91 @@ def test_run_dir_from_another_config_is_wiped(tmp_path, synthetic):
     assert run._prepare_run_dir(entry, work) is True
 
 
-def test_second_runner_on_the_same_results_is_refused(tmp_path):
-    with run.runner_lock(tmp_path), pytest.raises(SystemExit), run.runner_lock(tmp_path):
-        pass
+def test_runners_share_a_results_dir_but_not_with_an_old_exclusive_runner(tmp_path):
+    import fcntl
+
+    with run.runner_lock(tmp_path), run.runner_lock(tmp_path):
+        pass  # two current runners coexist: cells are claimed one by one
+    work = tmp_path / G.WORK_DIRNAME
+    with open(work / "lock", "a+") as old_runner:  # what a runner before cell locks took
+        fcntl.flock(old_runner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit, match="without cell locks"), run.runner_lock(tmp_path):
+            pass
+
+
+def test_a_claimed_cell_is_busy_for_everyone_else(tmp_path, synthetic):
+    cell = G.plan(G.smoke_blocks(*synthetic), tmp_path)[0].cell
+    assert not run.cell_busy(tmp_path, cell)
+    with run.cell_lock(tmp_path, cell) as claimed:
+        assert claimed and run.cell_busy(tmp_path, cell)
+        with run.cell_lock(tmp_path, cell) as again:
+            assert not again
+    assert not run.cell_busy(tmp_path, cell)
+
+
+def test_parallel_runners_run_each_cell_once_and_wait_for_search_cells(
+    tmp_path, synthetic, monkeypatch
+):
+    """Two runners (threads here; the OS locks are per open file, so they exclude each other
+    like processes) on a grid whose final cell waits for two search cells."""
+    import threading
+
+    blocks = G.smoke_blocks(*synthetic, rdrop_alphas=(0.5, 2.0))
+    results = tmp_path / "results"
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def fake_run_cell(entry, results_dir, all_cells, env=None):
+        with lock:
+            calls.append(entry.cell.id)
+        time.sleep(0.3)  # long enough for the other runner to find this cell claimed
+        f1 = {0.5: 0.4, 2.0: 0.6}.get(entry.alpha, 0.5) if entry.cell.stage == "search" else 0.7
+        payload = _fake_result(entry, f1, 0.7 if entry.cell.stage == "final" else None)
+        G.atomic_write_json(G.result_path(results_dir, entry.cell), payload)
+        return payload
+
+    monkeypatch.setattr(run, "run_cell", fake_run_cell)
+    monkeypatch.setattr(run, "POLL_SECONDS", 0.05)
+    outcomes = [None, None]
+
+    def runner(k):
+        outcomes[k] = run.run_grid(blocks, results, threads=1)
+
+    threads = [threading.Thread(target=runner, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    every = [e.cell.id for e in G.plan(blocks, results)]
+    assert sorted(calls) == sorted(every)  # each cell ran exactly once
+    assert sorted(outcomes[0]["ran"] + outcomes[1]["ran"]) == sorted(every)
+    assert outcomes[0]["ran"] and outcomes[1]["ran"]  # both runners did work
+    assert not outcomes[0]["failed"] and not outcomes[1]["failed"]
+    assert all(e.status == "done" for e in G.plan(blocks, results))
+    final = "smoke-char/final/rdrop-gp_kl/s1"
+    searches = [c for c in every if "/search/rdrop-gp_kl/" in c]
+    assert max(calls.index(c) for c in searches) < calls.index(final)
+    assert (
+        json.loads(G.result_path(results, _entries(blocks, results)[final].cell).read_text())[
+            "regularizer"
+        ]["alpha"]
+        == 2.0
+    )
+
+
+def test_workers_flag_starts_tagged_child_runners(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ACCURACY / "run.py"), "--workers", "2", "--results", str(tmp_path)]
+        + ["--only", "no-such-cell"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "starting 2 workers: run.py --results" in out and "--threads 1" in out
+    assert " w1] results in" in out and " w2] results in" in out
+    assert "workers finished with exit codes [0, 0]" in out
 
 
 # ------------------------------------------------------------------------------- report
@@ -369,6 +452,22 @@ def test_report_with_one_paired_seed_gives_a_direction_not_a_verdict(tmp_path):
     assert "**holds in direction only (1 paired seed)** (" in text
     assert "no interval from a single seed" in text
     assert "within seed noise" not in text
+
+
+def test_report_warns_when_costs_come_from_different_runner_setups(tmp_path):
+    results = tmp_path / "results"
+    blocks = _fill_block1(results, [0.70, 0.71], [0.71, 0.72], [0.69, 0.70])
+    text = report.build_report(blocks, results, tmp_path / "R.md").read_text()
+    assert "different runner setups" not in text
+    path = results / "cluener-m3e__final__rdrop-gp_kl__s2.json"
+    payload = json.loads(path.read_text())
+    payload["environment"].update(runner_workers=2, torch_threads=1)
+    path.write_text(json.dumps(payload))
+    text = report.build_report(blocks, results, tmp_path / "R.md").read_text()
+    assert "different runner setups (1 worker(s) x None thread(s), 2 worker(s) x 1 thread(s))" in (
+        text
+    )
+    assert "| 1 | 2 | 1 |" in text  # environment table: 1 thread, 2 workers, 1 cell
 
 
 def test_report_with_no_results(tmp_path):

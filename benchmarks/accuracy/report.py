@@ -131,6 +131,15 @@ class GridData:
     def epoch_seconds(self, variant: str) -> Stats:
         return Stats([r["timing"]["train_seconds_per_epoch"] for r in self.final(variant).values()])
 
+    def runner_setups(self) -> list[tuple[int, int]]:
+        """(runner workers, torch threads) the finished final cells ran under, sorted."""
+        setups = set()
+        for variant in self.variants:
+            for r in self.final(variant).values():
+                env = r.get("environment", {})
+                setups.add((env.get("runner_workers", 1), env.get("torch_threads")))
+        return sorted(setups, key=str)
+
     def search(self) -> list[G.PlanEntry]:
         return [e for e in self.entries if e.cell.stage == "search"]
 
@@ -672,6 +681,14 @@ def build_report(
         lines += [f"- {s}" for s in words(data)] or ["- No finished final cells yet."]
         lines += ["", "### Test results", ""]
         lines += results_table(data)
+        setups = data.runner_setups()
+        if len(setups) > 1:
+            shown = ", ".join(f"{w} worker(s) x {t} thread(s)" for w, t in setups)
+            lines += [
+                "",
+                f"Seconds per epoch here come from different runner setups ({shown}): the cost "
+                "column compares unlike runs.",
+            ]
         lines += ["", "### Alpha / epsilon search (validation split)", ""]
         lines += search_table(data)
         lines += ["", "### Per-type test F1 (mean over seeds)", ""]
@@ -695,7 +712,7 @@ def build_report(
                     "git_src_diff_sha1",
                     "torch_threads",
                 )
-            )
+            ) + (env.get("runner_workers", 1),)
             envs[key] = envs.get(key, 0) + 1
     if envs:
         lines += table(
@@ -706,6 +723,7 @@ def build_report(
                 "git commit",
                 "uncommitted src diff (sha1)",
                 "threads",
+                "runner workers",
                 "cells",
             ],
             [(*map(str, k), n) for k, n in sorted(envs.items(), key=lambda kv: -kv[1])],
@@ -713,7 +731,9 @@ def build_report(
         lines += [
             "",
             "Cells are grouped by the code they ran: the commit plus a hash of any "
-            "uncommitted changes under `src/` when their sitting started.",
+            "uncommitted changes under `src/` when their sitting started. Runner workers: "
+            "how many runners shared the machine (`run.py --workers`), each with the "
+            "threads shown.",
         ]
     else:
         lines.append("No finished cells.")

@@ -11,8 +11,14 @@ Each finished cell writes ``results/<cell id with / as __>.json`` atomically; a 
 exists with the same config is skipped. Unfinished cells keep their run dir under
 ``results/.work/<cell>/``: a cell that was killed resumes from its last finished epoch (the
 trainer's exact ``resume=True``), a cell that raised an error is wiped and starts over, and a run
-dir from another config is wiped. The run dir is removed once the result JSON is written. One
-runner per results dir at a time (a lock file). See ``accuracy_grid.py`` for the grid itself.
+dir from another config is wiped. The run dir is removed once the result JSON is written.
+
+``--workers N`` runs N runners side by side on one results dir (each with ``--threads``, default
+``2 // N``): a runner claims a cell by an OS lock on ``.work/locks/<cell>``, so no cell runs
+twice, and a runner with nothing it may start waits while another runner's cell may unblock a
+final cell. On 2 cores two 1-thread workers trained 1.17x (m3e-small) to 1.26x (char
+Transformer) more examples per second than one 2-thread runner. Every result records the worker
+count, since it changes the seconds per epoch. See ``accuracy_grid.py`` for the grid itself.
 """
 
 from __future__ import annotations
@@ -38,10 +44,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy_grid as G  # noqa: E402
 
+WORKER_ENV = "GPNER_ACCURACY_WORKER"  # "i/N" in a child of --workers N: tags its log lines
+POLL_SECONDS = 30.0  # how often a runner with only blocked cells looks again
+
 
 def log(message: str) -> None:
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    print(f"[{stamp}] {message}", flush=True)
+    worker = os.environ.get(WORKER_ENV)
+    tag = f" w{worker.split('/')[0]}" if worker else ""
+    print(f"[{stamp}{tag}] {message}", flush=True)
+
+
+def _workers_from_env() -> int:
+    worker = os.environ.get(WORKER_ENV)
+    return int(worker.split("/")[1]) if worker else 1
 
 
 def _now() -> str:
@@ -186,7 +202,12 @@ def build_result(
             "tokens_per_second": statistics.fmean(h["tokens_per_second"] for h in history),
         },
         "encode": result.info.get("encode"),
-        "environment": {**(env or environment()), "torch_threads": _threads()},
+        "environment": {
+            **(env or environment()),
+            "torch_threads": _threads(),
+            # Concurrent runners share the cores: seconds per epoch depend on this.
+            "runner_workers": _workers_from_env(),
+        },
         "started_at": started_at,
         "finished_at": _now(),
     }
@@ -309,17 +330,51 @@ def print_plan(entries: Sequence[G.PlanEntry], chosen: set[str]) -> None:
 
 @contextlib.contextmanager
 def runner_lock(results_dir: Path):
-    """An exclusive lock per results dir (released by the OS if the process dies)."""
+    """A shared lock on the results dir, held while a runner runs.
+
+    Runners share it with each other (cells are claimed one by one with :func:`cell_lock`). It is
+    shared, not exclusive, so that a runner from before cell locks existed (which takes it
+    exclusively) and a current one never run on the same results dir at once. The OS releases
+    it if the process dies.
+    """
     import fcntl
 
     work = Path(results_dir) / G.WORK_DIRNAME
     work.mkdir(parents=True, exist_ok=True)
     with open(work / "lock", "a+") as handle:
         try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise SystemExit(
+                f"a runner without cell locks holds {work / 'lock'}; not starting"
+            ) from None
+        yield
+
+
+@contextlib.contextmanager
+def cell_lock(results_dir: Path, cell: G.Cell):
+    """Try to claim a cell for this process; yields True if claimed (released on exit or death).
+
+    Lock files stay in ``.work/locks/``: deleting one while another runner opens it would let
+    two runners hold "the" lock at once.
+    """
+    import fcntl
+
+    locks = Path(results_dir) / G.WORK_DIRNAME / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / cell.stem, "a+") as handle:
+        try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise SystemExit(f"another runner holds {work / 'lock'}; not starting") from None
-        yield
+            yield False
+            return
+        yield True
+
+
+def cell_busy(results_dir: Path, cell: G.Cell) -> bool:
+    """Whether another process is running this cell now."""
+    with cell_lock(results_dir, cell) as claimed:
+        return not claimed
 
 
 def run_grid(
@@ -349,19 +404,34 @@ def run_grid(
                 and e.status in ("pending", "partial", "stale")
                 and e.cell.id not in attempted
             ]
-            if not todo:
-                break
-            entry = todo[0]
-            attempted.add(entry.cell.id)
-            n_left = len(todo)
-            log(f"cell {entry.cell.id} ({entry.status}; {describe(entry)}; {n_left} to do)")
-            start = time.perf_counter()
-            try:
-                payload = run_cell(entry, results_dir, [e.cell for e in entries], env)
-            except CellFailed as error:
-                failed.append(entry.cell.id)
-                log(f"  FAILED {error} (traceback in its run dir failed.txt; redone next time)")
-                continue
+            with contextlib.ExitStack() as stack:
+                entry = None
+                for candidate in todo:
+                    if stack.enter_context(cell_lock(results_dir, candidate.cell)):
+                        entry = candidate
+                        break
+                if entry is None:
+                    blocked = [e for e in entries if e.cell.id in chosen and e.status == "blocked"]
+                    busy = [e for e in entries if e.cell.id in chosen and e.status != "done"]
+                    if blocked and any(cell_busy(results_dir, e.cell) for e in busy):
+                        time.sleep(POLL_SECONDS)  # another runner's cell may unblock ours
+                        continue
+                    break
+                # Another runner may have finished this cell between the plan and the claim.
+                fresh = G.plan(blocks, results_dir, overrides=overrides, threads=threads)
+                entry = next(e for e in fresh if e.cell.id == entry.cell.id)
+                if entry.status not in ("pending", "partial", "stale"):
+                    continue
+                attempted.add(entry.cell.id)
+                n_left = len(todo)
+                log(f"cell {entry.cell.id} ({entry.status}; {describe(entry)}; {n_left} to do)")
+                start = time.perf_counter()
+                try:
+                    payload = run_cell(entry, results_dir, [e.cell for e in fresh], env)
+                except CellFailed as error:
+                    failed.append(entry.cell.id)
+                    log(f"  FAILED {error} (traceback in its run dir failed.txt; redone next time)")
+                    continue
             ran.append(entry.cell.id)
             test = payload["test"]["f1"] if payload["test"] else None
             log(
@@ -431,6 +501,37 @@ def smoke(results_dir: Path | None = None, threads: int | None = 1) -> int:
 # ---------------------------------------------------------------------------------- CLI
 
 
+def spawn_workers(argv: Sequence[str], workers: int) -> int:
+    """Run this script ``workers`` times side by side with ``argv`` and wait for all of them.
+
+    Each child is tagged ``i/N`` (log lines, ``runner_workers`` in its results). Stopping the
+    parent (Ctrl-C, SIGTERM) stops the children; their cells resume next time.
+    """
+    import signal
+
+    log(f"starting {workers} workers: run.py {' '.join(argv)}")
+    children = []
+
+    def stop(signum, frame):  # noqa: ARG001
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        for i in range(1, workers + 1):
+            env = {**os.environ, WORKER_ENV: f"{i}/{workers}"}
+            children.append(subprocess.Popen([sys.executable, __file__, *argv], env=env))
+        codes = [child.wait() for child in children]
+    except KeyboardInterrupt:
+        stop(signal.SIGINT, None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    log(f"workers finished with exit codes {codes}")
+    return max(codes)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -468,9 +569,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="config override for every cell (becomes part of each cell's config; use a "
         "separate --results dir for such runs)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N runners side by side (child processes; --threads defaults to 2 // N, "
+        "--max-cells counts per worker)",
+    )
     parser.add_argument("--smoke", action="store_true", help="2 tiny cells on synthetic data")
     args = parser.parse_args(argv)
-    default_threads = 1 if args.smoke else 2
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    default_threads = 1 if args.smoke else max(1, 2 // args.workers)
     threads = default_threads if args.threads is None else (args.threads or None)
     if args.smoke:
         keep = args.results if args.results != G.DEFAULT_RESULTS else None
@@ -485,6 +596,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         entries = G.plan(blocks, args.results, overrides=args.overrides, threads=threads)
         print_plan(entries, selected_ids(entries, args.only))
         return 0
+    if args.workers > 1 and not args.smoke:
+        child = ["--results", str(args.results), "--threads", str(threads or 0)]
+        for pattern in args.only or ():
+            child += ["--only", pattern]
+        for number in args.block or ():
+            child += ["--block", str(number)]
+        for override in args.overrides:
+            child += ["--set", override]
+        if args.max_cells is not None:
+            child += ["--max-cells", str(args.max_cells)]
+        return spawn_workers(child, args.workers)
     log(f"results in {args.results}; threads {threads}; overrides {args.overrides or 'none'}")
     outcome = run_grid(
         blocks,
