@@ -597,8 +597,10 @@ def build_report(
         "F1, and are evaluated once on the test set. Differences are paired by seed (same "
         "seed: same initialisation of the shared parts and the same batch order). F1 values are "
         "entity-level micro F1 in percentage points. `data.dev` in the recorded configs is unused "
-        "(the validation split replaces it). Training times come from cells run one after "
-        "another on a shared machine, not side by side, so cost ratios are approximate.",
+        "(the validation split replaces it). Training times come from cells run at "
+        "different times on a shared machine, not side by side (and, where the environment "
+        "table shows more than one runner worker, next to another cell), so cost ratios are "
+        "approximate.",
         "",
         "## Summary",
         "",
