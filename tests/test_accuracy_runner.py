@@ -420,7 +420,10 @@ def test_report_from_fake_results(tmp_path):
     assert "R-Drop + gp_kl is better than baseline (CE only) by 0.83 F1 points" in text
     assert "R-Drop + softmax_kl is worse than R-Drop + gp_kl by 2.17 F1 points" in text
     assert "| CLUENER / m3e-small | R-Drop | 3 | +0.83 [+0.12, +1.55] |" in text
-    assert "**holds** (gp_kl beats the baseline; softmax_kl is worse than gp_kl" in text
+    assert (
+        "**holds** (gp_kl is better than the baseline (95 % interval excludes zero); "
+        "softmax_kl is worse than gp_kl (95 % interval excludes zero))"
+    ) in text
     assert "Not measured yet: VAT on CLUENER / m3e-small;" in text
     # Incomplete grid: the missing cells are listed by block.
     assert "### Missing cells" in text
@@ -450,8 +453,27 @@ def test_report_with_one_paired_seed_gives_a_direction_not_a_verdict(tmp_path):
     blocks = _fill_block1(results, [0.70], [0.71], [0.69])
     text = report.build_report(blocks, results, tmp_path / "R.md").read_text()
     assert "**holds in direction only (1 paired seed)** (" in text
-    assert "no interval from a single seed" in text
+    assert "softmax_kl is worse than gp_kl on one seed (no interval)" in text
     assert "within seed noise" not in text
+
+
+def test_report_verdict_follows_the_intervals_not_only_the_signs(tmp_path):
+    # gp_kl beats the baseline on every seed; softmax_kl is below gp_kl on average, but by
+    # less than the seed noise: only half of the claim is supported.
+    results = tmp_path / "results"
+    blocks = _fill_block1(results, [0.70, 0.71, 0.72], [0.71, 0.72, 0.73], [0.715, 0.71, 0.72])
+    text = report.build_report(blocks, results, tmp_path / "R.md").read_text()
+    assert (
+        "**partly holds** (gp_kl is better than the baseline (95 % interval excludes zero); "
+        "softmax_kl is worse than gp_kl on average, within seed noise)"
+    ) in text
+    # Neither difference outside the noise: unresolved, whatever the signs say.
+    results = tmp_path / "results2"
+    blocks = _fill_block1(results, [0.70, 0.71, 0.72], [0.71, 0.70, 0.73], [0.70, 0.71, 0.72])
+    text = report.build_report(blocks, results, tmp_path / "R2.md").read_text()
+    assert "**unresolved (within seed noise)** (gp_kl is better than the baseline on average" in (
+        text
+    )
 
 
 def test_report_warns_when_costs_come_from_different_runner_setups(tmp_path):

@@ -193,11 +193,6 @@ def compare_sentence(a: str, b: str, p: Paired) -> str:
     return text
 
 
-def significant(p: Paired) -> bool:
-    ci = p.stats.ci
-    return ci is not None and (ci[0] > 0 or ci[1] < 0)
-
-
 @dataclass
 class Verdict:
     reg: str
@@ -209,48 +204,59 @@ class Verdict:
     def available(self) -> bool:
         return bool(self.gp_vs_base.diffs and self.soft_vs_gp.diffs)
 
+    def _parts(self) -> list[tuple[Paired, int, str, str]]:
+        """(difference, the sign the claim predicts, its minuend, its subtrahend)."""
+        return [
+            (self.gp_vs_base, +1, "gp_kl", "the baseline"),
+            (self.soft_vs_gp, -1, "softmax_kl", "gp_kl"),
+        ]
+
+    @staticmethod
+    def _status(p: Paired, sign: int) -> str:
+        """'yes' / 'no' when the 95 % interval excludes zero on the claimed / other side,
+        'unclear' when it includes zero, 'direction' with one seed (no interval)."""
+        ci = p.stats.ci
+        if ci is None:
+            return "direction"
+        if ci[0] > 0 or ci[1] < 0:
+            return "yes" if (ci[0] > 0) == (sign > 0) else "no"
+        return "unclear"
+
     @property
     def label(self) -> str:
-        """holds / partly holds / does not hold (by the signs of the mean differences)."""
+        """holds / partly holds / unresolved / does not hold, by the 95 % intervals of the two
+        paired differences (gp_kl − baseline > 0, softmax_kl − gp_kl < 0); with one seed, by
+        their signs, and the label says so."""
         if not self.available:
             return "not measured yet"
-        gp_better = self.gp_vs_base.stats.mean > 0
-        soft_worse = self.soft_vs_gp.stats.mean < 0
-        if gp_better and soft_worse:
-            label = "holds"
-        elif gp_better or soft_worse:
-            label = "partly holds"
-        else:
-            label = "does not hold"
-        # One paired seed shows a direction, not a result: say so in the label itself.
-        if min(self.gp_vs_base.stats.n, self.soft_vs_gp.stats.n) < 2:
-            label += " in direction only (1 paired seed)"
-        return label
+        statuses = [self._status(p, sign) for p, sign, _, _ in self._parts()]
+        if "direction" in statuses:
+            agree = [p.stats.mean * sign > 0 for p, sign, _, _ in self._parts()]
+            label = "holds" if all(agree) else "partly holds" if any(agree) else "does not hold"
+            # One paired seed shows a direction, not a result: say so in the label itself.
+            return label + " in direction only (1 paired seed)"
+        if statuses == ["yes", "yes"]:
+            return "holds"
+        if "yes" in statuses:
+            return "partly holds"
+        if "no" in statuses:
+            return "does not hold"
+        return "unresolved (within seed noise)"
 
     @property
     def detail(self) -> str:
         if not self.available:
             return ""
         parts = []
-        gp_better = self.gp_vs_base.stats.mean > 0
-        soft_worse = self.soft_vs_gp.stats.mean < 0
-        parts.append(
-            "gp_kl beats the baseline" if gp_better else "gp_kl does not beat the baseline"
-        )
-        parts.append(
-            "softmax_kl is worse than gp_kl" if soft_worse else "softmax_kl is not worse than gp_kl"
-        )
-        relevant = [self.gp_vs_base, self.soft_vs_gp]
-        if all(significant(p) for p in relevant):
-            parts.append("both differences' 95 % intervals exclude zero")
-        elif significant(self.gp_vs_base):
-            parts.append("only the gp_kl − baseline interval excludes zero")
-        elif significant(self.soft_vs_gp):
-            parts.append("only the softmax_kl − gp_kl interval excludes zero")
-        elif min(p.stats.n for p in relevant) < 2:
-            parts.append("no interval from a single seed")
-        else:
-            parts.append("both within seed noise (95 % intervals include zero)")
+        for p, sign, a, b in self._parts():
+            status = self._status(p, sign)
+            side = "better than" if p.stats.mean > 0 else "worse than"
+            if status in ("yes", "no"):
+                parts.append(f"{a} is {side} {b} (95 % interval excludes zero)")
+            elif status == "unclear":
+                parts.append(f"{a} is {side} {b} on average, within seed noise")
+            else:
+                parts.append(f"{a} is {side} {b} on one seed (no interval)")
         return "; ".join(parts)
 
     @property
