@@ -412,8 +412,8 @@ def run_grid(
                         break
                 if entry is None:
                     blocked = [e for e in entries if e.cell.id in chosen and e.status == "blocked"]
-                    busy = [e for e in entries if e.cell.id in chosen and e.status != "done"]
-                    if blocked and any(cell_busy(results_dir, e.cell) for e in busy):
+                    unfinished = [e for e in entries if e.cell.id in chosen and e.status != "done"]
+                    if blocked and any(cell_busy(results_dir, e.cell) for e in unfinished):
                         time.sleep(POLL_SECONDS)  # another runner's cell may unblock ours
                         continue
                     break
