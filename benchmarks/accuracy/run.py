@@ -48,16 +48,17 @@ WORKER_ENV = "GPNER_ACCURACY_WORKER"  # "i/N" in a child of --workers N: tags it
 POLL_SECONDS = 30.0  # how often a runner with only blocked cells looks again
 
 
+def _worker() -> tuple[int, int]:
+    """(this worker's number, how many workers): (1, 1) outside ``--workers``."""
+    index, _, count = os.environ.get(WORKER_ENV, "1/1").partition("/")
+    return int(index), int(count)
+
+
 def log(message: str) -> None:
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    worker = os.environ.get(WORKER_ENV)
-    tag = f" w{worker.split('/')[0]}" if worker else ""
+    index, count = _worker()
+    tag = f" w{index}" if count > 1 else ""
     print(f"[{stamp}{tag}] {message}", flush=True)
-
-
-def _workers_from_env() -> int:
-    worker = os.environ.get(WORKER_ENV)
-    return int(worker.split("/")[1]) if worker else 1
 
 
 def _now() -> str:
@@ -206,7 +207,7 @@ def build_result(
             **(env or environment()),
             "torch_threads": _threads(),
             # Concurrent runners share the cores: seconds per epoch depend on this.
-            "runner_workers": _workers_from_env(),
+            "runner_workers": _worker()[1],
         },
         "started_at": started_at,
         "finished_at": _now(),
@@ -596,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         entries = G.plan(blocks, args.results, overrides=args.overrides, threads=threads)
         print_plan(entries, selected_ids(entries, args.only))
         return 0
-    if args.workers > 1 and not args.smoke:
+    if args.workers > 1:
         child = ["--results", str(args.results), "--threads", str(threads or 0)]
         for pattern in args.only or ():
             child += ["--only", pattern]
