@@ -46,7 +46,7 @@ def test_main_grid_order_and_protocol(tmp_path):
     blocks = G.main_blocks()
     entries = G.plan(blocks, tmp_path)
     ids = [e.cell.id for e in entries]
-    assert len(ids) == len(set(ids)) == 128
+    assert len(ids) == len(set(ids)) == 142
     assert ids[0] == "cluener-m3e/search/baseline/s1"
     # Blocks in priority order; in each block the search cells come before the final cells.
     assert [e.cell.block for e in entries] == sorted(e.cell.block for e in entries)
@@ -494,7 +494,7 @@ def test_report_warns_when_costs_come_from_different_runner_setups(tmp_path):
 
 def test_report_with_no_results(tmp_path):
     text = report.build_report(G.main_blocks(), tmp_path, tmp_path / "R.md").read_text()
-    assert "0 of 128 cells finished" in text and "No finished cells yet, so no plot." in text
+    assert "0 of 142 cells finished" in text and "No finished cells yet, so no plot." in text
     assert not (tmp_path / "r.png").exists()
 
 
