@@ -170,7 +170,10 @@ _HEAD = {"kind": "global_pointer", "head_size": 64}
 # per-example embedding norms measured on 64 training examples: m3e-small ~10 (CLUENER and
 # CMeEE), char Transformer at initialisation ~100, MiniLM ~5.6 (CoNLL); each epsilon grid sits at
 # about 2.5 % and 10 % of its encoder's norm (the library default epsilon = 1 is 10 % for m3e).
-# Alpha grids of the grids whose texts are longer than CLUENER's (blocks 4 and 5).
+# Alpha grids of blocks 4 and 5 (max length 128). gp_kl sums a binary KL over every valid (i, j)
+# cell, so its scale grows with L^2 while softmax_kl's does not; CLUENER (max length 64) already
+# put gp_kl's best alpha at or below 0.0625, so these grids reach down to 1/64. Alpha 4 was the
+# worst candidate for both divergences in blocks 1 and 3 and is left out.
 LOW_RDROP_ALPHAS = (1 / 64, 0.0625, 0.25, 1.0)
 LOW_VAT_ALPHAS = (1 / 64, 0.0625, 0.5)
 
@@ -242,10 +245,6 @@ CMEEE_M3E = Grid(
         "train": {"epochs": 3, "batch_size": 16, "lr": 1e-3, "encoder_lr": 5e-5, **_TRAIN_COMMON},
     },
     search_epochs=1,
-    # gp_kl sums a binary KL over every valid (i, j) cell, so its scale grows with L^2 while
-    # softmax_kl's does not; CLUENER (L <= 64) already put gp_kl's best alpha at or below 0.0625.
-    # Here L <= 128, so the grid reaches down to 1/64; alpha 4 was the worst candidate for both
-    # divergences in blocks 1 and 3 and is left out.
     rdrop_alphas=LOW_RDROP_ALPHAS,
     vat_alphas=LOW_VAT_ALPHAS,
     vat_epsilons=(0.25, 1.0),
@@ -271,10 +270,6 @@ CONLL_MINILM = Grid(
         "train": {"epochs": 3, "batch_size": 32, "lr": 1e-3, "encoder_lr": 5e-5, **_TRAIN_COMMON},
     },
     search_epochs=1,
-    # gp_kl sums a binary KL over every valid (i, j) cell, so its scale grows with L^2 while
-    # softmax_kl's does not; CLUENER (L <= 64) already put gp_kl's best alpha at or below 0.0625.
-    # Here L <= 128, so the grid reaches down to 1/64; alpha 4 was the worst candidate for both
-    # divergences in blocks 1 and 3 and is left out.
     rdrop_alphas=LOW_RDROP_ALPHAS,
     vat_alphas=LOW_VAT_ALPHAS,
     vat_epsilons=(0.15, 0.6),
