@@ -166,10 +166,6 @@ _TRAIN_COMMON = {
 }
 _HEAD = {"kind": "global_pointer", "head_size": 64}
 
-# VAT's epsilon is an absolute per-example norm over (L, H) of the input embeddings. Median
-# per-example embedding norms measured on 64 training examples: m3e-small ~10 (CLUENER and
-# CMeEE), char Transformer at initialisation ~100, MiniLM ~5.6 (CoNLL); each epsilon grid sits at
-# about 2.5 % and 10 % of its encoder's norm (the library default epsilon = 1 is 10 % for m3e).
 # Alpha grids of blocks 4 and 5 (max length 128). gp_kl sums a binary KL over every valid (i, j)
 # cell, so its scale grows with L^2 while softmax_kl's does not; CLUENER (max length 64) already
 # put gp_kl's best alpha at or below 0.0625, so these grids reach down to 1/64. Alpha 4 was the
@@ -177,6 +173,10 @@ _HEAD = {"kind": "global_pointer", "head_size": 64}
 LOW_RDROP_ALPHAS = (1 / 64, 0.0625, 0.25, 1.0)
 LOW_VAT_ALPHAS = (1 / 64, 0.0625, 0.5)
 
+# VAT's epsilon is an absolute per-example norm over (L, H) of the input embeddings. Median
+# per-example embedding norms measured on 64 training examples: m3e-small ~10 (CLUENER and
+# CMeEE), char Transformer at initialisation ~100, MiniLM ~5.6 (CoNLL); each epsilon grid sits at
+# about 2.5 % and 10 % of its encoder's norm (the library default epsilon = 1 is 10 % for m3e).
 CLUENER_M3E = Grid(
     name="cluener-m3e",
     dataset="CLUENER",
