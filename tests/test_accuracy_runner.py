@@ -166,6 +166,29 @@ def test_config_fields_added_later_keep_finished_cells_done(tmp_path):
     assert _entries(blocks, tmp_path)[entry.cell.id].status == "stale"
 
 
+def test_regularizer_defaults_do_not_touch_baseline_cells_but_do_regularised_ones(tmp_path):
+    blocks = G.main_blocks()
+    entries = _entries(blocks, tmp_path)
+    baseline = entries["cluener-m3e/search/baseline/s1"]
+    rdrop = entries["cluener-m3e/search/rdrop-gp_kl/a0.0625/s1"]
+    for entry in (baseline, rdrop):
+        _write_fake(tmp_path, entry, 0.6)
+        path = G.result_path(tmp_path, entry.cell)
+        payload = json.loads(path.read_text())
+        # As written before the default alpha became 1/64 (and with another unused epsilon).
+        payload["config"]["regularizer"]["epsilon"] = 3.0
+        if entry is baseline:
+            payload["config"]["regularizer"]["alpha"] = 1.0
+        path.write_text(json.dumps(payload))
+    after = _entries(blocks, tmp_path)
+    assert after[baseline.cell.id].status == "done"  # kind "none" reads neither weight
+    assert after[rdrop.cell.id].status == "stale"  # R-Drop cells record their epsilon as well
+    payload["config"]["regularizer"]["epsilon"] = rdrop.config.regularizer.epsilon
+    payload["config"]["regularizer"]["alpha"] = 1.0
+    G.result_path(tmp_path, rdrop.cell).write_text(json.dumps(payload))
+    assert _entries(blocks, tmp_path)[rdrop.cell.id].status == "stale"
+
+
 def test_plan_chooses_alpha_from_search_results(tmp_path, synthetic):
     blocks = G.smoke_blocks(*synthetic, rdrop_alphas=(0.5, 2.0, 8.0))
     entries = _entries(blocks, tmp_path)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from gpner.config import ConfigError, load_config
+from gpner.config import ConfigError, RegularizerConfig, load_config
+from gpner.regularizers import DEFAULT_ALPHA, RDrop, build_objective
 from gpner.training import prepare_data
 from tests.conftest import tiny_config_overrides
 
@@ -78,3 +79,9 @@ def test_slices_and_validation_split(tmp_path, tiny_data):
     assert len(tr2) == 30 and len(dv2) == 10
     tr3, dv3, _, _ = prepare_data(cfg)
     assert [e.text for e in dv3] == [e.text for e in dv2]  # deterministic
+
+
+def test_config_and_objectives_share_the_default_divergence_weight():
+    # One default weight whichever way a regulariser is built (config, factory or class).
+    assert RegularizerConfig().alpha == DEFAULT_ALPHA == RDrop().alpha
+    assert build_objective("vat").alpha == DEFAULT_ALPHA

@@ -79,7 +79,7 @@ class HeadConfig:
 class RegularizerConfig:
     kind: str = "none"  # "none", "rdrop" or "vat"
     divergence: str = "gp_kl"  # "gp_kl" (sigmoid divergence) or "softmax_kl" (baseline)
-    alpha: float = 1.0  # weight of the divergence term
+    alpha: float = 1 / 64  # divergence weight; small: gp_kl grows with L^2 (DEFAULT_ALPHA)
     epsilon: float = 1.0  # vat: per-example norm of the adversarial perturbation
     xi: float = 1e-3  # vat: norm of the probe used by the power iteration
     power_iterations: int = 1  # vat
