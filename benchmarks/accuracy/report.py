@@ -294,8 +294,8 @@ def words(data: GridData) -> list[str]:
             lines.append(f"**{reg}.** No paired seeds finished yet.")
             continue
         lines.append(
-            f"**{reg}.** The claim ({reg} with gp_kl improves on the baseline, softmax_kl does "
-            f"worse) {v.text} here."
+            f"**{reg}.** Verdict here on the claim that {reg} with gp_kl improves on the "
+            f"baseline and softmax_kl does worse: {v.text}."
         )
         lines.append(compare_sentence(f"{v.reg}-gp_kl", "baseline", v.gp_vs_base))
         lines.append(compare_sentence(f"{v.reg}-softmax_kl", f"{v.reg}-gp_kl", v.soft_vs_gp))
