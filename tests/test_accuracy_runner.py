@@ -146,6 +146,33 @@ def _write_fake(results, entry, *args, **kwargs):
     G.atomic_write_json(G.result_path(results, entry.cell), _fake_result(entry, *args, **kwargs))
 
 
+def test_compute_left_uses_measured_epoch_times_then_cost_factors_then_the_prior(tmp_path):
+    blocks = G.main_blocks()
+    grid = blocks[0].grid  # block 1: 1 + 2 x 4 search cells, 3 + 2 x 3 final cells
+    search, final = grid.search_epochs, grid.final_epochs
+
+    def expected(plain, rdrop, n_search_done=0):
+        search_minutes = search * (plain + rdrop * (8 - n_search_done))
+        return 1.1 * (search_minutes + final * (3 * plain + 6 * rdrop))
+
+    left = G.compute_left(G.plan(blocks, tmp_path))[1]
+    prior = grid.epoch_minutes
+    assert (left.cells, left.measured) == (18, False)
+    assert left.minutes == pytest.approx(expected(prior, prior * G.COST_FACTOR["rdrop"]))
+    # A finished baseline cell: its epoch time replaces the prior, scaled for R-Drop.
+    entries = _entries(blocks, tmp_path)
+    _write_fake(tmp_path, entries["cluener-m3e/search/baseline/s1"], 0.6, seconds=120.0)
+    left = G.compute_left(G.plan(blocks, tmp_path))[1]
+    assert (left.cells, left.measured) == (17, True)
+    assert left.minutes == pytest.approx(expected(2.0, 4.0) - 1.1 * search * 2.0)
+    # A finished R-Drop cell: R-Drop cells use their own measured time.
+    _write_fake(tmp_path, entries["cluener-m3e/search/rdrop-gp_kl/a1/s1"], 0.6, seconds=300.0)
+    left = G.compute_left(G.plan(blocks, tmp_path))[1]
+    assert left.cells == 16
+    assert left.minutes == pytest.approx(expected(2.0, 5.0, n_search_done=1) - 1.1 * search * 2.0)
+    assert 2 in G.compute_left(G.plan(blocks, tmp_path))  # other blocks are still estimated
+
+
 def test_config_fields_added_later_keep_finished_cells_done(tmp_path):
     blocks = G.main_blocks()
     entry = _entries(blocks, tmp_path)["cluener-m3e/search/baseline/s1"]
@@ -453,6 +480,8 @@ def test_report_from_fake_results(tmp_path):
     assert "Block 1 (CLUENER, m3e-small: baseline and R-Drop): 18 of 18 done." in text
     assert "`cluener-m3e/final/vat-gp_kl/s1` (blocked, waits for 4 search cell(s))" in text
     assert "`cmeee-m3e/search/baseline/s1` (pending)" in text
+    assert "0 of 36 done; about " in text and "h of cell time left (prior epoch time" in text
+    assert "Compute left in all: about " in text
 
 
 def test_report_says_when_the_claim_does_not_hold(tmp_path):

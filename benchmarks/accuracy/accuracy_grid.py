@@ -22,6 +22,7 @@ import copy
 import fnmatch
 import json
 import os
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "vat-softmax_kl": ("vat", "softmax_kl"),
 }
 ALL_VARIANTS = tuple(VARIANTS)
-# Reference cost of a training step relative to a plain one (dry-run estimates only).
+# Reference cost of a training step relative to a plain one (estimates of compute left only).
 COST_FACTOR = {"none": 1.0, "rdrop": 2.0, "vat": 3.0}
 # Config keys that do not change what a cell computes (so they may differ between sittings).
 # compiled_kernels only changes how the loss arithmetic is scheduled (same values up to rounding).
@@ -77,7 +78,7 @@ class Grid:
     # alpha-2 cell ran.
     vat_alphas: tuple[float, ...] = (0.0625, 0.5)
     vat_epsilons: tuple[float, ...] = (1.0,)
-    epoch_minutes: float = 5.0  # estimated plain-epoch minutes on 2 threads (dry-run only)
+    epoch_minutes: float = 5.0  # prior plain-epoch minutes on 2 threads (estimates only)
     notes: tuple[str, ...] = ()
 
     def candidates(self, variant: str) -> list[tuple[float | None, float | None]]:
@@ -516,6 +517,59 @@ def plan(
         entries[cell.id] = entry
         out.append(entry)
     return out
+
+
+def measured_epoch_seconds(entries: Sequence[PlanEntry]) -> dict[tuple[str, str], float]:
+    """Median measured training seconds per epoch by (grid name, regulariser kind)."""
+    found: dict[tuple[str, str], list[float]] = {}
+    for e in entries:
+        if e.status == "done" and e.result is not None:
+            timing = e.result.get("timing", {})
+            if "train_seconds_per_epoch" in timing:
+                found.setdefault((e.cell.grid.name, e.cell.kind), []).append(
+                    timing["train_seconds_per_epoch"]
+                )
+    return {k: statistics.median(v) for k, v in found.items()}
+
+
+def estimate_minutes(entry: PlanEntry, measured: dict[tuple[str, str], float]) -> float:
+    """Rough minutes for a cell: the measured epoch time of its grid and regulariser if any,
+    else the grid's measured baseline epoch times the reference cost factor, else the grid's
+    prior ``epoch_minutes``; +10 % for evaluation."""
+    grid, kind = entry.cell.grid, entry.cell.kind
+    if (grid.name, kind) in measured:
+        per_epoch = measured[(grid.name, kind)] / 60
+    elif (grid.name, "none") in measured:
+        per_epoch = measured[(grid.name, "none")] / 60 * COST_FACTOR[kind]
+    else:
+        per_epoch = grid.epoch_minutes * COST_FACTOR[kind]
+    return per_epoch * entry.cell.epochs * 1.1
+
+
+@dataclass(frozen=True)
+class ComputeLeft:
+    """Rough compute still needed by one block's unfinished cells (one runner, 2 threads)."""
+
+    minutes: float
+    cells: int
+    measured: bool  # False: no cell of the block's grid has finished; the prior is used
+
+
+def compute_left(entries: Sequence[PlanEntry]) -> dict[int, ComputeLeft]:
+    """Block number -> :class:`ComputeLeft`, for blocks with unfinished cells."""
+    measured = measured_epoch_seconds(entries)
+    minutes: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    has_times: dict[int, bool] = {}
+    for e in entries:
+        if e.status == "done":
+            continue
+        block = e.cell.block
+        minutes[block] = minutes.get(block, 0.0) + estimate_minutes(e, measured)
+        counts[block] = counts.get(block, 0) + 1
+        known = any(g == e.cell.grid.name for g, _ in measured)
+        has_times[block] = has_times.get(block, True) and known
+    return {b: ComputeLeft(minutes[b], counts[b], has_times[b]) for b in minutes}
 
 
 def load_results(results_dir: Path) -> list[dict[str, Any]]:

@@ -646,7 +646,13 @@ def build_report(
     else:
         lines += ["No comparison has finished paired seeds yet."]
     if unmeasured:
-        lines += ["", "Not measured yet: " + "; ".join(unmeasured) + "."]
+        lines += [
+            "",
+            "Not measured yet: "
+            + "; ".join(unmeasured)
+            + ". The cells still to run, and the compute they need, are listed under "
+            "Completeness.",
+        ]
     lines.append("")
     if plot(grids, png):
         lines += [f"![test F1, paired differences and alpha search]({png.name})", ""]
@@ -663,18 +669,29 @@ def build_report(
             by_block.setdefault(e.cell.block, []).append(e)
         lines += ["### Missing cells", ""]
         titles = {b.number: b.title for b in blocks}
+        left = G.compute_left(entries)
         for number, block_entries in sorted(by_block.items()):
             absent = [e for e in block_entries if e.status != "done"]
             done = len(block_entries) - len(absent)
-            lines.append(
-                f"- Block {number} ({titles[number]}): {done} of {len(block_entries)} done"
-                + ("." if not absent else "; missing:")
-            )
+            head = f"- Block {number} ({titles[number]}): {done} of {len(block_entries)} done"
+            if absent:
+                head += f"; {_compute_left_words(left[number])}; missing:"
+            lines.append(head + ("" if absent else "."))
             for e in absent:
                 why = e.status + (
                     f", waits for {len(e.waiting_for)} search cell(s)" if e.waiting_for else ""
                 )
                 lines.append(f"  - `{e.cell.id}` ({why})")
+        total = sum(c.minutes for c in left.values())
+        lines += [
+            "",
+            f"Compute left in all: about {total / 60:.1f} h of cell time. Cell time is the "
+            "summed wall time of the cells as they run here (2 CPU cores shared by the runner "
+            "workers); the estimate takes each grid's median measured seconds per epoch and "
+            "regulariser, scales the baseline's by the reference cost factors "
+            f"({_cost_factors()}) where a regulariser has no finished cell, and adds 10 % for "
+            "evaluation. A grid with no finished cell uses its prior epoch time.",
+        ]
         lines += [
             "",
             "Statements below use only the finished cells (seeds paired where both "
@@ -749,6 +766,15 @@ def build_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
+
+
+def _compute_left_words(c: G.ComputeLeft) -> str:
+    source = "measured epoch times" if c.measured else "prior epoch time, nothing measured yet"
+    return f"about {c.minutes / 60:.1f} h of cell time left ({source})"
+
+
+def _cost_factors() -> str:
+    return ", ".join(f"{kind} {factor:g}x" for kind, factor in G.COST_FACTOR.items())
 
 
 def _mean_ci(p: Paired) -> str:

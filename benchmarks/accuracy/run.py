@@ -270,32 +270,6 @@ def selected_ids(entries: Sequence[G.PlanEntry], only: Sequence[str] | None) -> 
     return chosen
 
 
-def _measured_epoch_seconds(entries: Sequence[G.PlanEntry]) -> dict[tuple[str, str], float]:
-    """Median measured training seconds per epoch by (grid, regulariser kind)."""
-    found: dict[tuple[str, str], list[float]] = {}
-    for e in entries:
-        if e.status == "done":
-            timing = e.result.get("timing", {})
-            if "train_seconds_per_epoch" in timing:
-                found.setdefault((e.cell.grid.name, e.cell.kind), []).append(
-                    timing["train_seconds_per_epoch"]
-                )
-    return {k: statistics.median(v) for k, v in found.items()}
-
-
-def estimate_minutes(entry: G.PlanEntry, measured: dict[tuple[str, str], float]) -> float:
-    """Rough minutes for a cell: measured epoch time if any, else the grid's estimate; +10 %
-    for evaluation."""
-    grid, kind = entry.cell.grid, entry.cell.kind
-    if (grid.name, kind) in measured:
-        per_epoch = measured[(grid.name, kind)] / 60
-    elif (grid.name, "none") in measured:
-        per_epoch = measured[(grid.name, "none")] / 60 * G.COST_FACTOR[kind]
-    else:
-        per_epoch = grid.epoch_minutes * G.COST_FACTOR[kind]
-    return per_epoch * entry.cell.epochs * 1.1
-
-
 def describe(entry: G.PlanEntry) -> str:
     if entry.status == "blocked":
         return f"waits for {len(entry.waiting_for)} search cell(s)"
@@ -313,12 +287,12 @@ def describe(entry: G.PlanEntry) -> str:
 
 
 def print_plan(entries: Sequence[G.PlanEntry], chosen: set[str]) -> None:
-    measured = _measured_epoch_seconds(entries)
+    measured = G.measured_epoch_seconds(entries)
     remaining: dict[int, float] = {}
     counts: dict[str, int] = {}
     print(f"{'#':>3}  {'status':8} {'est.min':>7}  cell")
     for k, entry in enumerate(e for e in entries if e.cell.id in chosen):
-        minutes = estimate_minutes(entry, measured)
+        minutes = G.estimate_minutes(entry, measured)
         counts[entry.status] = counts.get(entry.status, 0) + 1
         if entry.status != "done":
             remaining[entry.cell.block] = remaining.get(entry.cell.block, 0.0) + minutes
