@@ -288,7 +288,7 @@ def main_blocks() -> list[Block]:
         Block(2, CLUENER_M3E, VAT, "CLUENER, m3e-small: VAT"),
         Block(3, CLUENER_CHAR, ALL_VARIANTS, "CLUENER, char Transformer: all variants"),
         Block(4, CMEEE_M3E, ALL_VARIANTS, "CMeEE-V2 (nested), m3e-small: all variants"),
-        Block(5, CONLL_MINILM, ALL_VARIANTS, "CoNLL-2003, MiniLM: all variants"),
+        Block(5, CONLL_MINILM, ALL_VARIANTS, "CoNLL-2003, MiniLM: all variants, if time allows"),
     ]
 
 

@@ -509,6 +509,17 @@ def plot(grids: Sequence[GridData], path: Path) -> bool:
         ax.set_xlim(-0.5, len(data.variants) - 0.3)
         ax.set_ylabel("test micro F1 (%)")
         ax.set_title(f"{title}: test F1 (dots: seeds; red: mean ± std)", fontsize=9)
+        if not any(data.test_f1(v) for v in data.variants):
+            for empty in row[:2]:
+                empty.text(
+                    0.5,
+                    0.5,
+                    "no final cell finished yet",
+                    ha="center",
+                    va="center",
+                    transform=empty.transAxes,
+                    color="tab:gray",
+                )
 
         ax = row[1]
         others = [v for v in data.variants if v != "baseline"]
