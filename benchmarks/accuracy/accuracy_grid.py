@@ -548,16 +548,21 @@ def estimate_minutes(entry: PlanEntry, measured: dict[tuple[str, str], float]) -
 
 @dataclass(frozen=True)
 class ComputeLeft:
-    """Rough compute still needed by one block's unfinished cells (one runner, 2 threads)."""
+    """Rough cell time (summed wall time of cells as measured here) still needed by one
+    block's unfinished cells."""
 
     minutes: float
     cells: int
     measured: bool  # False: no cell of the block's grid has finished; the prior is used
 
 
-def compute_left(entries: Sequence[PlanEntry]) -> dict[int, ComputeLeft]:
-    """Block number -> :class:`ComputeLeft`, for blocks with unfinished cells."""
-    measured = measured_epoch_seconds(entries)
+def compute_left(
+    entries: Sequence[PlanEntry], measured: dict[tuple[str, str], float] | None = None
+) -> dict[int, ComputeLeft]:
+    """Block number -> :class:`ComputeLeft`, for blocks with unfinished cells among
+    ``entries``; epoch times from ``measured`` (default: measured on ``entries``)."""
+    if measured is None:
+        measured = measured_epoch_seconds(entries)
     minutes: dict[int, float] = {}
     counts: dict[int, int] = {}
     has_times: dict[int, bool] = {}

@@ -288,19 +288,16 @@ def describe(entry: G.PlanEntry) -> str:
 
 def print_plan(entries: Sequence[G.PlanEntry], chosen: set[str]) -> None:
     measured = G.measured_epoch_seconds(entries)
-    remaining: dict[int, float] = {}
+    shown_entries = [e for e in entries if e.cell.id in chosen]
     counts: dict[str, int] = {}
     print(f"{'#':>3}  {'status':8} {'est.min':>7}  cell")
-    for k, entry in enumerate(e for e in entries if e.cell.id in chosen):
-        minutes = G.estimate_minutes(entry, measured)
+    for k, entry in enumerate(shown_entries):
         counts[entry.status] = counts.get(entry.status, 0) + 1
-        if entry.status != "done":
-            remaining[entry.cell.block] = remaining.get(entry.cell.block, 0.0) + minutes
-        shown = "" if entry.status == "done" else f"{minutes:7.1f}"
+        shown = "" if entry.status == "done" else f"{G.estimate_minutes(entry, measured):7.1f}"
         print(f"{k + 1:>3}  {entry.status:8} {shown:>7}  {entry.cell.id}  {describe(entry)}")
     print("cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    for block, minutes in sorted(remaining.items()):
-        print(f"block {block}: about {minutes / 60:.1f} h of compute left (rough estimate)")
+    for block, left in sorted(G.compute_left(shown_entries, measured).items()):
+        print(f"block {block}: about {left.minutes / 60:.1f} h of compute left (rough estimate)")
 
 
 @contextlib.contextmanager
