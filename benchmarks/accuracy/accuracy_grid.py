@@ -563,6 +563,7 @@ def compute_left(
     ``entries``; epoch times from ``measured`` (default: measured on ``entries``)."""
     if measured is None:
         measured = measured_epoch_seconds(entries)
+    timed_grids = {grid for grid, _ in measured}
     minutes: dict[int, float] = {}
     counts: dict[int, int] = {}
     has_times: dict[int, bool] = {}
@@ -572,8 +573,7 @@ def compute_left(
         block = e.cell.block
         minutes[block] = minutes.get(block, 0.0) + estimate_minutes(e, measured)
         counts[block] = counts.get(block, 0) + 1
-        known = any(g == e.cell.grid.name for g, _ in measured)
-        has_times[block] = has_times.get(block, True) and known
+        has_times[block] = has_times.get(block, True) and e.cell.grid.name in timed_grids
     return {b: ComputeLeft(minutes[b], counts[b], has_times[b]) for b in minutes}
 
 
