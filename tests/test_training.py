@@ -178,3 +178,32 @@ def test_train_leaves_the_callers_config_alone(tmp_path, tiny_data):
     assert config_to_dict(cfg) == before
     # the checkpoint records that the dev file was replaced by the carved split
     assert load(tmp_path / "v" / "best.pt").config.data.dev is None
+
+
+def test_patience_stops_after_epochs_without_a_dev_gain_and_resume_keeps_the_stop(
+    tmp_path, tiny_data
+):
+    # lr = 0: the model never changes, so dev F1 is the same every epoch and epoch 1 stays best.
+    out = tmp_path / "patient"
+    extra = {"train.epochs": 6, "train.patience": 2, "train.lr": 0.0}
+    result = train(_config(tiny_data, out, **extra))
+    assert result.stopped_early and result.best_epoch == 1
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.epochs_run == 3
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    again = train(_config(tiny_data, out, **extra), resume=True)  # a stopped run stays stopped
+    assert again.epochs_run == 3 and again.stopped_early
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_patience_never_stops_a_run_that_keeps_improving(tmp_path, tiny_data):
+    result = train(_config(tiny_data, tmp_path / "run", **{"train.epochs": 2, "train.patience": 5}))
+    assert not result.stopped_early and result.epochs_run == 2
+
+
+def test_patience_must_be_positive(tmp_path, tiny_data):
+    from gpner.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.patience"):
+        train(_config(tiny_data, tmp_path / "run", **{"train.patience": 0}))

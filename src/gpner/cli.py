@@ -24,6 +24,8 @@ def _train(args: argparse.Namespace) -> int:
             {
                 "best_dev_f1": result.best_f1,
                 "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "stopped_early": result.stopped_early,
                 "checkpoint": str(result.best_path),
                 "test_f1": result.test_metrics["micro"]["f1"] if result.test_metrics else None,
             }

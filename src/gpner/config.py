@@ -87,7 +87,10 @@ class RegularizerConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 10  # the maximum number of epochs (see patience)
+    # Early stopping: stop after this many epochs without a dev micro-F1 gain (the best epoch is
+    # kept); None trains all ``epochs``. The learning-rate schedule always spans ``epochs``.
+    patience: int | None = None
     batch_size: int = 32  # global batch (split across processes in data-parallel runs)
     lr: float = 1e-3  # head (and from-scratch encoder) learning rate
     encoder_lr: float | None = None  # learning rate of a pretrained encoder; None = lr

@@ -51,6 +51,11 @@ class TrainResult:
     output_dir: Path
     test_metrics: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False  # train.patience ended the run before train.epochs
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
 
     @property
     def best_path(self) -> Path:
@@ -144,6 +149,8 @@ def validate(config: Config) -> None:
         raise ConfigError("train.epochs: must be positive")
     if config.data.max_length < 4:
         raise ConfigError("data.max_length: must be at least 4")
+    if config.train.patience is not None and config.train.patience < 1:
+        raise ConfigError("train.patience: must be positive (or none to train every epoch)")
 
 
 # ------------------------------------------------------------------------------- distributed
@@ -359,12 +366,13 @@ def train(config: Config, resume: bool = False) -> TrainResult:
         optimizer, _warmup_linear(total_steps, tcfg.warmup_ratio)
     )
     history: list[dict[str, Any]] = []
-    best_f1, best_epoch, start_epoch = -1.0, 0, 0
+    best_f1, best_epoch, start_epoch, stopped = -1.0, 0, 0, False
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
         best_f1, best_epoch, start_epoch = state["best_f1"], state["best_epoch"], state["epoch"]
+        stopped = bool(state.get("stopped_early", False))
         _set_rng_state(state["rng"])
     else:
         # A fresh run starts a fresh log; a resumed one keeps its earlier lines.
@@ -373,6 +381,8 @@ def train(config: Config, resume: bool = False) -> TrainResult:
             (out / "metrics.jsonl").write_text("", encoding="utf-8")
 
     for epoch in range(start_epoch, tcfg.epochs):
+        if stopped:
+            break
         epoch_log = _train_epoch(
             model,
             objective,
@@ -397,6 +407,7 @@ def train(config: Config, resume: bool = False) -> TrainResult:
             if f1 > best_f1:
                 best_f1, best_epoch = f1, epoch + 1
                 atomic_save(checkpoint_payload(model), out / "best.pt")
+            stopped = tcfg.patience is not None and epoch + 1 - best_epoch >= tcfg.patience
             atomic_save(
                 {
                     **checkpoint_payload(model),
@@ -406,6 +417,7 @@ def train(config: Config, resume: bool = False) -> TrainResult:
                     "best_f1": best_f1,
                     "best_epoch": best_epoch,
                     "epoch": epoch + 1,
+                    "stopped_early": stopped,
                     "rng": _rng_state(),
                 },
                 last_path,
@@ -417,9 +429,23 @@ def train(config: Config, resume: bool = False) -> TrainResult:
                 f"dev micro F1 {f1:.4f} (best {best_f1:.4f} @ {best_epoch}), "
                 f"{record['examples_per_second']:.1f} ex/s",
             )
+            if stopped and epoch + 1 < tcfg.epochs:
+                _log(f"early stop: no dev gain in {tcfg.patience} epochs; best epoch {best_epoch}")
+        if ddp.world > 1:
+            # Rank 0 decides; every rank must leave the loop together.
+            flag = torch.tensor([int(stopped)], device=device)
+            dist.broadcast(flag, 0)
+            stopped = bool(flag.item())
         ddp.barrier()
 
-    result = TrainResult(best_f1, best_epoch, history, out, info={"encode": stats.summary()})
+    result = TrainResult(
+        best_f1,
+        best_epoch,
+        history,
+        out,
+        info={"encode": stats.summary()},
+        stopped_early=stopped and len(history) < tcfg.epochs,
+    )
     if ddp.main:
         _plot(history, out / "training.png")
         if test_examples is not None:
