@@ -17,23 +17,38 @@ its search cells are done. Nothing here does work at import time.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fnmatch
-import json
-import os
-import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpner.config import Config, apply_overrides, config_from_dict, config_to_dict
+from gpner.config import (  # config_to_dict: re-exported for run.py and report.py
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,  # noqa: F401
+)
 
-ROOT = Path(__file__).resolve().parents[2]
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # benchmarks/: the cell runner
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cellrunner as CR  # noqa: E402
+from cellrunner import (  # noqa: E402,F401  (re-exported: run.py, report.py and tests use them)
+    ROOT,
+    VOLATILE_KEYS,
+    WORK_DIRNAME,
+    ComputeLeft,
+    atomic_write_json,
+    identity,
+    load_results,
+    matches,
+    read_json,
+)
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_RESULTS = HERE / "results"
-WORK_DIRNAME = ".work"  # inside the results dir: run dirs of unfinished cells, the lock
 
 # variant -> (regularizer.kind, regularizer.divergence)
 VARIANTS: dict[str, tuple[str, str]] = {
@@ -46,14 +61,6 @@ VARIANTS: dict[str, tuple[str, str]] = {
 ALL_VARIANTS = tuple(VARIANTS)
 # Reference cost of a training step relative to a plain one (estimates of compute left only).
 COST_FACTOR = {"none": 1.0, "rdrop": 2.0, "vat": 3.0}
-# Config keys that do not change what a cell computes (so they may differ between sittings).
-# compiled_kernels only changes how the loss arithmetic is scheduled (same values up to rounding).
-VOLATILE_KEYS = (
-    ("train", "num_threads"),
-    ("train", "progress"),
-    ("train", "compiled_kernels"),
-    ("output_dir",),
-)
 
 
 @dataclass(frozen=True)
@@ -340,19 +347,6 @@ def search_cells_of(cell: Cell, all_cells: Sequence[Cell]) -> list[Cell]:
     ]
 
 
-def matches(cell_id: str, patterns: Sequence[str] | None) -> bool:
-    """``--only``: a glob (with * ? [) matched against the whole id, else a substring."""
-    if not patterns:
-        return True
-    for pattern in patterns:
-        if any(ch in pattern for ch in "*?["):
-            if fnmatch.fnmatchcase(cell_id, pattern):
-                return True
-        elif pattern in cell_id:
-            return True
-    return False
-
-
 # ----------------------------------------------------------------------------------- configs
 
 
@@ -385,55 +379,11 @@ def cell_config(
     return config_from_dict(data)
 
 
-def identity(config: Config | dict[str, Any]) -> dict[str, Any]:
-    """A config as a dict without the keys that do not change the result.
-
-    A stored dict is first completed with the current defaults, so that a config field added to
-    gpner after a cell finished (its default being the old behaviour) does not make the cell
-    stale; a dict the current Config cannot read is compared as it is (and so differs).
-    """
-    if isinstance(config, dict):
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            config = config_from_dict(copy.deepcopy(config))
-    data = copy.deepcopy(config if isinstance(config, dict) else config_to_dict(config))
-    for path in VOLATILE_KEYS:
-        node = data
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    regularizer = data.get("regularizer", {})
-    if regularizer.get("kind") == "none":
-        # Without a regulariser its weights are never read, so a changed default (alpha went from
-        # 1 to 1/64) must not make the finished baseline cells stale.
-        data["regularizer"] = {"kind": "none"}
-    return json.loads(json.dumps(data))  # tuples -> lists, as in a JSON file
-
-
 # ----------------------------------------------------------------------------------- results
 
 
 def result_path(results_dir: Path, cell: Cell) -> Path:
-    return Path(results_dir) / f"{cell.stem}.json"
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, ensure_ascii=False, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return CR.result_path(results_dir, cell.stem)
 
 
 def select_best(
@@ -505,15 +455,10 @@ def plan(
             config = cell_config(
                 cell, alpha, eps, work_root=work_root, overrides=overrides, threads=threads
             )
-            entry = PlanEntry(cell, "pending", config, alpha, eps)
-            stored = read_json(result_path(results_dir, cell))
-            if stored is not None and identity(stored.get("config", {})) == identity(config):
-                entry.status, entry.result = "done", stored
-            elif stored is not None:
-                entry.status = "stale"
+            status, stored = CR.cell_status(results_dir, cell.stem, config)
+            entry = PlanEntry(cell, status, config, alpha, eps, result=stored)
+            if status == "stale":
                 entry.note = "result JSON from another config; will be redone"
-            elif (work_root / cell.stem / "last.pt").is_file():
-                entry.status = "partial"
         entries[cell.id] = entry
         out.append(entry)
     return out
@@ -521,15 +466,11 @@ def plan(
 
 def measured_epoch_seconds(entries: Sequence[PlanEntry]) -> dict[tuple[str, str], float]:
     """Median measured training seconds per epoch by (grid name, regulariser kind)."""
-    found: dict[tuple[str, str], list[float]] = {}
-    for e in entries:
-        if e.status == "done" and e.result is not None:
-            timing = e.result.get("timing", {})
-            if "train_seconds_per_epoch" in timing:
-                found.setdefault((e.cell.grid.name, e.cell.kind), []).append(
-                    timing["train_seconds_per_epoch"]
-                )
-    return {k: statistics.median(v) for k, v in found.items()}
+    return CR.median_by(
+        entries,
+        lambda e: (e.cell.grid.name, e.cell.kind),
+        lambda result: result.get("timing", {}).get("train_seconds_per_epoch"),
+    )
 
 
 def estimate_minutes(entry: PlanEntry, measured: dict[tuple[str, str], float]) -> float:
@@ -546,16 +487,6 @@ def estimate_minutes(entry: PlanEntry, measured: dict[tuple[str, str], float]) -
     return per_epoch * entry.cell.epochs * 1.1
 
 
-@dataclass(frozen=True)
-class ComputeLeft:
-    """Rough cell time (summed wall time of cells as measured here) still needed by one
-    block's unfinished cells."""
-
-    minutes: float
-    cells: int
-    measured: bool  # False: no cell of the block's grid has finished; the prior is used
-
-
 def compute_left(
     entries: Sequence[PlanEntry], measured: dict[tuple[str, str], float] | None = None
 ) -> dict[int, ComputeLeft]:
@@ -564,27 +495,9 @@ def compute_left(
     if measured is None:
         measured = measured_epoch_seconds(entries)
     timed_grids = {grid for grid, _ in measured}
-    minutes: dict[int, float] = {}
-    counts: dict[int, int] = {}
-    has_times: dict[int, bool] = {}
-    for e in entries:
-        if e.status == "done":
-            continue
-        block = e.cell.block
-        minutes[block] = minutes.get(block, 0.0) + estimate_minutes(e, measured)
-        counts[block] = counts.get(block, 0) + 1
-        has_times[block] = has_times.get(block, True) and e.cell.grid.name in timed_grids
-    return {b: ComputeLeft(minutes[b], counts[b], has_times[b]) for b in minutes}
-
-
-def load_results(results_dir: Path) -> list[dict[str, Any]]:
-    """Every result JSON in a directory (unreadable files are skipped)."""
-    out = []
-    for path in sorted(Path(results_dir).glob("*.json")):
-        payload = read_json(path)
-        if payload is not None and "cell" in payload:
-            out.append(payload)
-    return out
+    return CR.compute_left(
+        entries, lambda e: (estimate_minutes(e, measured), e.cell.grid.name in timed_grids)
+    )
 
 
 # ------------------------------------------------------------------------------ smoke grid
