@@ -9,18 +9,23 @@ so a long run can be read (or rendered with make_results.py) while it continues.
     nohup nice -n 5 python3 benchmarks/speed/bench_head.py > benchmarks/speed/head.log 2>&1 &
     python3 benchmarks/speed/make_results.py                  # RESULTS.md from the JSON files
 
-The default (full) run: B=16, C=10, D=64, hidden 768 and 256, L in {64, 128, 256, 512}, both
-heads, modes headloss / rdrop for every implementation and rdrop_nokl for gpner's; then the band
-(max_width=32) at L=512 and 2048. It takes about an hour on 2 cores.
+The default (full) run: B=16, C=10, D=64, hidden 768 and 256, L in {32, 64, 128, 256, 512},
+both heads, modes headloss / rdrop for every implementation and rdrop_nokl for gpner's; then the
+band (max_width=32) at L=512 and 2048. Every configuration also times the projection-shaped GEMM
+of roofline.py in its rounds: each row gets its necessary FLOPs, its floor at that rate and its
+time as a multiple of the floor. With ``--baseline SRC`` the fused path of another source tree
+runs next to the current one. It takes about an hour on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +39,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import measure  # noqa: E402
-from steps import Config, implementation, parity  # noqa: E402
+import roofline  # noqa: E402
+from steps import Config, implementation, make_inputs, parity  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMPLS = ("reference", "logits", "fused")
@@ -44,7 +50,7 @@ def child(payload: dict) -> dict:
     """Peak memory of one implementation on one configuration (runs in a fresh process)."""
     torch.set_num_threads(payload["threads"])
     cfg = Config(**payload["config"])
-    step = implementation(cfg, payload["impl"])
+    step = implementation(cfg, payload["impl"], baseline=payload.get("baseline"))
     return measure.peak_step_bytes(step, warmup=payload.get("warmup", 2))
 
 
@@ -60,6 +66,10 @@ def plan(args) -> list[tuple[Config, tuple[str, ...]]]:
                         impls += ("fused_compiled",)
                     if mode == "rdrop_nokl":
                         impls = tuple(i for i in impls if i != "reference")
+                    if args.baseline:
+                        impls += ("fused_baseline",)
+                    if not args.no_roofline:
+                        impls += ("gemm",)
                     cfg = Config(
                         head=head,
                         mode=mode,
@@ -82,10 +92,12 @@ def plan(args) -> list[tuple[Config, tuple[str, ...]]]:
                 head_size=args.head_size,
             )
             banded = dataclasses.replace(cfg, max_width=args.band_width)
+            extra = ("fused_baseline",) if args.baseline else ()
+            extra += () if args.no_roofline else ("gemm",)
             if length not in args.lengths or "rdrop" not in args.modes:  # else already run
                 full_impls = ("fused",) if length > args.reference_max_length else IMPLS
-                out.append((cfg, full_impls))
-            out.append((banded, ("fused", "logits")))
+                out.append((cfg, full_impls + extra))
+            out.append((banded, ("fused", "logits") + extra))
     return out
 
 
@@ -113,14 +125,30 @@ def divergence_plan(args) -> list[tuple[Config, tuple[str, ...]]]:
     return out
 
 
+def roofline_fields(cfg: Config, impl: str, median_s: float, gemm_rate: float | None) -> dict:
+    """Necessary FLOPs of the row's step, its floor at the GEMM rate, and time / floor."""
+    if impl == "gemm":
+        return {}
+    mask = make_inputs(cfg).attention_mask
+    flops = roofline.step_flops(
+        cfg.head, cfg.mode, cfg.hidden, cfg.types, cfg.head_size, mask, cfg.max_width
+    )
+    out = {"flops": flops}
+    if gemm_rate:
+        out["floor_s"] = flops["total"] / gemm_rate
+        out["x_floor"] = median_s / out["floor_s"]
+    return out
+
+
 def run_config(cfg: Config, impls: tuple[str, ...], args) -> list[dict]:
     rows = []
     if cfg.max_width is None and "reference" in impls:
-        check = parity(dataclasses.replace(cfg, batch=2, length=min(cfg.length, 64)))
+        small = dataclasses.replace(cfg, batch=2, length=min(cfg.length, 64))
+        check = parity(small, baseline=args.baseline if "fused_baseline" in impls else None)
         spread = max(check.values()) - min(check.values())
         if spread > 1e-3 * max(abs(v) for v in check.values()):
             raise RuntimeError(f"implementations disagree on {cfg.key()}: {check}")
-    steps = {name: implementation(cfg, name) for name in impls}
+    steps = {name: implementation(cfg, name, baseline=args.baseline) for name in impls}
     first = {}
     for name, step in steps.items():  # the first call includes any compilation
         start = time.perf_counter()
@@ -128,6 +156,13 @@ def run_config(cfg: Config, impls: tuple[str, ...], args) -> list[dict]:
         first[name] = time.perf_counter() - start
     times = measure.time_side_by_side(steps, args.repeats, args.warmup)
     del steps
+    gemm_rate = None
+    if "gemm" in times:
+        gemm_s = measure.summary(times["gemm"])["median_s"]
+        gemm_rate = (
+            roofline.gemm_flops(cfg.batch, cfg.length, cfg.hidden, cfg.types, cfg.head_size)
+            / gemm_s
+        )
     for name in impls:
         row = {"config": dataclasses.asdict(cfg), "key": cfg.key(), "impl": name}
         if "@" in name:
@@ -137,8 +172,18 @@ def run_config(cfg: Config, impls: tuple[str, ...], args) -> list[dict]:
         row["unit_bytes"] = cfg.cells_bytes
         row.update(measure.summary(times[name]))
         row["first_call_s"] = first[name]
-        if not args.no_memory:
-            payload = {"config": dataclasses.asdict(cfg), "impl": name, "threads": args.threads}
+        if gemm_rate:
+            row["gemm_flops_per_s"] = gemm_rate
+        row.update(
+            roofline_fields(Config(**row["config"]), row["impl"], row["median_s"], gemm_rate)
+        )
+        if not args.no_memory and name != "gemm":
+            payload = {
+                "config": dataclasses.asdict(cfg),
+                "impl": name,
+                "threads": args.threads,
+                "baseline": args.baseline,
+            }
             mem = measure.run_child("bench_head", payload)
             row.update(mem)
             if "peak_bytes" in mem:
@@ -151,7 +196,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="small shapes and few repeats")
-    p.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128, 256, 512])
     p.add_argument("--hidden", type=int, nargs="+", default=[768, 256])
     p.add_argument("--heads", nargs="+", default=["global_pointer", "efficient_global_pointer"])
     p.add_argument("--modes", nargs="+", default=["headloss", "rdrop", "rdrop_nokl"])
@@ -178,6 +223,17 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument(
+        "--no-roofline",
+        action="store_true",
+        help="do not time the projection-shaped GEMM that sets each row's floor",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="COMMIT",
+        help="a git commit (e.g. the one a change started from): its src/gpner is exported to a "
+        "temporary directory and its fused path runs side by side as fused_baseline",
+    )
     p.add_argument(
         "--divergence",
         action="store_true",
@@ -206,6 +262,15 @@ def main(argv=None) -> None:
         "warmup": args.warmup,
         "rows": [],
     }
+    with contextlib.ExitStack() as stack:
+        if args.baseline:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="gpner-baseline-"))
+            data["baseline"] = measure.export_source(args.baseline, Path(tmp))
+            args.baseline = data["baseline"]["src"]
+        run_plan(args, data)
+
+
+def run_plan(args, data: dict) -> None:
     for cfg, impls in divergence_plan(args) if args.divergence else plan(args):
         start = time.perf_counter()
         rows = run_config(cfg, impls, args)

@@ -15,6 +15,8 @@ NAMES = {
     "logits": "gpner logits",
     "fused": "gpner fused",
     "fused_compiled": "gpner fused, compiled kernels",
+    "fused_baseline": "gpner fused, baseline commit",
+    "gemm": "projection GEMM (rate)",
 }
 HEADS = {"global_pointer": "GP", "efficient_global_pointer": "EGP"}
 
@@ -27,6 +29,126 @@ def fmt_mem(row: dict) -> str:
     if "peak_bytes" not in row:
         return "n/a"
     return f"{row['peak_bytes'] / 2**20:.0f} MB ({row['peak_units']:.2f})"
+
+
+def fmt_floor(row: dict | None) -> str:
+    return f"{row['x_floor']:.2f}" if row and "x_floor" in row else ""
+
+
+def noise(*rows: dict) -> float:
+    """Relative spread of medians: the larger half-IQR / median of the rows compared."""
+    return max((r["q3_s"] - r["q1_s"]) / 2 / r["median_s"] for r in rows)
+
+
+def roofline_section(data: dict, ix: dict) -> list[str]:
+    """Rate, necessary FLOPs, floor and time / floor per (head, mode, H, L); short-L targets."""
+    rows = [r for r in data["rows"] if "floor_s" in r and r["config"]["mode"] != "rdrop_nokl"]
+    if not rows:
+        return []
+    baseline = data.get("baseline")
+    gemms = [r for r in data["rows"] if r["impl"] == "gemm"]
+    rates = sorted(r["gemm_flops_per_s"] for r in gemms)
+    impls = [
+        i
+        for i in ("reference", "logits", "fused", "fused_baseline")
+        if i in {r["impl"] for r in rows}
+    ]
+    out = [
+        "### Roofline: each step against the machine's matmul rate",
+        "",
+        "- Rate: one linear forward + backward (input and weight gradients) of the GlobalPointer "
+        "projection's shape, x (B * L, H) times W (C * 2 * D, H), 6 * B * L * H * 2CD FLOPs, "
+        "timed in the same interleaved rounds as the implementations of each row (so under the "
+        f"same load). Across the rows it ran at {rates[0] / 1e9:.0f} to {rates[-1] / 1e9:.0f} "
+        f"GFLOP/s (median {rates[len(rates) // 2] / 1e9:.0f}).",
+        "- Necessary FLOPs (benchmarks/speed/roofline.py), with T real tokens and V valid cells "
+        "(C * sum_b n_b (n_b + 1) / 2), per pass: projection forward + both gradients "
+        "(GP 6 T H 2CD; EGP 6 T (H 2D + 2D 2C)), valid cells' scores forward + backward (GP "
+        "6 D V; EGP 6 D V / C + 4 V), cross-entropy 7 V; per R-Drop step the divergence 16 V. "
+        "Recomputation, RoPE, dropout and the gold cells are not counted.",
+        "- Floor = necessary FLOPs / rate; *x floor* = measured step / floor (1.0 would be every "
+        "FLOP at matmul speed and nothing else).",
+    ]
+    if baseline:
+        out.append(
+            f"- *baseline* = the fused path of commit {baseline['short']} (the code before this "
+            "round of speed work), imported from an export of that commit and timed in the same "
+            "rounds."
+        )
+    out += [
+        "",
+        "| head | mode | H | L | GEMM rate (GFLOP/s) | necessary GFLOP (projection share) "
+        "| floor (ms) | " + " | ".join(f"{NAMES[i]}: ms, x floor" for i in impls) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(impls),
+    ]
+    seen = set()
+    for r in rows:
+        c = r["config"]
+        key = (c["head"], c["mode"], c["hidden"], c["length"], c["max_width"])
+        if key in seen:
+            continue
+        seen.add(key)
+        f = r["flops"]
+        cells = []
+        for impl in impls:
+            x = ix.get((*key, impl))
+            cells.append(f"{x['median_s'] * 1e3:.0f}, {x['x_floor']:.2f}" if x else "")
+        width = f" W={c['max_width']}" if c["max_width"] else ""
+        out.append(
+            f"| {HEADS[c['head']]}{width} | {c['mode']} | {c['hidden']} | {c['length']} "
+            f"| {r['gemm_flops_per_s'] / 1e9:.0f} | {f['total'] / 1e9:.2f} "
+            f"({100 * f['projection'] / f['total']:.0f} %) | {r['floor_s'] * 1e3:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    out.append("")
+    # ---- targets at short lengths and no regression at long ones
+    targets = []
+    for length, want in ((128, 3.0), (64, 2.5)):
+        for head in HEADS:
+            ref = ix.get((head, "rdrop", 768, length, None, "reference"))
+            fus = ix.get((head, "rdrop", 768, length, None, "fused"))
+            if ref and fus:
+                speed = ref["median_s"] / fus["median_s"]
+                targets.append(
+                    f"| fused R-Drop vs reference, {HEADS[head]}, H=768, L={length} "
+                    f"| {speed:.2f}x | >= {want}x {mark(speed >= want)} |"
+                )
+    fus = ix.get(("global_pointer", "rdrop", 768, 128, None, "fused"))
+    if fus and "x_floor" in fus:
+        targets.append(
+            f"| fused R-Drop time / floor, GP, H=768, L=128 | {fus['x_floor']:.2f} "
+            f"| <= 2 {mark(fus['x_floor'] <= 2)} |"
+        )
+    if baseline:
+        for r in rows:
+            c = r["config"]
+            if r["impl"] != "fused" or c["length"] < 256 or c["max_width"]:
+                continue
+            old = ix.get((c["head"], c["mode"], c["hidden"], c["length"], None, "fused_baseline"))
+            if not old:
+                continue
+            ratio = r["median_s"] / old["median_s"]
+            tol = noise(r, old)
+            targets.append(
+                f"| fused / baseline time, {HEADS[c['head']]}, {c['mode']}, H={c['hidden']}, "
+                f"L={c['length']} | {ratio:.2f} | <= 1 + noise ({1 + tol:.2f}) "
+                f"{mark(ratio <= 1 + tol)} |"
+            )
+    if targets:
+        out += [
+            "### Targets at short lengths (ratios from the same run)",
+            "",
+            "No regression at L >= 256 is read against the baseline commit timed in the same "
+            "rounds; *noise* is the larger half interquartile range of the two, relative to its "
+            "median.",
+            "",
+            "| target | measured | goal |",
+            "|---|---|---|",
+            *targets,
+            "",
+        ]
+    return out
 
 
 def index(rows: list[dict]) -> dict:
@@ -216,6 +338,7 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
                 "cache makes later processes faster); it is not included in the medians.",
                 "",
             ]
+    out += roofline_section(data, ix)
     # ---- band
     band = [r for r in rows if r["config"]["max_width"]]
     if band:
@@ -266,11 +389,16 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
     out += [
         "### All measurements",
         "",
+        "*x floor*: the step's time over its floor (its necessary FLOPs at the GEMM rate "
+        "measured in the same rounds, see the roofline above).",
+        "",
         "| head | mode | H | L | W | implementation | step (s) | peak memory | speed-up vs "
-        "reference | memory vs reference |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "reference | memory vs reference | x floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if r["impl"] == "gemm":
+            continue
         c = r["config"]
         ref = ix.get((c["head"], c["mode"], c["hidden"], c["length"], None, "reference"))
         sp = mm = ""
@@ -281,7 +409,7 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
         out.append(
             f"| {HEADS[c['head']]} | {c['mode']} | {c['hidden']} | {c['length']} "
             f"| {c['max_width'] or '-'} | {NAMES[r['impl']]} | {fmt_s(r)} | {fmt_mem(r)} "
-            f"| {sp} | {mm} |"
+            f"| {sp} | {mm} | {fmt_floor(r)} |"
         )
     out.append("")
     return out

@@ -134,6 +134,20 @@ def source_state() -> dict:
     return out
 
 
+def export_source(commit: str, into: Path) -> dict:
+    """``src/gpner`` of ``commit`` written under ``into`` (``git archive``); where it is and which
+    commit it is (full and short hash)."""
+    root = HERE.parent.parent
+    full = subprocess.check_output(
+        ["git", "-C", str(root), "rev-parse", "--verify", f"{commit}^{{commit}}"], text=True
+    ).strip()
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", full, "src/gpner"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return {"commit": full, "short": full[:7], "src": str(into / "src")}
+
+
 def run_header(benchmark: str) -> dict:
     """What every results file starts with: the benchmark, its command line, machine, OpenMP
     wait policy, source state and start time."""

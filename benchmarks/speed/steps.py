@@ -14,7 +14,11 @@ Implementations:
 * ``logits``: gpner's heads materialising logits, then gpner's drop-in losses on them;
 * ``fused``: gpner's heads returning factors, then the fused losses (the fast training path);
 * ``fused_compiled``: ``fused`` with gpner's optional ``torch.compile``-fused block kernels
-  (``F.use_compiled_kernels``); its compilation time is measured separately.
+  (``F.use_compiled_kernels``); its compilation time is measured separately;
+* ``fused_baseline``: ``fused`` with gpner imported from another source tree (``--baseline``:
+  e.g. the commit a change started from), so old and new code are timed side by side;
+* ``gemm``: not a head step but the roofline's rate: one linear forward + backward of the
+  GlobalPointer projection's shape (see roofline.py).
 
 ``hidden`` requires grad, so every step includes the gradient into the encoder.
 """
@@ -22,9 +26,11 @@ Implementations:
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 
 import reference as ref
+import roofline
 import torch
 from torch import Tensor, nn
 
@@ -130,7 +136,13 @@ def logits_step(cfg: Config, head: nn.Module, x: Inputs, dropout: float = DROPOU
     return loss
 
 
-def fused_step(cfg: Config, head: nn.Module, x: Inputs, dropout: float = DROPOUT) -> Tensor:
+def fused_step(
+    cfg: Config,
+    head: nn.Module,
+    x: Inputs,
+    dropout: float = DROPOUT,
+    F=F,  # noqa: N803
+) -> Tensor:
     factors = [
         head.factors(nn.functional.dropout(x.hidden, dropout), x.attention_mask)
         for _ in range(_passes(cfg))
@@ -151,28 +163,77 @@ STEPS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def implementation(cfg: Config, name: str, seed: int = 0):
+_BASELINES: dict[str, tuple] = {}
+
+
+def load_baseline(src: str) -> tuple:
+    """``(functional, heads)`` of the gpner package under ``src`` (a ``src`` directory, e.g. of
+    ``git archive`` of an older commit), imported next to the current gpner.
+
+    The current ``gpner`` modules are set aside while the other tree is imported and put back
+    afterwards; the baseline's modules keep their references to each other (``heads`` binds
+    its ``functional`` at import), so both versions run side by side in one process.
+    """
+    if src in _BASELINES:
+        return _BASELINES[src]
+
+    def ours() -> dict:
+        return {k: m for k, m in sys.modules.items() if k == "gpner" or k.startswith("gpner.")}
+
+    current = ours()
+    for name in current:
+        del sys.modules[name]
+    sys.path.insert(0, src)
+    try:
+        import gpner.functional as base_functional
+        import gpner.heads as base_heads
+    finally:
+        sys.path.remove(src)
+        for name in ours():
+            del sys.modules[name]
+        sys.modules.update(current)
+    if base_functional is F:
+        raise RuntimeError(f"{src} did not provide its own gpner")
+    _BASELINES[src] = (base_functional, base_heads)
+    return _BASELINES[src]
+
+
+def implementation(cfg: Config, name: str, seed: int = 0, baseline: str | None = None):
     """A zero-argument callable running one forward + backward step of ``name``.
 
     ``*_compiled`` runs the gpner implementation with ``F.use_compiled_kernels`` switched on for
     the duration of the step (its first call compiles). ``impl@mode`` runs ``impl`` in another
-    mode than ``cfg.mode`` (to time modes side by side).
+    mode than ``cfg.mode`` (to time modes side by side). ``fused_baseline`` runs ``fused`` with
+    the gpner under ``baseline`` (see :func:`load_baseline`); ``gemm`` the roofline's GEMM.
     """
     if "@" in name:
         name, mode = name.split("@")
         cfg = dataclasses.replace(cfg, mode=mode)
+    if name == "gemm":
+        return roofline.gemm_step(cfg.batch, cfg.length, cfg.hidden, cfg.types, cfg.head_size)
     head, reference = make_heads(cfg, seed)
     x = make_inputs(cfg, seed)
     module = reference if name == "reference" else head
+    functional = F
+    if name == "fused_baseline":
+        if baseline is None:
+            raise ValueError("fused_baseline needs a baseline source tree")
+        functional, base_heads = load_baseline(baseline)
+        module = base_heads.build_head(
+            cfg.head, cfg.hidden, cfg.types, cfg.head_size, max_width=cfg.max_width
+        )
+        module.load_state_dict(head.state_dict())
+        name = "fused"
     compiled = name.endswith("_compiled")
     fn = STEPS[name.removesuffix("_compiled")]
+    kwargs = {"F": functional} if fn is fused_step else {}
 
     def step() -> float:
         previous = F.use_compiled_kernels(compiled)
         try:
             module.zero_grad(set_to_none=True)
             x.hidden.grad = None
-            loss = fn(cfg, module, x)
+            loss = fn(cfg, module, x, **kwargs)
             loss.backward()
         finally:
             F.use_compiled_kernels(previous)
@@ -181,13 +242,21 @@ def implementation(cfg: Config, name: str, seed: int = 0):
     return step
 
 
-def parity(cfg: Config, seed: int = 0) -> dict[str, float]:
+def parity(cfg: Config, seed: int = 0, baseline: str | None = None) -> dict[str, float]:
     """Loss values of every implementation without dropout: they must agree."""
     head, reference = make_heads(cfg, seed)
     x = make_inputs(cfg, seed)
     with torch.no_grad():
-        return {
+        out = {
             "reference": float(reference_step(cfg, reference, x, 0.0)),
             "logits": float(logits_step(cfg, head, x, 0.0)),
             "fused": float(fused_step(cfg, head, x, 0.0)),
         }
+        if baseline is not None:
+            functional, base_heads = load_baseline(baseline)
+            old = base_heads.build_head(
+                cfg.head, cfg.hidden, cfg.types, cfg.head_size, max_width=cfg.max_width
+            )
+            old.load_state_dict(head.state_dict())
+            out["fused_baseline"] = float(fused_step(cfg, old, x, 0.0, F=functional))
+    return out
