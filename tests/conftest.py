@@ -72,3 +72,30 @@ def tiny_config_overrides(train, dev, out, **extra):
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A model trained for seconds on ``tiny_data``-like data, shared by the CLI tests.
+
+    Returns ``(checkpoint_path, data_dir)``; the checkpoint path is the one ``gpner train``
+    reports, whatever the saved-model layout.
+    """
+    import contextlib
+    import io
+    import json
+
+    from gpner.cli import main
+    from gpner.data.readers import write_jsonl
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    train, dev = root / "train.jsonl", root / "dev.jsonl"
+    write_jsonl(_synthetic_examples(48, seed=1), train)
+    write_jsonl(_synthetic_examples(16, seed=2), dev)
+    sets = []
+    for item in tiny_config_overrides(train, dev, root / "run", **{"train.epochs": 4}):
+        sets += ["--set", item]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["train", *sets]) == 0
+    return json.loads(out.getvalue().splitlines()[-1])["checkpoint"], root

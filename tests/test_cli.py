@@ -38,7 +38,8 @@ def test_train_evaluate_predict_convert(trained, tiny_data, tmp_path, capsys, mo
     monkeypatch.setattr("sys.stdin", io.StringIO("张三在上海工作。\n\n北京大学的赵敏来了\n"))
     assert main(["predict", str(trained), "-"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [json.loads(x)["text"] for x in lines] == ["张三在上海工作。", "北京大学的赵敏来了"]
+    # one record per input line, the empty line included
+    assert [json.loads(x)["text"] for x in lines] == ["张三在上海工作。", "", "北京大学的赵敏来了"]
 
     # convert: column data -> jsonl, read back identically
     conll = tmp_path / "x.conll"

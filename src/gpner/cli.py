@@ -1,14 +1,72 @@
-"""Command line: a thin shell over the library (``gpner train|evaluate|predict|convert``)."""
+"""Command line: a thin shell over the library (gpner train | evaluate | predict | convert)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import re
 import sys
+import warnings
+from collections import Counter
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["CLIError", "build_parser", "main"]
+
+_DESCRIPTION = (
+    "Span-based named-entity recognition (nested entities included) with the GlobalPointer "
+    "head: train a model, evaluate it, predict with it, convert data between formats."
+)
+
+
+class CLIError(Exception):
+    """A usage problem: printed as one ``gpner: error:`` line, exit status 2."""
+
+
+# What each command calls read()'s arguments format=, scheme= and strict=False.
+_ARG_NAMES = {
+    "train": ("data.format", "data.scheme", "data.strict = false"),
+    "evaluate": ("--format", "--scheme", "--lenient"),
+    "predict": ("--from", "--scheme", "--lenient"),
+    "convert": ("--from", "--scheme", "--lenient"),
+}
+
+
+def _as_flags(message: str, command: str) -> str:
+    """Library messages name Python arguments (``format=``); the command line names its flags."""
+    fmt, scheme, lenient = _ARG_NAMES[command]
+    sep = " = " if command == "train" else " "
+    message = re.sub(r"\bformat=(?![\w'\"])", fmt, message)
+    message = re.sub(r"\bscheme=(['\"]?)([\w-]+)\1", rf"{scheme}{sep}\2", message)
+    message = re.sub(r"\bscheme=", scheme, message)
+    return message.replace("strict=False", lenient)
+
+
+def _read_data(path: str, fmt: str | None, scheme: str | None, strict: bool = True):
+    """``read`` for the CLI: a bad format or scheme name is a usage error, not a traceback."""
+    from gpner.data.paths import resolve
+    from gpner.data.readers import ReadError, read
+
+    try:
+        return read(resolve(path), format=fmt, scheme=scheme, strict=strict)
+    except ReadError:
+        raise
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+
+
+def _load_model(path: str):
+    """The model at ``path``; a missing or unreadable one is a usage error."""
+    from gpner.model import load
+
+    if not Path(path).exists():
+        raise CLIError(f"no such model: {path}")
+    try:
+        return load(path)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+
+
+# ------------------------------------------------------------------------------------- train
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -18,94 +76,218 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     if args.output_dir:
         config.output_dir = args.output_dir
-    result = train(config, resume=args.resume)
-    print(
-        json.dumps(
-            {
-                "best_dev_f1": result.best_f1,
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run,
-                "stopped_early": result.stopped_early,
-                "checkpoint": str(result.best_path),
-                "test_f1": result.test_metrics["micro"]["f1"] if result.test_metrics else None,
-            }
-        )
-    )
+    resume = "if_exists" if args.resume_if_exists else args.resume
+    result = train(config, resume=resume)
+    summary = {
+        "best_dev_f1": result.best_f1,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "checkpoint": str(result.best_path),
+        "test_f1": result.test_metrics["micro"]["f1"] if result.test_metrics else None,
+        "skipped_items": result.info.get("skipped_items", 0),
+    }
+    print(json.dumps(summary))
     return 0
 
 
-def _read_inputs(path: str, fmt: str | None, scheme: str | None):
-    from gpner.data.paths import resolve
-    from gpner.data.readers import read
-    from gpner.data.spans import Example
+# ---------------------------------------------------------------------------------- evaluate
 
-    if path == "-":
-        return [Example(line.rstrip("\n"), []) for line in sys.stdin if line.strip()]
-    if fmt in (None, "text") and Path(path).suffix == ".txt" or fmt == "text":
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        return [Example(line, []) for line in lines if line.strip()]
-    return read(resolve(path), format=fmt, scheme=scheme)
+
+def _check_gold(examples, labels, path: str) -> dict[str, int]:
+    """Fail on data that cannot be scored; returns the gold labels the model never saw."""
+    if not examples:
+        raise CLIError(f"{path}: no examples to evaluate")
+    gold = Counter(span.label for ex in examples for span in ex.spans)
+    if not gold:
+        raise CLIError(
+            f"{path} has no gold entities in its {len(examples)} examples, so there is nothing "
+            "to score against (every score would be 0); evaluate needs labelled data (use "
+            "'gpner predict' for unlabelled text)"
+        )
+    unseen = {label: n for label, n in sorted(gold.items()) if label not in set(labels)}
+    if len(unseen) == len(gold):
+        raise CLIError(
+            f"none of the gold labels of {path} ({', '.join(sorted(gold))}) is a label the model "
+            f"was trained on ({', '.join(labels)}); is this the right model and data?"
+        )
+    if unseen:
+        shown = ", ".join(f"{label} ({n})" for label, n in unseen.items())
+        print(
+            f"gpner: warning: {path}: gold labels the model never saw: {shown}; their "
+            f"{sum(unseen.values())} of {sum(gold.values())} gold spans can only count as misses",
+            file=sys.stderr,
+        )
+    return unseen
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from gpner.data.report import collect_read_report
     from gpner.inference import evaluate
-    from gpner.model import load
 
-    model = load(args.checkpoint)
-    examples = _read_inputs(args.data, args.format, args.scheme)
+    if args.data == "-" or (args.format is None and Path(args.data).suffix == ".txt"):
+        raise CLIError(
+            f"{args.data}: plain text carries no gold entities; evaluate needs labelled data "
+            "(name its format with --format)"
+        )
+    model = _load_model(args.checkpoint)
+    with collect_read_report() as report:
+        examples = _read_data(args.data, args.format, args.scheme, strict=not args.lenient)
+    unseen = _check_gold(examples, model.labels, args.data)
     metrics = evaluate(model, examples, args.batch_size)
+    metrics["skipped_items"] = report.skipped
+    if unseen:
+        metrics["unseen_gold_labels"] = unseen
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
     micro = metrics["micro"]
+    skipped = f" ({report.skipped} bad items skipped)" if report.skipped else ""
     print(
         f"micro P {micro['precision']:.4f} R {micro['recall']:.4f} F1 {micro['f1']:.4f} "
-        f"on {len(examples)} examples",
+        f"on {len(examples)} examples{skipped}",
         file=sys.stderr,
     )
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from gpner.inference import predict_examples
-    from gpner.model import load
+# ----------------------------------------------------------------------------------- predict
 
-    model = load(args.checkpoint)
-    examples = _read_inputs(args.input, args.format, args.scheme)
-    predictions = predict_examples(model, examples, args.batch_size, threshold=args.threshold)
-    with contextlib.ExitStack() as stack:
-        out = (
-            stack.enter_context(open(args.output, "w", encoding="utf-8"))
-            if args.output
-            else sys.stdout
+
+def _file_lines(path: Path):
+    from gpner.streaming import text_lines
+
+    with open(path, "rb") as f:
+        yield from text_lines(f, str(path))
+
+
+def _predict_texts(args: argparse.Namespace, progress: bool):
+    """``(texts, total)``: a lazy iterator of input texts and their number if known cheaply."""
+    from gpner.data.paths import resolve
+    from gpner.streaming import count_lines, text_lines
+
+    if args.input == "-":
+        stream = getattr(sys.stdin, "buffer", sys.stdin)
+        return text_lines(stream), None
+    path = resolve(args.input)
+    if args.from_format == "text" or (args.from_format is None and path.suffix == ".txt"):
+        if not path.is_file():
+            raise FileNotFoundError(f"no such input file: {path}")
+        return _file_lines(path), (count_lines(path) if progress else None)
+    examples = _read_data(args.input, args.from_format, args.scheme, strict=not args.lenient)
+    return (ex.text for ex in examples), len(examples)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from gpner import __version__
+    from gpner.data.readers import ReadError
+    from gpner.data.writers import open_writer
+    from gpner.inference import predict
+    from gpner.streaming import predict_stream, progress_bar
+
+    if args.resume and args.output in (None, "-"):
+        raise CLIError("--resume continues an output file: pass it with -o/--output")
+    if args.chunk_size < 1 or args.batch_size < 1:
+        raise CLIError("--chunk-size and --batch-size must be positive")
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    texts, total = _predict_texts(args, show)
+    model = _load_model(args.checkpoint)
+    options = {"model_version": f"gpner {__version__}"} if args.to_format == "label-studio" else {}
+    try:
+        writer = open_writer(
+            args.output, args.to_format, labels=model.labels, append=args.resume, **options
         )
-        for example, spans in zip(examples, predictions):
-            record = {
-                "text": example.text,
-                "spans": [
-                    {
-                        "start": s.start,
-                        "end": s.end,
-                        "label": s.label,
-                        "text": example.text[s.start : s.end],
-                        "score": round(score, 4),
-                    }
-                    for s, score in spans
-                ],
-            }
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+
+    def predict_batch(batch: list[str]):
+        return predict(model, batch, args.batch_size, threshold=args.threshold)
+
+    resumed = writer.done
+    with writer, progress_bar(total, show) as bar:
+        try:
+            written = predict_stream(predict_batch, texts, writer, args.chunk_size, bar)
+        except ReadError:
+            raise
+        except ValueError as error:
+            raise CLIError(f"{args.output}: {error}") from None
+    where = args.output if args.output not in (None, "-") else "standard output"
+    after = f" after the {resumed} already there" if resumed else ""
+    print(f"wrote {written} {args.to_format} records to {where}{after}", file=sys.stderr)
     return 0
+
+
+def _output_format(value: str) -> str:
+    from gpner.data.readers import FORMATS
+    from gpner.data.writers import WRITE_FORMATS
+
+    name = {"labelstudio": "label-studio", "label_studio": "label-studio"}.get(value, value)
+    if name in WRITE_FORMATS:
+        return name
+    hint = f"; {value} names an input format: pass it with --from" if value in FORMATS else ""
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not an output format ({', '.join(WRITE_FORMATS)}){hint}"
+    )
+
+
+_PREDICT_EPILOG = """\
+output records (jsonl, the default), one per input text, in input order:
+  {"text": "张三在上海", "spans": [{"start": 0, "end": 2, "label": "PER", "text": "张三",
+   "score": 3.1416, "probability": 0.9586}]}
+  start/end are half-open character offsets (code points): text[start:end] is the mention.
+  score is the span's raw GlobalPointer logit; a span is predicted when score > threshold.
+  probability is sigmoid(score): the same ranking on a 0-1 scale (0.5 at the default
+  threshold 0), not a calibrated probability.
+other formats, for importing predictions as pre-annotations into an annotation tool:
+  label-studio  a JSON array of tasks with "predictions"; each region's score is its probability
+  doccano       JSONL {"text", "label": [[start, end, TYPE]]}, UTF-16 offsets; no place for scores
+  brat          a directory of .txt/.ann pairs (-o DIR) with annotation.conf; no place for scores
+streaming: texts are read, predicted and written --chunk-size at a time and flushed, so memory
+does not grow with the input; a killed run keeps what it wrote, and the same command with
+--resume skips the texts whose records are complete and appends the rest.
+"""
+
+
+# ----------------------------------------------------------------------------------- convert
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from gpner.data.readers import convert
+    from gpner.data.readers import ReadError, convert
+    from gpner.data.report import collect_read_report
 
-    count = convert(args.input, args.output, args.from_format, scheme=args.scheme)
-    print(f"wrote {count} examples to {args.output}", file=sys.stderr)
+    with collect_read_report() as report:
+        try:
+            count = convert(
+                args.input,
+                args.output,
+                args.from_format,
+                scheme=args.scheme,
+                strict=not args.lenient,
+                to_format=args.to_format,
+            )
+        except ReadError:
+            raise
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+    skipped = f" ({report.skipped} bad items skipped)" if report.skipped else ""
+    print(f"wrote {count} examples to {args.output}{skipped}", file=sys.stderr)
     return 0
 
 
+# ------------------------------------------------------------------------------------ parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpner", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from gpner import __version__
+    from gpner.data.readers import FORMATS
+    from gpner.data.writers import WRITE_FORMATS
+
+    formats = ", ".join(FORMATS)
+    parser = argparse.ArgumentParser(
+        prog="gpner",
+        description=_DESCRIPTION,
+        epilog="Run 'gpner COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpner {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a TOML config")
     p.add_argument("config", nargs="?", help="TOML config (defaults apply without one)")
@@ -114,54 +296,163 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable); "
+        "--set data.strict=false skips bad data items instead of stopping",
     )
     p.add_argument("--output-dir", help="override output_dir")
-    p.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run from output_dir/last.pt (an error when there is none)",
+    )
+    resume.add_argument(
+        "--resume-if-exists",
+        action="store_true",
+        help="continue from output_dir/last.pt when it exists, else start fresh",
+    )
     p.set_defaults(func=_train)
 
-    formats = "cluener, cmeee, conll, conll-chars, weibo, jsonl (auto-detected when omitted)"
-    p = sub.add_parser("evaluate", help="entity-level scores of a checkpoint on a data file")
-    p.add_argument("checkpoint")
-    p.add_argument("data")
-    p.add_argument("--format", help=formats)
+    p = sub.add_parser("evaluate", help="entity-level scores of a checkpoint on labelled data")
+    p.add_argument("checkpoint", help="a trained model (the best.pt a training run wrote)")
+    p.add_argument("data", help="labelled data (a file; brat: a directory)")
+    p.add_argument("--format", help=f"format of the data: {formats}; detected when omitted")
     p.add_argument("--scheme", help="tag scheme of column formats (IOB1, IOB2, BIOES, BMES)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip bad items (their number is reported) instead of stopping at the first",
+    )
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", help="predict spans; writes JSON lines")
-    p.add_argument("checkpoint")
+    p = sub.add_parser(
+        "predict",
+        help="predict entity spans: one output record per input text",
+        description="Predict the entity spans of texts with a trained model.",
+        epilog=_PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="a trained model (the best.pt a training run wrote)")
     p.add_argument(
         "input",
         nargs="?",
         default="-",
-        help="a data file, a .txt file (one text per line) or - for stdin",
+        help="texts: a .txt file with one text per line (an empty line gets an empty record), "
+        "- for standard input (the default), or a data file in a --from format",
     )
-    p.add_argument("--format", help=formats + ", or text")
-    p.add_argument("--scheme")
-    p.add_argument("--output", "-o", help="output file (default stdout)")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--from",
+        dest="from_format",
+        metavar="FORMAT",
+        help=f"format of a data-file input: {formats}, or text; detected when omitted",
+    )
+    p.add_argument("--scheme", help="tag scheme of a column-format input (IOB1, IOB2, BIOES, BMES)")
+    p.add_argument(
+        "--format",
+        "--to",
+        dest="to_format",
+        default="jsonl",
+        type=_output_format,
+        metavar="FORMAT",
+        help=f"output format: {', '.join(WRITE_FORMATS)} (default jsonl; see below)",
+    )
+    p.add_argument("--output", "-o", help="output file (brat: a directory); default stdout")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="predict the spans whose score (logit) is above this; default: the model's "
+        "training threshold (0, probability 0.5); lower it for recall, raise it for precision",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="texts per forward pass (default 64; larger is faster until memory runs out)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=1024,
+        help="texts read, predicted, written and flushed at a time (default 1024); memory is "
+        "bounded by it and a killed run loses at most one chunk",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run: keep the complete records in --output, skip their inputs "
+        "and append the rest",
+    )
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip bad items of a data-file input instead of stopping at the first",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: when stderr is a terminal)",
+    )
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("convert", help="convert a data file to gpner's jsonl format")
-    p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--from", dest="from_format", required=True, help=formats)
-    p.add_argument("--scheme")
+    p = sub.add_parser("convert", help="convert data between formats (default: to gpner's jsonl)")
+    p.add_argument("input", help="data file (brat: a directory)")
+    p.add_argument("output", help="output file (brat: a directory)")
+    p.add_argument(
+        "--from",
+        dest="from_format",
+        metavar="FORMAT",
+        help=f"input format: {formats}; detected from the content when omitted",
+    )
+    p.add_argument(
+        "--to",
+        dest="to_format",
+        default="jsonl",
+        type=_output_format,
+        metavar="FORMAT",
+        help=f"output format: {', '.join(WRITE_FORMATS)} (default jsonl)",
+    )
+    p.add_argument("--scheme", help="tag scheme of column formats (IOB1, IOB2, BIOES, BMES)")
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip bad items (their number is reported) instead of stopping at the first",
+    )
     p.set_defaults(func=_convert)
     return parser
 
 
+# -------------------------------------------------------------------------------------- main
+
+
+def _show_warning(command: str):
+    from gpner.data.readers import ReadWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ReadWarning):
+            print(f"gpner: warning: {_as_flags(str(message), command)}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     from gpner.config import ConfigError
+    from gpner.data.readers import ReadError
 
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"gpner: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning(args.command)
+        try:
+            return args.func(args)
+        except (ConfigError, ReadError, CLIError, FileNotFoundError) as error:
+            print(f"gpner: error: {_as_flags(str(error), args.command)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,6 +45,8 @@ class DataConfig:
     test: str | None = None  # evaluated once with the best checkpoint, if given
     format: str | None = None  # reader format; None detects it from the file
     scheme: str | None = None  # tag scheme for column formats; None detects it
+    strict: bool = True  # false: skip bad items (sentences, records, entities) instead of
+    # stopping at the first; their number goes to the log and to metrics.jsonl (skipped_items)
     max_length: int = 128  # tokens per model input window, special tokens included
     stride: int | None = None  # window overlap in tokens; None = the tokenizer pipeline's default
     validation_fraction: float = 0.0  # > 0: carve this share of train off as dev (seeded split;

@@ -27,6 +27,7 @@ from gpner.config import Config, ConfigError
 from gpner.data.batching import Feature, LengthBucketSampler, collate, encode_examples
 from gpner.data.paths import resolve
 from gpner.data.readers import read
+from gpner.data.report import collect_read_report
 from gpner.data.spans import Example
 from gpner.inference import evaluate
 from gpner.model import (
@@ -114,7 +115,7 @@ def prepare_data(
 
     def load(source: tuple[Path, slice]) -> list[Example]:
         path, part = source
-        return read(path, format=cfg.format, scheme=cfg.scheme)[part]
+        return read(path, format=cfg.format, scheme=cfg.scheme, strict=cfg.strict)[part]
 
     train = load(train_path)
     if cfg.validation_fraction > 0:
@@ -304,14 +305,21 @@ def _summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def train(config: Config, resume: bool = False) -> TrainResult:
+def train(config: Config, resume: bool | str = False) -> TrainResult:
     """Train a model as ``config`` says; returns the history and where the checkpoints are.
 
     ``output_dir`` receives ``best.pt`` (the best dev epoch, for ``gpner.load``), ``last.pt``
     (everything needed to resume exactly), ``metrics.jsonl`` (one line per epoch) and
     ``training.png``. With ``resume=True`` a killed run continues after its last finished epoch
-    and ends with the same metrics as an uninterrupted run.
+    and ends with the same metrics as an uninterrupted run; there must be a ``last.pt`` to resume
+    from (``ConfigError`` otherwise). ``resume="if_exists"`` resumes when there is one and starts
+    fresh, saying so, when there is not.
+
+    With ``data.strict = false`` bad data items are skipped; their number is logged and recorded
+    as ``skipped_items`` in every ``metrics.jsonl`` record and in ``info``.
     """
+    if resume not in (False, True, "if_exists"):
+        raise ValueError(f"resume must be False, True or 'if_exists', got {resume!r}")
     validate(config)
     config = copy.deepcopy(config)  # the caller's config is never modified
     if config.data.validation_fraction > 0:
@@ -324,9 +332,24 @@ def train(config: Config, resume: bool = False) -> TrainResult:
     device = _device(config)
     ddp = _init_distributed(device)
     out = Path(config.output_dir)
-    train_examples, dev_examples, test_examples, labels = prepare_data(config)
     last_path = out / "last.pt"
 
+    if resume is True and not last_path.is_file():
+        raise ConfigError(
+            f"--resume: there is no {last_path} to resume from; run without --resume to start "
+            "fresh (or pass --resume-if-exists)"
+        )
+    if resume == "if_exists" and not last_path.is_file():
+        _log(f"no {last_path} to resume from: starting fresh", ddp.main)
+    with collect_read_report() as read_report:
+        train_examples, dev_examples, test_examples, labels = prepare_data(config)
+    skipped = read_report.skipped
+    if skipped:
+        _log(
+            f"data: skipped {skipped} bad item(s) (data.strict = false): "
+            f"{read_report.skipped_by_path}",
+            ddp.main,
+        )
     state = None
     if resume and last_path.is_file():
         state = torch.load(last_path, map_location="cpu", weights_only=False)
@@ -396,7 +419,7 @@ def train(config: Config, resume: bool = False) -> TrainResult:
             device,
             ddp,
         )
-        record: dict[str, Any] = {"epoch": epoch + 1, **epoch_log}
+        record: dict[str, Any] = {"epoch": epoch + 1, **epoch_log, "skipped_items": skipped}
         if ddp.main:
             t0 = time.perf_counter()
             metrics = evaluate(model, dev_examples, tcfg.eval_batch_size) if dev_examples else None
@@ -443,7 +466,7 @@ def train(config: Config, resume: bool = False) -> TrainResult:
         best_epoch,
         history,
         out,
-        info={"encode": stats.summary()},
+        info={"encode": stats.summary(), **read_report.as_dict()},
         stopped_early=stopped and len(history) < tcfg.epochs,
     )
     if ddp.main:

@@ -20,6 +20,10 @@ Formats (``read(path, format=...)``):
 - ``jsonl``: the project's own format, JSON lines ``{"text": str, "spans": [{"start", "end",
   "label"}]}`` with half-open offsets; written by ``write_jsonl``. A record without ``spans`` has
   no entities.
+- Annotation-tool formats, each in its own module (read and written there): ``brat`` (a directory
+  of ``.txt``/``.ann`` pairs, ``gpner.data.brat``), ``doccano`` (JSONL ``{"text", "label":
+  [[start, end, type]]}``, ``gpner.data.doccano``) and ``label-studio`` (JSON tasks,
+  ``gpner.data.labelstudio``). Offset conventions: ``gpner.data.offsets``.
 
 The JSON readers accept both layouts (JSON lines or one JSON array).
 
@@ -29,9 +33,10 @@ Tag schemes for the column formats (``scheme=``): ``IOB1``, ``IOB2`` (alias ``BI
 
 Errors: with ``strict=True`` any bad item raises ``ReadError`` naming the file, the 1-based line and
 the reason. With ``strict=False`` the bad item (a JSON line or array element, a column sentence) is
-skipped, and one ``ReadWarning`` at the end gives the count and the first reasons. Problems that
-leave no item to skip (undecodable bytes, broken JSON array syntax, an undetectable format or
-scheme) raise in both modes.
+skipped, and one ``ReadWarning`` at the end gives the count (``.skipped``) and the first reasons
+(``gpner.data.report.collect_read_report`` adds them up for a run's log). Problems that leave no
+item to skip (undecodable bytes, broken JSON array syntax, an undetectable format or scheme) raise
+in both modes.
 """
 
 from __future__ import annotations
@@ -61,7 +66,17 @@ __all__ = [
     "write_jsonl",
 ]
 
-FORMATS = ("cluener", "cmeee", "conll", "conll-chars", "weibo", "jsonl")
+FORMATS = (
+    "cluener",
+    "cmeee",
+    "conll",
+    "conll-chars",
+    "weibo",
+    "jsonl",
+    "brat",
+    "doccano",
+    "label-studio",
+)
 SCHEMES = ("IOB1", "IOB2", "BIOES", "BMES")
 
 _FORMAT_ALIASES = {
@@ -70,12 +85,20 @@ _FORMAT_ALIASES = {
     "people_daily": "conll-chars",
     "people-daily": "conll-chars",
     "cmeee-v2": "cmeee",
+    "labelstudio": "label-studio",
+    "label_studio": "label-studio",
 }
 _SCHEME_ALIASES = {"BIO": "IOB2", "IOBES": "BIOES", "BILOU": "BIOES", "BIOUL": "BIOES"}
 _JSON_FORMATS = ("cluener", "cmeee", "jsonl")
+# Annotation-tool formats: format -> "module:function" taking (text, path, strict); brat reads a
+# directory instead (``read_brat(path, strict)``). Imported when used.
+_TOOL_READERS = {
+    "doccano": "gpner.data.doccano:read_doccano_text",
+    "label-studio": "gpner.data.labelstudio:read_label_studio_text",
+}
 _COLUMN_FORMATS = ("conll", "conll-chars", "weibo")
-# Which key marks which JSON format, for detection.
-_JSON_KEYS = {"spans": "jsonl", "entities": "cmeee", "label": "cluener"}
+# Which key marks which JSON format, for detection (a list under "label" is doccano's).
+_JSON_KEYS = {"spans": "jsonl", "entities": "cmeee", "label": "cluener", "data": "label-studio"}
 # How much of a file format detection looks at.
 _DETECT_LINES = 1000
 _MAX_REASONS = 5
@@ -93,7 +116,24 @@ class ReadError(ValueError):
 
 
 class ReadWarning(UserWarning):
-    """Something was read with a guess or skipped (``strict=False``); the message says what."""
+    """Something was read with a guess or skipped (``strict=False``); the message says what.
+
+    ``skipped`` counts the bad items dropped, ``ignored`` the annotations of kinds gpner does not
+    model (e.g. brat relations), by kind; both are zero/empty for a warning about a guess.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        skipped: int = 0,
+        ignored: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.skipped = skipped
+        self.ignored = dict(ignored or {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,13 +165,35 @@ def read(
         one entity; the same offsets with two labels are two).
     """
     p = resolve(path)
+    fmt = _normalize_format(format) if format is not None else None
+    if fmt == "brat" or (fmt is None and _is_brat_path(p)):
+        _no_scheme(scheme, "brat")
+        return _tool_reader("gpner.data.brat:read_brat")(p, strict=strict)
     text = _load_text(p)
-    fmt = _normalize_format(format) if format is not None else _detect_format_text(text, p)
+    fmt = fmt or _detect_format_text(text, p)
     if fmt in _JSON_FORMATS:
-        if scheme is not None:
-            raise ValueError(f"scheme={scheme!r} only applies to column formats, not {fmt!r}")
+        _no_scheme(scheme, fmt)
         return _read_json(text, p, fmt, strict)
+    if fmt in _TOOL_READERS:
+        _no_scheme(scheme, fmt)
+        return _tool_reader(_TOOL_READERS[fmt])(text, p, strict)
     return _read_columns(text, p, fmt, _normalize_scheme(scheme), strict)
+
+
+def _no_scheme(scheme: str | None, fmt: str) -> None:
+    if scheme is not None:
+        raise ValueError(f"scheme={scheme!r} only applies to column formats, not {fmt!r}")
+
+
+def _is_brat_path(path: Path) -> bool:
+    return path.is_dir() or path.suffix == ".ann"
+
+
+def _tool_reader(target: str):
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def write_jsonl(examples: Iterable[Example], path: str | os.PathLike[str]) -> int:
@@ -140,19 +202,9 @@ def write_jsonl(examples: Iterable[Example], path: str | os.PathLike[str]) -> in
     Each line is ``{"text": str, "spans": [{"start": int, "end": int, "label": str}, ...]}`` with
     half-open offsets and spans in sorted order; non-ASCII text is written as is (UTF-8).
     """
-    n = 0
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for ex in examples:
-            record = {
-                "text": ex.text,
-                "spans": [
-                    {"start": s.start, "end": s.end, "label": s.label} for s in sorted(ex.spans)
-                ],
-            }
-            f.write(json.dumps(record, ensure_ascii=False))
-            f.write("\n")
-            n += 1
-    return n
+    from gpner.data.writers import write
+
+    return write(examples, path, "jsonl")
 
 
 def convert(
@@ -161,13 +213,18 @@ def convert(
     from_format: str | None = None,
     scheme: str | None = None,
     strict: bool = True,
+    to_format: str = "jsonl",
 ) -> int:
-    """Read ``in_path`` (``read(in_path, from_format, scheme, strict)``) and write it as ``jsonl``.
+    """Read ``in_path`` (``read(in_path, from_format, scheme, strict)``) and write it in
+    ``to_format`` (one of ``gpner.data.writers.WRITE_FORMATS``).
 
-    Returns the number of examples written. This is what ``gpner convert IN OUT --from FMT
-    [--scheme S]`` runs.
+    Returns the number of examples written. This is what ``gpner convert IN OUT [--from FMT]
+    [--to FMT] [--scheme S] [--lenient]`` runs.
     """
-    return write_jsonl(read(in_path, format=from_format, scheme=scheme, strict=strict), out_path)
+    from gpner.data.writers import write
+
+    examples = read(in_path, format=from_format, scheme=scheme, strict=strict)
+    return write(examples, out_path, to_format)
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -186,10 +243,15 @@ def detect_format(path: str | os.PathLike[str]) -> str:
        off) -> ``weibo``; else ``conll``. A word-level file whose first 1000 tokens are all single
        characters is taken for ``conll-chars``: pass ``format="conll"`` for it.
 
+    A directory (or a ``.ann`` file) is ``brat``. JSON records whose ``label`` is a list are
+    ``doccano``, records with a ``data`` object are ``label-studio`` tasks.
+
     Raises ``ReadError`` when none of these fits (empty file, one-column lines, last column not a
     tag, ...); pass ``format=`` explicitly then.
     """
     p = resolve(path)
+    if _is_brat_path(p):
+        return "brat"
     return _detect_format_text(_load_text(p), p)
 
 
@@ -319,21 +381,27 @@ class _Problems:
         self.unit = unit
         self.items: list[tuple[int | None, str]] = []
 
-    def bad(self, line: int | None, reason: str) -> None:
+    def bad(self, line: int | None, reason: str, path: Path | None = None) -> None:
+        """A bad item at ``line`` of ``path`` (default: the path being read)."""
         if self.strict:
-            raise ReadError(self.path, line, reason)
-        self.items.append((line, reason))
+            raise ReadError(path or self.path, line, reason)
+        self.items.append((line, reason, path))
 
     def finish(self) -> None:
         if not self.items:
             return
-        items = sorted(self.items, key=lambda item: item[0] or 0)
-        first = "; ".join(f"line {ln}: {why}" for ln, why in items[:_MAX_REASONS])
+        items = sorted(self.items, key=lambda item: (str(item[2] or ""), item[0] or 0))
+        first = "; ".join(
+            f"{p.name + ':' if p else 'line '}{ln}: {why}" for ln, why, p in items[:_MAX_REASONS]
+        )
         more = " ..." if len(self.items) > _MAX_REASONS else ""
         warnings.warn(
-            f"{self.path}: skipped {len(self.items)} bad {self.unit}(s) (strict=False); "
-            f"first: {first}{more}",
-            ReadWarning,
+            ReadWarning(
+                f"{self.path}: skipped {len(self.items)} bad {self.unit}(s) (strict=False); "
+                f"first: {first}{more}",
+                path=self.path,
+                skipped=len(self.items),
+            ),
             stacklevel=4,
         )
 
@@ -953,7 +1021,11 @@ def _detect_json(text: str, path: Path) -> str | None:
     for line, obj, _ in _json_records(text, path, None):
         if not isinstance(obj, dict):
             raise ReadError(path, line, f"JSON record is a {type(obj).__name__}, not an object")
-        hits = {fmt for key, fmt in _JSON_KEYS.items() if key in obj}
+        hits = {
+            "doccano" if key == "label" and isinstance(obj[key], list) else fmt
+            for key, fmt in _JSON_KEYS.items()
+            if key in obj
+        }
         if len(hits) > 1:
             raise ReadError(
                 path, line, f"JSON record has keys of several formats ({', '.join(sorted(hits))})"

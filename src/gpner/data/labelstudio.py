@@ -1,0 +1,196 @@
+"""Label Studio JSON: a list of tasks with ``data`` and ``annotations`` and/or ``predictions``.
+
+A task reads as ``{"data": {"text": str}, "annotations": [{"result": [region, ...]}],
+"predictions": [{"result": [...], "score": float}]}``, each text region a result item
+``{"type": "labels", "value": {"start": int, "end": int, "text": str, "labels": [TYPE, ...]}}``.
+Offsets are **code points** (Python string indices), end-exclusive: Label Studio stores text
+regions that way (see ``gpner.data.offsets``). ``value.text``, when present, must match the text
+at the offsets (whitespace runs compared as one space, since Label Studio may collapse them).
+
+Reading (``read(path, format="label-studio")``):
+
+- The text is ``data.text``, or the only string in ``data`` when there is no ``text`` key.
+- ``source="auto"`` (the default) takes a task's first annotation that was not cancelled, and a
+  task without one from its first prediction (counted in a ``ReadWarning``: those spans are a
+  model's, not a person's). ``"annotations"`` or ``"predictions"`` takes only that kind. The old
+  key ``completions`` counts as ``annotations``.
+- A region with several labels is one span per label. Result items that are not text regions
+  (relations, choices, text areas, ...) and further annotations of a task are ignored, counted by
+  kind in one ``ReadWarning``. A region with non-integer offsets (HTML/XPath regions) is a bad
+  task (``strict=False`` skips it).
+
+Writing (``label_studio_task``): gold spans go to ``annotations``; predictions go to
+``predictions`` with a ``score`` on every region (the span's probability, σ of its logit) and on
+the prediction (its least sure region's probability, so that sorting tasks by it puts the ones to
+review first). ``from_name``/``to_name`` default to ``label``/``text``, the names in Label Studio's
+named-entity template; pass the names of your labeling config otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gpner.data.readers import ReadWarning, _Bad, _is_int, _json_records, _load_text, _Problems
+from gpner.data.report import warn_ignored
+from gpner.data.spans import Example, Span
+
+__all__ = ["label_studio_task", "read_label_studio", "read_label_studio_text"]
+
+SOURCES = ("auto", "annotations", "predictions")
+
+
+def _task_text(task: dict) -> str:
+    data = task.get("data")
+    if not isinstance(data, dict):
+        raise _Bad('missing "data" object')
+    text = data.get("text")
+    if text is None:
+        strings = [v for v in data.values() if isinstance(v, str)]
+        if len(strings) != 1:
+            raise _Bad('"data" has no "text" and not exactly one string field to read instead')
+        text = strings[0]
+    if not isinstance(text, str):
+        raise _Bad('"data.text" is not a string')
+    return text
+
+
+def _results(task: dict, source: str, counts: Counter) -> tuple[list, str]:
+    """The chosen result list and where it came from (``"annotation"``/``"prediction"``/``""``)."""
+    annotations = task.get("annotations", task.get("completions")) or []
+    predictions = task.get("predictions") or []
+    if not isinstance(annotations, list) or not isinstance(predictions, list):
+        raise _Bad('"annotations" and "predictions" must be lists')
+    usable = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
+    if source in ("auto", "annotations") and usable:
+        counts["further annotations"] += len(usable) - 1
+        return usable[0].get("result") or [], "annotation"
+    if source in ("auto", "predictions") and predictions:
+        first = predictions[0]
+        if not isinstance(first, dict):
+            raise _Bad("prediction 0 is not an object")
+        counts["further predictions"] += len(predictions) - 1
+        return first.get("result") or [], "prediction"
+    return [], ""
+
+
+def _task_example(task: Any, source: str, counts: Counter) -> tuple[Example, str]:
+    if not isinstance(task, dict):
+        raise _Bad(f"expected a task object, got {type(task).__name__}")
+    text = _task_text(task)
+    results, origin = _results(task, source, counts)
+    if not isinstance(results, list):
+        raise _Bad(f'the {origin}\'s "result" is not a list')
+    spans = []
+    for k, item in enumerate(results):
+        value = item.get("value") if isinstance(item, dict) else None
+        if not isinstance(value, dict) or "labels" not in value:
+            kind = item.get("type", "untyped") if isinstance(item, dict) else "malformed"
+            counts[f"{kind} results"] += 1
+            continue
+        where = f"{origin} result {k}" + (f" (id {item['id']!r})" if "id" in item else "")
+        start, end, labels = value.get("start"), value.get("end"), value.get("labels")
+        if not (_is_int(start) and _is_int(end)):
+            raise _Bad(f"{where}: value.start/end are not character offsets: {start!r}, {end!r}")
+        if not 0 <= start < end <= len(text):
+            raise _Bad(
+                f"{where}: offsets [{start}, {end}) outside the text of {len(text)} code points "
+                "(or empty)"
+            )
+        if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+            raise _Bad(f"{where}: value.labels must be a list of label names")
+        mention = value.get("text")
+        if isinstance(mention, str) and mention.split() != text[start:end].split():
+            raise _Bad(
+                f"{where}: value.text {mention!r} differs from the text at [{start}, {end}): "
+                f"{text[start:end]!r}"
+            )
+        spans += [Span(start, end, label) for label in labels]
+    return Example(text, sorted(set(spans))), origin
+
+
+def read_label_studio_text(
+    text: str, path: Path, strict: bool = True, source: str = "auto"
+) -> list[Example]:
+    """Examples from the content ``text`` of the Label Studio file ``path``."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    problems = _Problems(path, strict, "task")
+    counts: Counter[str] = Counter()
+    from_predictions = 0
+    examples = []
+    for line, obj, _ in _json_records(text, path, problems):
+        try:
+            example, origin = _task_example(obj, source, counts)
+        except _Bad as e:
+            problems.bad(line, e.reason)
+            continue
+        examples.append(example)
+        from_predictions += source == "auto" and origin == "prediction"
+    problems.finish()
+    warn_ignored(path, counts, "gpner reads one set of text regions per task")
+    if from_predictions:
+        warnings.warn(
+            ReadWarning(
+                f"{path}: {from_predictions} task(s) have no annotation and were read from their "
+                "model predictions (source='auto'); pass source='annotations' to read only "
+                "human annotations",
+                path=path,
+            ),
+            stacklevel=2,
+        )
+    return examples
+
+
+def read_label_studio(
+    path: str | os.PathLike[str], strict: bool = True, source: str = "auto"
+) -> list[Example]:
+    """Read a Label Studio JSON export (or tasks file); see the module docstring."""
+    p = Path(path)
+    return read_label_studio_text(_load_text(p), p, strict, source)
+
+
+def label_studio_task(
+    text: str,
+    spans: Sequence[Span],
+    probabilities: Sequence[float] | None = None,
+    model_version: str | None = None,
+    from_name: str = "label",
+    to_name: str = "text",
+) -> dict[str, Any]:
+    """A Label Studio task: gold ``spans`` as an annotation, or, with ``probabilities`` (one per
+    span, in [0, 1]), a prediction carrying them as region and prediction scores."""
+    if probabilities is not None and len(probabilities) != len(spans):
+        raise ValueError(f"{len(spans)} spans but {len(probabilities)} probabilities")
+    result = []
+    for k, span in enumerate(spans):
+        item: dict[str, Any] = {
+            "id": f"gpner-{k}",
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "labels",
+            "value": {
+                "start": span.start,
+                "end": span.end,
+                "text": text[span.start : span.end],
+                "labels": [span.label],
+            },
+        }
+        if probabilities is not None:
+            item["score"] = probabilities[k]
+        result.append(item)
+    task: dict[str, Any] = {"data": {"text": text}}
+    if probabilities is None:
+        task["annotations"] = [{"result": result}]
+    else:
+        prediction: dict[str, Any] = {"result": result}
+        if model_version is not None:
+            prediction["model_version"] = model_version
+        if probabilities:
+            prediction["score"] = min(probabilities)
+        task["predictions"] = [prediction]
+    return task
