@@ -22,6 +22,7 @@ from gpner.regularizers import (
     cross_entropy,
     factored_softmax_kl,
     get_divergence,
+    rdrop_loss,
     vat_direction,
     vat_penalty,
 )
@@ -269,6 +270,40 @@ def test_rdrop_is_mean_ce_plus_alpha_divergence_by_hand(divergence):
     assert parts["ce"] == pytest.approx(ce, rel=1e-10)
     assert parts["reg"] == pytest.approx(reg, rel=1e-10)
     assert loss.item() == pytest.approx(ce + alpha * reg, rel=1e-10)
+
+
+@pytest.mark.parametrize("divergence", ["gp_kl", "softmax_kl"])
+def test_rdrop_with_alpha_zero_is_the_averaged_ce_of_two_passes_without_a_divergence(divergence):
+    """The two-pass control ("rdrop-none" in the accuracy grid): two dropout passes, the CE
+    averaged, and the divergence never computed."""
+    model, batch = make_model(p=0.3, dtype=torch.float64), make_batch()
+    ids, am = batch.input_ids, batch.attention_mask
+
+    def never(*args):
+        raise AssertionError("the divergence was computed at alpha 0")
+
+    torch.manual_seed(11)
+    loss, ce, reg = rdrop_loss(model, batch, 0.0, never)
+    assert model.calls["passes"] == 1
+    assert reg.item() == 0.0 and torch.equal(loss, ce)
+    torch.manual_seed(11)
+    logits = model(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([am, am]))
+    s1, s2 = logits[:3], logits[3:]
+    assert not torch.equal(s1, s2)  # two different dropout passes
+    want = (ref_cross_entropy(s1, batch.spans, am) + ref_cross_entropy(s2, batch.spans, am)) / 2
+    assert loss.item() == pytest.approx(want, rel=1e-10)
+    # The same dropout masks and CE as R-Drop with a divergence: only the divergence term goes.
+    torch.manual_seed(11)
+    _, parts = RDrop(0.5, divergence)(model, batch)
+    assert parts["ce"] == pytest.approx(loss.item(), rel=1e-12) and parts["reg"] > 0
+    torch.manual_seed(11)
+    loss0, parts0 = RDrop(0.0, divergence)(model, batch)
+    assert parts0 == {"ce": loss.item(), "reg": 0.0} and loss0.item() == loss.item()
+    # It trains: the gradient reaches the encoder, and a negative weight is refused.
+    loss.backward()
+    assert model.qkv.weight.grad is not None and model.qkv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="alpha"):
+        rdrop_loss(model, batch, -1.0)
 
 
 # ------------------------------------------------------------------------------------------ VAT

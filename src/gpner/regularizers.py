@@ -211,26 +211,41 @@ def rdrop_loss(
     divergence, each block of logits once; any other divergence is computed on its own next to
     one fused cross-entropy over the 2B rows.
 
+    With ``alpha == 0`` (the two-pass control: two dropout passes, CE averaged, no divergence)
+    the divergence is not computed at all: ``reg`` is a zero scalar and the loss is the fused
+    cross-entropy of the 2B rows alone.
+
     Returns:
         ``(loss, ce, reg)`` scalars with ``ce = (CE(f1) + CE(f2)) / 2``, ``reg = D(f1, f2)``
         (both mean-reduced, masked by the attention mask) and ``loss = ce + alpha * reg``.
     """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
     ids, am = batch.input_ids, batch.attention_mask
     batch_size = ids.shape[0]
     both = model.span_factors(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([am, am]))
     f1, f2 = both.batch_slice(0, batch_size), both.batch_slice(batch_size, 2 * batch_size)
     sweep = _RDROP_SWEEPS.get(divergence)
+    if alpha == 0:
+        ce = _doubled_cross_entropy(both, batch.spans, batch_size)
+        return ce, ce, torch.zeros((), dtype=ce.dtype, device=ce.device)
     if sweep is not None:
         ce1, ce2, reg = sweep(f1, f2, batch.spans, "mean")
         ce = (ce1 + ce2) / 2
     else:
-        # One CE over the 2B rows (spans repeated for the second copy): the mean over (2B, C) is
-        # the mean of the two halves' means, in one call.
-        shift = batch.spans.new_tensor([batch_size, 0, 0, 0])
-        spans2 = torch.cat([batch.spans, batch.spans + shift])  # (2N, 4)
-        ce = F.fused_crossentropy(both, spans2, reduction="mean")
+        ce = _doubled_cross_entropy(both, batch.spans, batch_size)
         reg = divergence(f1, f2, "mean")
     return ce + alpha * reg, ce, reg
+
+
+def _doubled_cross_entropy(both: F.SpanFactors, spans: Tensor, batch_size: int) -> Tensor:
+    """The mean CE of both halves of a doubled batch in one fused call.
+
+    The spans (N, 4) are repeated for the second copy (rows shifted by B): the mean over (2B, C)
+    is the mean of the two halves' means.
+    """
+    shift = spans.new_tensor([batch_size, 0, 0, 0])
+    return F.fused_crossentropy(both, torch.cat([spans, spans + shift]), reduction="mean")
 
 
 def _per_example_normalize(x: Tensor, attention_mask: Tensor) -> Tensor:
@@ -381,7 +396,7 @@ class RDrop(Objective):
     L=64), and at 2.08x a plain fused step for these fused losses (benchmarks/speed/bench_train.py
     at commit 2e3ec98: default char Transformer, CLUENER batches with L <= 47). With dropout off
     the two halves are the same computation: ``reg`` is exactly 0 (bit-identical halves in float32
-    on CPU).
+    on CPU). ``alpha = 0`` is the two-pass control: the divergence is not computed at all.
     """
 
     def __init__(self, alpha: float = DEFAULT_ALPHA, divergence: str = "gp_kl"):
