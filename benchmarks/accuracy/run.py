@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy_grid as G  # noqa: E402
+import grid_v2  # noqa: E402
 from accuracy_grid import CR  # noqa: E402  (benchmarks/cellrunner.py: the generic machinery)
 
 from cellrunner import (  # noqa: E402,F401  (re-exported for the tests)
@@ -114,9 +115,27 @@ def run_cell(
     """Train one cell (resuming a killed one) and write its result JSON; returns it."""
 
     def build(result: Any, sitting: CR.Sitting) -> dict[str, Any]:
-        return build_result(entry, result, all_cells=all_cells, sitting=sitting, env=env)
+        payload = build_result(entry, result, all_cells=all_cells, sitting=sitting, env=env)
+        if entry.cell.stage == "final" and entry.cell.kind != "none" and entry.alpha:
+            payload["probe"] = _probe(entry, result.best_path)
+        return payload
 
     return CR.train_cell(entry.cell.id, entry.cell.stem, entry.config, results_dir, build)
+
+
+def _probe(entry: G.PlanEntry, checkpoint: Path) -> dict[str, Any]:
+    """The regulariser's loss share and gradient ratio at the cell's best epoch (probe.py); an
+    error is recorded, not raised, so that a finished training is never lost to it."""
+    from probe import probe_regularizer
+
+    start = time.perf_counter()
+    try:
+        out = probe_regularizer(entry.config, checkpoint)
+    except Exception as error:  # noqa: BLE001
+        log(f"  probe failed: {type(error).__name__}: {error}")
+        return {"error": f"{type(error).__name__}: {error}"}
+    out["seconds"] = time.perf_counter() - start
+    return out
 
 
 # ------------------------------------------------------------------------------ the grid
@@ -130,6 +149,8 @@ def selected_ids(entries: Sequence[G.PlanEntry], only: Sequence[str] | None) -> 
 def describe(entry: G.PlanEntry) -> str:
     if entry.status == "blocked":
         return f"waits for {len(entry.waiting_for)} search cell(s)"
+    if entry.status == "unavailable":
+        return f"cannot be built by this checkout: {entry.note}"
     parts = []
     if entry.alpha is not None:
         parts.append(f"alpha={entry.alpha:g}")
@@ -145,12 +166,14 @@ def describe(entry: G.PlanEntry) -> str:
 
 def print_plan(entries: Sequence[G.PlanEntry], chosen: set[str]) -> None:
     measured = G.measured_epoch_seconds(entries)
+    epochs_run = G.measured_epochs(entries)
     shown_entries = [e for e in entries if e.cell.id in chosen]
     counts: dict[str, int] = {}
     print(f"{'#':>3}  {'status':8} {'est.min':>7}  cell")
     for k, entry in enumerate(shown_entries):
         counts[entry.status] = counts.get(entry.status, 0) + 1
-        shown = "" if entry.status == "done" else f"{G.estimate_minutes(entry, measured):7.1f}"
+        minutes = G.estimate_minutes(entry, measured, epochs_run)
+        shown = "" if entry.status == "done" else f"{minutes:7.1f}"
         print(f"{k + 1:>3}  {entry.status:8} {shown:>7}  {entry.cell.id}  {describe(entry)}")
     print("cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for block, left in sorted(G.compute_left(shown_entries, measured).items()):
@@ -252,16 +275,28 @@ def smoke(results_dir: Path | None = None, threads: int | None = 1) -> int:
 
 # ---------------------------------------------------------------------------------- CLI
 
+# design -> (its blocks, its default results dir)
+DESIGNS = {
+    "v1": (G.main_blocks, G.DEFAULT_RESULTS),
+    "v2": (grid_v2.blocks, grid_v2.DEFAULT_RESULTS),
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    CR.add_arguments(parser, G.DEFAULT_RESULTS)
+    CR.add_arguments(parser, None)
+    parser.add_argument(
+        "--design",
+        choices=sorted(DESIGNS),
+        default="v2",
+        help="v2 (issue 16, default; results in results-v2/) or v1 (issue 6; results/)",
+    )
     parser.add_argument(
         "--block",
         action="append",
         type=int,
         metavar="N",
-        help="only cells of priority block N (1-5); repeatable",
+        help="only cells of priority block N (v1: 1-5, v2: 1-8); repeatable",
     )
     parser.add_argument("--smoke", action="store_true", help="2 tiny cells on synthetic data")
     args = parser.parse_args(argv)
@@ -269,9 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     threads = CR.threads_of(args, 1 if args.smoke else None)
     if args.smoke:
-        keep = args.results if args.results != G.DEFAULT_RESULTS else None
-        return smoke(keep, threads=threads)
-    blocks = [b for b in G.main_blocks() if not args.block or b.number in args.block]
+        return smoke(args.results, threads=threads)
+    all_blocks, default_results = DESIGNS[args.design]
+    if args.results is None:
+        args.results = default_results
+    blocks = [b for b in all_blocks() if not args.block or b.number in args.block]
     if not blocks:
         parser.error(f"no block numbered {args.block}")
     if args.dry_run:
@@ -282,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_plan(entries, selected_ids(entries, args.only))
         return 0
     if args.workers > 1:
-        extra = [x for number in args.block or () for x in ("--block", str(number))]
+        extra = ["--design", args.design]
+        extra += [x for number in args.block or () for x in ("--block", str(number))]
         return CR.spawn_workers(__file__, CR.worker_argv(args, threads, extra), args.workers)
     log(f"results in {args.results}; threads {threads}; overrides {args.overrides or 'none'}")
     outcome = run_grid(

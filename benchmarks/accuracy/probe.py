@@ -1,0 +1,130 @@
+"""How strongly a trained cell's regulariser acts: the divergence's share of the loss and its
+gradient norm relative to the cross-entropy's, measured on a few training batches.
+
+Run by ``run.py`` on the best checkpoint of every finished regularised final cell, after
+training and before its run dir is removed, so training itself is untouched. The probe keeps
+the model in training mode (dropout on, as during training), draws its dropout masks and its
+batches from its own seed inside a forked RNG (the global RNG is left as it was), and takes
+gradients with ``torch.autograd.grad`` (no ``.grad`` is written).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def probe_regularizer(
+    config: Any, checkpoint: Path, *, batches: int = 8, seed: int = 0
+) -> dict[str, Any]:
+    """Per-batch ``alpha * D / (CE + alpha * D)``, ``|grad(alpha * D)| / |grad CE|`` (gradients
+    over all trainable parameters) and the cosine between the two gradients, on ``batches``
+    training batches of ``config.train.batch_size`` examples, as medians and per batch."""
+    import torch
+
+    import gpner
+    from gpner.data.batching import collate, encode_examples
+    from gpner.regularizers import (
+        RNGState,
+        cross_entropy,
+        get_divergence,
+        rdrop_loss,
+        vat_direction,
+        vat_penalty,
+    )
+    from gpner.training import prepare_data
+
+    reg = config.regularizer
+    if reg.kind == "none":
+        raise ValueError("probe_regularizer: the cell has no regulariser")
+    alpha, divergence = float(reg.alpha), get_divergence(reg.divergence)
+    model = gpner.load(checkpoint)
+    model.train()
+    train, _, _, _ = prepare_data(config)
+    rng = random.Random(seed)
+    picked = rng.sample(range(len(train)), min(len(train), batches * config.train.batch_size))
+    features, _ = encode_examples(
+        [train[k] for k in picked],
+        model.tokenizer,
+        model.label2id,
+        config.data.max_length,
+        config.data.stride,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    size = config.train.batch_size
+    rows = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, min(len(features), batches * size), size):
+            batch = collate(features[start : start + size], model.tokenizer.pad_id)
+            if reg.kind == "rdrop":
+                _, ce, d = rdrop_loss(model, batch, alpha, divergence)
+            else:
+                embeds = model.embed(batch.input_ids)
+                state = RNGState.capture(embeds.device)
+                clean = model.span_factors(
+                    inputs_embeds=embeds, attention_mask=batch.attention_mask
+                )
+                ce = cross_entropy(clean, batch)
+                direction = vat_direction(
+                    model,
+                    embeds,
+                    batch.attention_mask,
+                    clean,
+                    xi=reg.xi,
+                    power_iterations=reg.power_iterations,
+                    divergence=divergence,
+                    rng_state=state,
+                )
+                d = vat_penalty(
+                    model,
+                    embeds,
+                    batch.attention_mask,
+                    reg.epsilon * direction,
+                    clean,
+                    divergence=divergence,
+                    rng_state=state,
+                )
+            g_ce = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
+            g_d = torch.autograd.grad(alpha * d, params, allow_unused=True)
+            flat_ce, flat_d = _aligned(g_ce, g_d)
+            n_ce, n_d = float(flat_ce.norm()), float(flat_d.norm())
+            ce_value, d_value = float(ce.detach()), float(d.detach())
+            total = ce_value + alpha * d_value
+            rows.append(
+                {
+                    "ce": ce_value,
+                    "divergence": d_value,
+                    "share": alpha * d_value / total if total else 0.0,
+                    "grad_ratio": n_d / n_ce if n_ce else math.nan,
+                    "grad_cosine": float(flat_ce @ flat_d) / (n_ce * n_d) if n_ce and n_d else 0.0,
+                }
+            )
+    return {
+        "alpha": alpha,
+        "batches": len(rows),
+        "batch_size": size,
+        "seed": seed,
+        **{
+            f"median_{key}": statistics.median(r[key] for r in rows)
+            for key in ("share", "grad_ratio", "grad_cosine")
+        },
+        "per_batch": rows,
+    }
+
+
+def _aligned(g_a, g_b):
+    """Two gradient tuples flattened over the same parameters (zeros where one is None)."""
+    import torch
+
+    a, b = [], []
+    for x, y in zip(g_a, g_b):
+        if x is None and y is None:
+            continue
+        ref = x if x is not None else y
+        a.append((x if x is not None else torch.zeros_like(ref)).reshape(-1))
+        b.append((y if y is not None else torch.zeros_like(ref)).reshape(-1))
+    return torch.cat(a).double(), torch.cat(b).double()
