@@ -266,6 +266,8 @@ def test_runner_skips_finished_and_redoes_failed_cells(tmp_path, synthetic, monk
     assert out["ran"] == ["smoke-char/final/baseline/s1"] and not out["failed"]
     out = run.run_grid(blocks, results, threads=1)
     assert out["ran"] == ["smoke-char/final/rdrop-gp_kl/s1"]
+    probe = json.loads((results / "smoke-char__final__rdrop-gp_kl__s1.json").read_text())["probe"]
+    assert 0.0 < probe["median_share"] < 1.0 and probe["median_grad_ratio"] > 0.0
     for path in sorted(results.glob("*.json")):
         payload = json.loads(path.read_text())
         assert payload["epochs"] == 2 and not payload["timing"]["resumed"]  # started over
@@ -700,3 +702,29 @@ def test_dry_run_of_v2_prints_the_compute_of_each_block(capsys, tmp_path):
     lines = capsys.readouterr().out.splitlines()
     assert "cluener-char-v2/search/baseline/s101" in lines[1]
     assert lines[-1].startswith("block 1: about ") and "h of compute left" in lines[-1]
+
+
+def test_probe_measures_without_side_effects(tmp_path, synthetic):
+    import torch
+
+    import gpner
+    from gpner.training import train
+
+    probe = _load("gpner_accuracy_probe", "probe.py")
+    blocks = G.smoke_blocks(*synthetic, variants=("rdrop-gp_kl",), rdrop_alphas=(0.5,), epochs=1)
+    entry = G.plan(blocks, tmp_path)[0]
+    result = train(entry.config)
+    rng = torch.get_rng_state()
+    first = probe.probe_regularizer(entry.config, result.best_path, batches=3)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is left as it was
+    again = probe.probe_regularizer(entry.config, result.best_path, batches=3)
+    assert first == again and first["batches"] == 3 and first["alpha"] == 0.5
+    for row in first["per_batch"]:
+        total = row["ce"] + 0.5 * row["divergence"]
+        assert row["share"] == pytest.approx(0.5 * row["divergence"] / total)
+        assert -1.0 <= row["grad_cosine"] <= 1.0 and row["grad_ratio"] > 0
+    model = gpner.load(result.best_path)
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="no regulariser"):
+        baseline = G.smoke_blocks(*synthetic, variants=("baseline",))
+        probe.probe_regularizer(G.plan(baseline, tmp_path)[0].config, result.best_path)

@@ -41,7 +41,8 @@ def probe_regularizer(
     if reg.kind == "none":
         raise ValueError("probe_regularizer: the cell has no regulariser")
     alpha, divergence = float(reg.alpha), get_divergence(reg.divergence)
-    model = gpner.load(checkpoint)
+    with torch.random.fork_rng(devices=[]):  # building the model draws initial weights
+        model = gpner.load(checkpoint)
     model.train()
     train, _, _, _ = prepare_data(config)
     rng = random.Random(seed)
