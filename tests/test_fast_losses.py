@@ -1,7 +1,8 @@
 """The blocked and fused losses against simple float64 references: values, gradients, gradcheck.
 
-The references below are the straightforward dense formulas (masked copies, ``logsumexp``,
-autograd): slow and memory-hungry, but obviously right. Block sizes are shrunk so that every
+The references are the straightforward dense formulas of ``gpner.functional.reference`` (masked
+copies, ``logsumexp``, autograd; themselves checked against plain loops in test_functional.py):
+slow and memory-hungry, but obviously right. Block sizes are shrunk so that every
 call runs through many row blocks and batch groups.
 """
 
@@ -14,14 +15,18 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpner import functional as F
+from gpner.backends import compiled_kernels
+from gpner.functional import reference
+from gpner.functional._blocked import BlockLayout
+from gpner.functional._blocked.kernels import kernel_mode
 
 DT = torch.float64
 
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(F, "_BLOCK_CELLS", 40)
-    monkeypatch.setattr(F._Layout, "ROWS", 3)
+    monkeypatch.setattr(BlockLayout, "CELLS", 40)
+    monkeypatch.setattr(BlockLayout, "ROWS", 3)
 
 
 # ----------------------------------------------------------------------------- simple references
@@ -56,23 +61,14 @@ def ref_valid(am, width=None):
 
 
 def ref_ce(s, spans, valid):
-    """Dense multilabel CE per (b, c), a 0 logit appended: log(1+sum e^neg) + log(1+sum e^-pos)."""
-    y = torch.zeros(s.shape, dtype=torch.bool)
-    y[spans[:, 0], spans[:, 1], spans[:, 2], spans[:, 3]] = True
-    y &= valid
-    v = valid.expand_as(s)
-    neg = s.masked_fill(~v | y, -math.inf).flatten(-2)
-    pos = (-s).masked_fill(~y, -math.inf).flatten(-2)
-    zero = torch.zeros(*s.shape[:2], 1, dtype=s.dtype)
-    return torch.logsumexp(torch.cat([neg, zero], -1), -1) + torch.logsumexp(
-        torch.cat([pos, zero], -1), -1
+    """The oracle: dense multi-label CE per (b, c) from :mod:`gpner.functional.reference`."""
+    return reference.multilabel_categorical_crossentropy(
+        s, reference.dense_targets(spans, s), valid, "none"
     )
 
 
 def ref_kl(s, t, valid):
-    v = valid.expand_as(s)
-    s, t = s.masked_fill(~v, 0), t.masked_fill(~v, 0)
-    return ((torch.sigmoid(s) - torch.sigmoid(t)) * (s - t)).sum((-2, -1))
+    return reference.global_pointer_kl(s, t, valid, "none")
 
 
 def reduce(x, reduction):
@@ -323,8 +319,8 @@ class _LargestTensor(TorchDispatchMode):
 @pytest.mark.parametrize("width", [None, 8])
 def test_fused_step_never_builds_a_dense_cell_tensor(monkeypatch, head, width):
     # Default block size, a batch where one (B, C, L, L) tensor is 8x a block.
-    monkeypatch.setattr(F, "_BLOCK_CELLS", 1 << 14)
-    monkeypatch.setattr(F._Layout, "ROWS", 64)
+    monkeypatch.setattr(BlockLayout, "CELLS", 1 << 14)
+    monkeypatch.setattr(BlockLayout, "ROWS", 64)
     b, c, length, d = 2, 4, 128, 8
     torch.manual_seed(0)
     if head == "gp":
@@ -390,9 +386,10 @@ def test_doubled_batch_halves_equal_separate_passes():
 
 
 @pytest.fixture
-def python_kernels(monkeypatch):
+def python_kernels():
     """The fused-kernel code path, with the kernels run uncompiled (same arithmetic)."""
-    monkeypatch.setattr(F, "_KERNEL_MODE", "python")
+    with kernel_mode("python"):
+        yield
 
 
 def _all_terms(head, width, dense):
@@ -422,10 +419,10 @@ def _all_terms(head, width, dense):
 
 
 @pytest.mark.parametrize("case", [("gp", None, False), ("egp", 3, False), ("gp", None, True)])
-def test_kernel_path_matches_eager_path(monkeypatch, case):
+def test_kernel_path_matches_eager_path(case):
     eager = _all_terms(*case)
-    monkeypatch.setattr(F, "_KERNEL_MODE", "python")
-    kernel = _all_terms(*case)
+    with kernel_mode("python"):
+        kernel = _all_terms(*case)
     for a, b in zip(eager[0] + list(eager[1]), kernel[0] + list(kernel[1])):
         if a is None:
             assert b is None
@@ -454,10 +451,10 @@ def test_kernel_path_gradcheck_and_masked_inf(python_kernels):
     "GPNER_TEST_COMPILE" not in __import__("os").environ,
     reason="compiles for ~30 s; set GPNER_TEST_COMPILE=1 to run",
 )
-def test_compiled_kernels_match_eager(monkeypatch):
+def test_compiled_kernels_match_eager():
     eager = _all_terms("egp", None, False)
-    monkeypatch.setattr(F, "_KERNEL_MODE", "compiled")
-    compiled = _all_terms("egp", None, False)
+    with compiled_kernels():
+        compiled = _all_terms("egp", None, False)
     for a, b in zip(eager[0] + list(eager[1]), compiled[0] + list(compiled[1])):
         assert_close(a, b, tol=1e-8)
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpner import functional as F
+from gpner.functional import reference
 
 
 @pytest.fixture(autouse=True)
@@ -210,9 +211,18 @@ def test_losses_and_divergences_match_loops(reduction):
         "gp_kl": F.global_pointer_kl(s, t, am, reduction),
         "softmax_kl": F.softmax_kl(s, t, am, reduction),
     }
+    oracle = {
+        "dense": reference.multilabel_categorical_crossentropy(s, targets, am, reduction),
+        "sparse": reference.multilabel_categorical_crossentropy(
+            s, reference.dense_targets(spans, s), am, reduction
+        ),
+        "gp_kl": reference.global_pointer_kl(s, t, am, reduction),
+        "softmax_kl": reference.softmax_kl(s, t, am, reduction),
+    }
     for name, want in expected.items():
         want = {"none": want, "mean": want.mean(), "sum": want.sum()}[reduction]
         assert torch.allclose(got[name], want, atol=1e-10), name
+        assert torch.allclose(oracle[name], want, atol=1e-10), name
 
 
 def test_mask_forms_agree():
@@ -283,6 +293,66 @@ def test_gradcheck(which):
         "softmax_kl": lambda a, b: F.softmax_kl(a, b, am, "sum"),
     }
     assert torch.autograd.gradcheck(fns[which], (s, t))
+
+
+@pytest.mark.parametrize("which", ["mlcce", "gp_kl", "softmax_kl"])
+def test_reference_gradients_match_the_engine(which):
+    s, t, am, valid, targets = make_case(seed=8, b=2, c=2, length=5, scale=2.0)
+    fns = {
+        "mlcce": (
+            lambda a, b: reference.multilabel_categorical_crossentropy(a, targets, am, "sum"),
+            lambda a, b: F.multilabel_categorical_crossentropy(a, targets, am, "sum"),
+        ),
+        "gp_kl": (
+            lambda a, b: reference.global_pointer_kl(a, b, am, "sum"),
+            lambda a, b: F.global_pointer_kl(a, b, am, "sum"),
+        ),
+        "softmax_kl": (
+            lambda a, b: reference.softmax_kl(a, b, am, "sum"),
+            lambda a, b: F.softmax_kl(a, b, am, "sum"),
+        ),
+    }
+    # -inf on invalid cells: the oracle, too, must give them no value and no gradient.
+    s = s.masked_fill(~valid, -math.inf).requires_grad_()
+    t = t.masked_fill(~valid, -math.inf).requires_grad_()
+    ref_fn, fn = fns[which]
+    want = torch.autograd.grad(ref_fn(s, t), (s, t), allow_unused=True)
+    got = torch.autograd.grad(fn(s, t), (s, t), allow_unused=True)
+    for a, b in zip(want, got):
+        if a is None or b is None:
+            assert which == "mlcce" and a is None and b is None
+            continue
+        assert torch.isfinite(a).all() and (a.masked_select(~valid.expand_as(a)) == 0).all()
+        assert torch.allclose(a, b, atol=1e-10)
+    finite = (
+        s.detach().masked_fill(~valid, 0).requires_grad_(),
+        t.detach().masked_fill(~valid, 0).requires_grad_(),
+    )
+    assert torch.autograd.gradcheck(ref_fn, finite)
+
+
+def test_gp_kl_cell_gradient_matches_autograd():
+    g = torch.Generator().manual_seed(9)
+    s = (torch.randn(50, generator=g) * 6).requires_grad_()
+    t = (torch.randn(50, generator=g) * 6).requires_grad_()
+    want = torch.autograd.grad(F.gp_kl_cell(s, t).sum(), (s, t))
+    got = F.gp_kl_cell_grad(s.detach(), t.detach())
+    for a, b in zip(want, got):
+        assert torch.allclose(a, b, atol=1e-12)
+    only_t = F.gp_kl_cell_grad(s.detach(), t.detach(), (False, True))
+    assert only_t[0] is None and torch.allclose(only_t[1], want[1], atol=1e-12)
+    assert torch.autograd.gradcheck(F.gp_kl_cell, (s, t))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-30, 30), min_size=2, max_size=2))
+def test_gp_kl_cell_is_the_symmetric_binary_kl(pair):
+    s, t = torch.tensor(pair[0]), torch.tensor(pair[1])
+    cell = F.gp_kl_cell(s, t)
+    assert cell >= 0 and cell == F.gp_kl_cell(t, s)
+    one = torch.ones(1, 1, 1, 1)
+    binary = reference.global_pointer_kl(s * one, t * one, reduction="sum")
+    assert torch.allclose(cell, binary, rtol=1e-9, atol=1e-12)
 
 
 def test_gradcheck_logits():

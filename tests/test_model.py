@@ -11,6 +11,7 @@ from gpner import functional as F
 from gpner.config import Config
 from gpner.data.tokenizers import CharTokenizer
 from gpner.encoders import CharTransformerEncoder
+from gpner.functional._blocked import BlockLayout
 from gpner.heads import build_head
 from gpner.model import NERModel
 from gpner.regularizers import build_objective
@@ -107,7 +108,7 @@ def test_objectives_train_the_real_model(kind, divergence, head, max_width):
 def test_training_steps_never_build_a_dense_cell_tensor(monkeypatch, kind):
     from tests.test_fast_losses import _LargestTensor
 
-    monkeypatch.setattr(F, "_BLOCK_CELLS", 1 << 12)
+    monkeypatch.setattr(BlockLayout, "CELLS", 1 << 12)
     batch_size, types, length = 2, 8, 96
     torch.manual_seed(0)
     encoder = CharTransformerEncoder(

@@ -71,20 +71,21 @@ def test_band_head_trains_evaluates_and_predicts(tmp_path, tiny_data):
 
 
 def test_compiled_kernels_switch_is_scoped_to_training_steps(tmp_path, tiny_data, monkeypatch):
-    from gpner import functional as F
+    from gpner.backends import compiled_kernels_enabled
+    from gpner.functional._blocked import kernels
 
     extra = {"train.epochs": 1, "regularizer.kind": '"rdrop"', "train.max_steps_per_epoch": 3}
     eager = train(_config(tiny_data, tmp_path / "eager", **extra))
     # torch.compile replaced by the identity: the kernel code path runs without a C++ build.
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
-    monkeypatch.setattr(F, "_KERNELS", {})
+    monkeypatch.setattr(kernels, "_compiled", {})
     calls = []
-    run_kernel = F._run_kernel
-    monkeypatch.setattr(F, "_run_kernel", lambda *a: calls.append(a[0]) or run_kernel(*a))
+    run_kernel = kernels.run
+    monkeypatch.setattr(kernels, "run", lambda *a: calls.append(a[1]) or run_kernel(*a))
     extra["train.compiled_kernels"] = "true"
     fused = train(_config(tiny_data, tmp_path / "compiled", **extra))
     assert {"fwd", "bwd"} <= set(calls)
-    assert F._KERNEL_MODE == "eager"  # restored after training
+    assert not compiled_kernels_enabled()  # restored after training
     a, b = eager.history[0], fused.history[0]
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
     assert b["train_reg"] == pytest.approx(a["train_reg"], rel=1e-3, abs=1e-7)

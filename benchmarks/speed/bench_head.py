@@ -208,7 +208,7 @@ def main(argv=None) -> None:
         type=int,
         nargs="*",
         default=[512],
-        help="lengths that also run fused_compiled (F.use_compiled_kernels; compiles ~30 s)",
+        help="lengths that also run fused_compiled (backends.compiled_kernels; compiles ~30 s)",
     )
     p.add_argument(
         "--reference-max-length",

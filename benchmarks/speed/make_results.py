@@ -325,7 +325,7 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
         out.append("")
         if compiled_rows:
             out += [
-                "With the optional compiled kernels (`gpner.functional.use_compiled_kernels()`, "
+                "With the optional compiled kernels (`with gpner.backends.compiled_kernels():`, "
                 "or `train.compiled_kernels = true` in a training config: torch.compile of the "
                 "block arithmetic; eager stays the default and the fallback):",
                 "",

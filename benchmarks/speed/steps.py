@@ -14,7 +14,7 @@ Implementations:
 * ``logits``: gpner's heads materialising logits, then gpner's drop-in losses on them;
 * ``fused``: gpner's heads returning factors, then the fused losses (the fast training path);
 * ``fused_compiled``: ``fused`` with gpner's optional ``torch.compile``-fused block kernels
-  (``F.use_compiled_kernels``); its compilation time is measured separately;
+  (``gpner.backends.compiled_kernels``); its compilation time is measured separately;
 * ``fused_baseline``: ``fused`` with gpner imported from another source tree (``--baseline``:
   e.g. the commit a change started from), so old and new code are timed side by side;
 * ``gemm``: not a head step but the roofline's rate: one linear forward + backward of the
@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from gpner import functional as F
+from gpner.backends import compiled_kernels
 from gpner.heads import build_head
 
 ALPHA = 1.0
@@ -201,8 +202,8 @@ def load_baseline(src: str) -> tuple:
 def implementation(cfg: Config, name: str, seed: int = 0, baseline: str | None = None):
     """A zero-argument callable running one forward + backward step of ``name``.
 
-    ``*_compiled`` runs the gpner implementation with ``F.use_compiled_kernels`` switched on for
-    the duration of the step (its first call compiles). ``impl@mode`` runs ``impl`` in another
+    ``*_compiled`` runs the gpner implementation inside ``gpner.backends.compiled_kernels()``
+    (its first call compiles). ``impl@mode`` runs ``impl`` in another
     mode than ``cfg.mode`` (to time modes side by side). ``fused_baseline`` runs ``fused`` with
     the gpner under ``baseline`` (see :func:`load_baseline`); ``gemm`` the roofline's GEMM.
     """
@@ -229,14 +230,11 @@ def implementation(cfg: Config, name: str, seed: int = 0, baseline: str | None =
     kwargs = {"F": functional} if fn is fused_step else {}
 
     def step() -> float:
-        previous = F.use_compiled_kernels(compiled)
-        try:
+        with compiled_kernels(compiled):
             module.zero_grad(set_to_none=True)
             x.hidden.grad = None
             loss = fn(cfg, module, x, **kwargs)
             loss.backward()
-        finally:
-            F.use_compiled_kernels(previous)
         return float(loss.detach())
 
     return step

@@ -106,9 +106,9 @@ class TrainConfig:
     num_threads: int | None = None  # torch intra-op threads; None = torch's default
     max_steps_per_epoch: int | None = None  # cap for smoke tests
     progress: bool = True  # tqdm progress bars
-    # Fuse the loss kernels' block arithmetic with torch.compile (gpner.functional.
-    # use_compiled_kernels): the first steps compile (about 10-30 s on a CPU, needs a C++
-    # compiler; falls back to eager with a warning). Pays off on long texts / the Efficient head.
+    # Fuse the loss kernels' block arithmetic with torch.compile (gpner.backends.
+    # compiled_kernels, for the training steps only): the first steps compile (seconds to tens
+    # of seconds on a CPU, needs a C++ compiler; a failure warns and runs the kernels uncompiled). Pays off on long texts / the Efficient head.
     compiled_kernels: bool = False
 
 

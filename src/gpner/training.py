@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gpner import functional as F
+from gpner.backends import compiled_kernels
 from gpner.config import Config, ConfigError
 from gpner.data.batching import Feature, LengthBucketSampler, collate, encode_examples
 from gpner.data.paths import resolve
@@ -517,9 +517,8 @@ def _train_epoch(
         leave=False,
         dynamic_ncols=True,
     )
-    # A process-wide switch of the loss kernels, restored on the way out (also on errors).
-    previous_kernels = F.use_compiled_kernels(tcfg.compiled_kernels)
-    try:
+    # The loss kernels for this epoch's steps only (restored on the way out, also on errors).
+    with compiled_kernels(tcfg.compiled_kernels):
         for indices in bar:
             local = _rank_slice(indices, ddp)
             batch = collate([features[k] for k in local], model.tokenizer.pad_id).to(device)
@@ -546,8 +545,6 @@ def _train_epoch(
             elapsed = time.perf_counter() - start
             rate = seen / max(elapsed, 1e-9)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", ex_s=f"{rate:.1f}")
-    finally:
-        F.use_compiled_kernels(previous_kernels)
     elapsed = time.perf_counter() - start
     n = max(1, len(batches))
     if ddp.world > 1:
