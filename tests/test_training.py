@@ -92,7 +92,7 @@ def test_compiled_kernels_switch_is_scoped_to_training_steps(tmp_path, tiny_data
 
 
 def _run_cli(args, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen([sys.executable, "-m", "gpner", *args], env=env, cwd=ROOT, **kwargs)
 
 
@@ -134,7 +134,7 @@ def test_two_processes_match_single_process(tmp_path, tiny_data):
     sets = []
     for item in tiny_config_overrides(*tiny_data, out, **extra):
         sets += ["--set", item]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
         "-m",
