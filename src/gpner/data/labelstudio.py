@@ -137,8 +137,8 @@ def read_label_studio_text(
         warnings.warn(
             ReadWarning(
                 f"{path}: {from_predictions} task(s) have no annotation and were read from their "
-                "model predictions (source='auto'); pass source='annotations' to read only "
-                "human annotations",
+                "model predictions; gpner.data.labelstudio.read_label_studio(path, "
+                "source='annotations') reads human annotations only",
                 path=path,
             ),
             stacklevel=2,
