@@ -240,9 +240,10 @@ other formats, for importing predictions as pre-annotations into an annotation t
   label-studio  a JSON array of tasks with "predictions"; each region's score is its probability
   doccano       JSONL {"text", "label": [[start, end, TYPE]]}, UTF-16 offsets; no place for scores
   brat          a directory of .txt/.ann pairs (-o DIR) with annotation.conf; no place for scores
-streaming: texts are read, predicted and written --chunk-size at a time and flushed, so memory
-does not grow with the input; a killed run keeps what it wrote, and the same command with
---resume skips the texts whose records are complete and appends the rest.
+streaming: text input (a .txt file or stdin) is read, predicted and written --chunk-size texts at
+a time and flushed, so memory does not grow with it (a data file in a --from format is read
+whole first); a killed run keeps what it wrote, and the same command with --resume skips the
+texts whose records are complete and appends the rest.
 """
 
 

@@ -70,6 +70,7 @@ class _LineRecordWriter:
         self.array = array
         self.done = 0
         self.last_text: str | None = None
+        self._had_header = False  # a resumed array already has its "[" line
         self._own = path is not None
         if path is None:
             if append:
@@ -85,8 +86,6 @@ class _LineRecordWriter:
             self.file = open(path, "a" if append else "w", encoding="utf-8", newline="\n")  # noqa: SIM115
         if array and not self._had_header:
             self.file.write("[\n")
-
-    _had_header = False
 
     def _scan(self, path: Path, text_of: Callable[[Any], str]) -> None:
         """Count complete records, cut a torn last line (and a closing ``]``) off the file."""
