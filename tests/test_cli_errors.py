@@ -127,6 +127,12 @@ def test_evaluate_refuses_unlabelled_data(tiny_checkpoint, tmp_path, capsys):
     code, _, err = _run(capsys, "evaluate", checkpoint, plain)
     assert code == 2
     assert err.startswith(f"gpner: error: {plain}: plain text carries no gold entities")
+    code, _, err = _run(capsys, "evaluate", checkpoint, "-")
+    assert (code, err.strip()) == (
+        2,
+        "gpner: error: -: plain text carries no gold entities; evaluate needs labelled data "
+        "(name its format with --format)",
+    )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("[]", encoding="utf-8")
     code, _, err = _run(capsys, "evaluate", checkpoint, empty, "--format", "jsonl")
@@ -187,6 +193,11 @@ def test_predict_usage_errors(tiny_checkpoint, tmp_path, capsys):
     assert (code, err.strip()) == (
         2,
         f"gpner: error: no such input file: {tmp_path / 'missing.txt'}",
+    )
+    code, _, err = _run(capsys, "predict", checkpoint, texts, "-o", tmp_path)
+    assert (code, err.strip()) == (
+        2,
+        f"gpner: error: {tmp_path} is a directory; this format writes a file",
     )
     code, _, err = _run(capsys, "predict", checkpoint, texts, "--chunk-size", "0")
     assert (code, err.strip()) == (
