@@ -99,3 +99,20 @@ def tiny_checkpoint(tmp_path_factory):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         assert main(["train", *sets]) == 0
     return json.loads(out.getvalue().splitlines()[-1])["checkpoint"], root
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory):
+    """Path of a tiny model trained for seconds on the synthetic data (nested ORG ⊃ LOC learnt).
+
+    Its window is 24 tokens, so texts longer than that exercise the windowing."""
+    from gpner.config import load_config
+    from gpner.data.readers import write_jsonl
+    from gpner.training import train
+
+    root = tmp_path_factory.mktemp("served_model")
+    train_path, dev_path = root / "train.jsonl", root / "dev.jsonl"
+    write_jsonl(_synthetic_examples(48, seed=1), train_path)
+    write_jsonl(_synthetic_examples(16, seed=2), dev_path)
+    overrides = tiny_config_overrides(train_path, dev_path, root / "run", **{"train.epochs": 10})
+    return train(load_config(None, overrides)).best_path

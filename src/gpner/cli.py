@@ -1,4 +1,5 @@
-"""Command line: a thin shell over the library (gpner train | evaluate | predict | convert)."""
+"""Command line: a thin shell over the library (gpner train | evaluate | predict | convert |
+serve | render)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 _DESCRIPTION = (
     "Span-based named-entity recognition (nested entities included) with the GlobalPointer "
-    "head: train a model, evaluate it, predict with it, convert data between formats."
+    "head: train a model, evaluate it, predict with it, convert data between formats, serve it "
+    "over HTTP, render its predictions as HTML."
 )
 
 
@@ -28,6 +30,8 @@ _ARG_NAMES = {
     "evaluate": ("--format", "--scheme", "--lenient"),
     "predict": ("--from", "--scheme", "--lenient"),
     "convert": ("--from", "--scheme", "--lenient"),
+    "render": ("--from", "--scheme", "--lenient"),
+    "serve": ("--from", "--scheme", "--lenient"),
 }
 
 
@@ -273,6 +277,49 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ serve, render
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from gpner.serve.run import serve
+    except ImportError as error:
+        raise CLIError(str(error)) from None
+    from gpner.serve.limits import Limits
+
+    model = _load_model(args.model)
+    limits = Limits(args.max_texts, args.max_chars, args.max_request_bytes)
+    try:
+        serve(
+            model,
+            args.host,
+            args.port,
+            limits,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            threads=args.threads,
+            log_level=args.log_level,
+        )
+    except ImportError as error:
+        raise CLIError(str(error)) from None
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from gpner.inference import predict
+    from gpner.render import render_page
+
+    texts, _ = _predict_texts(args, progress=False)
+    texts = list(texts)
+    model = _load_model(args.model)
+    predictions = predict(model, texts, args.batch_size, threshold=args.threshold, flat=args.flat)
+    page = render_page(texts, predictions, model.labels, args.title)
+    Path(args.output).write_text(page, encoding="utf-8")
+    count = sum(len(p) for p in predictions)
+    print(f"wrote {count} spans in {len(texts)} texts to {args.output}", file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------------------------ parser
 
 
@@ -397,6 +444,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="a progress bar on stderr (default: when stderr is a terminal)",
     )
     p.set_defaults(func=_predict)
+
+    from gpner.serve.limits import Limits
+
+    limits = Limits()
+    p = sub.add_parser("serve", help="serve a model over HTTP: JSON API and a page (gpner[serve])")
+    p.add_argument("model", help="a trained model (what gpner.load reads)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
+    p.add_argument(
+        "--max-batch", type=int, default=32, help="most texts gathered for one model call"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a model call waits to gather more texts (default 2)",
+    )
+    p.add_argument("--max-texts", type=int, default=limits.max_texts, help="most texts per request")
+    p.add_argument(
+        "--max-chars", type=int, default=limits.max_chars, help="most characters per text"
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=limits.max_request_bytes,
+        help="largest request body",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--log-level", default="info", help="uvicorn's log level")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("render", help="predict and write an HTML page that shows the entities")
+    p.add_argument("model", help="a trained model (what gpner.load reads)")
+    p.add_argument(
+        "input", help="a .txt file (one text per line), a data file (see --from), or - for stdin"
+    )
+    p.add_argument("--output", "-o", required=True, help="the HTML file to write")
+    p.add_argument(
+        "--from",
+        dest="from_format",
+        metavar="FORMAT",
+        help=f"input format: text, {formats}; detected when omitted",
+    )
+    p.add_argument("--scheme", help="tag scheme of column formats (IOB1, IOB2, BIOES, BMES)")
+    p.add_argument("--lenient", action="store_true", help="skip bad data items")
+    p.add_argument("--threshold", type=float, default=None, help="default: the model's")
+    p.add_argument("--flat", action="store_true", default=None, help="no overlapping spans")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--title", default="gpner", help="the page's title")
+    p.set_defaults(func=_render)
 
     p = sub.add_parser("convert", help="convert data between formats (default: to gpner's jsonl)")
     p.add_argument("input", help="data file (brat: a directory)")

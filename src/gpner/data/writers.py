@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from gpner.data.spans import Example, Span
 
-__all__ = ["WRITE_FORMATS", "open_writer", "probability", "write"]
+__all__ = ["WRITE_FORMATS", "open_writer", "prediction_record", "probability", "write"]
 
 WRITE_FORMATS = ("jsonl", "brat", "doccano", "label-studio")
 
@@ -52,6 +52,12 @@ def _jsonl_record(text: str, spans: Sequence[Span], scores: Sequence[float] | No
             for s, score in zip(spans, scores)
         ]
     return {"text": text, "spans": items}
+
+
+def prediction_record(text: str, spans: Sequence[tuple[Span, float]]) -> dict:
+    """One text's ``(Span, score)`` predictions as the jsonl record ``gpner predict`` writes (and
+    ``gpner serve`` answers): text, and per span offsets, label, mention, score, probability."""
+    return _jsonl_record(text, [span for span, _ in spans], [score for _, score in spans])
 
 
 class _LineRecordWriter:

@@ -1,0 +1,136 @@
+"""The request body of ``/predict``: parsed by hand so that every bad input gets a clear 4xx.
+
+Order of checks: body size (413, done by the app's middleware before the body is read whole),
+UTF-8 and JSON syntax (422), field types (422), the size limits ``max_texts`` and ``max_chars``
+(413), then the texts themselves (422): empty, a lone surrogate (not encodable as UTF-8, so
+no answer could carry it back) or a NUL (U+0000). Every error names its field, index and limit.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gpner.serve.limits import Limits
+
+__all__ = ["ApiError", "Limits", "PredictRequest", "parse_predict_request"]
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status``, a stable ``code`` and a message; extra fields go along."""
+
+    def __init__(self, status: int, code: str, message: str, **extra) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict:
+        return {"error": self.code, "detail": self.message, **self.extra}
+
+
+class PredictRequest(BaseModel):
+    """Texts to tag; ``threshold`` (on the logit) and ``flat`` default to the model's own."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    texts: list[str] = Field(min_length=1, description="texts to tag, each non-empty")
+    threshold: float | None = Field(None, description="decoding threshold on the span logit")
+    flat: bool | None = Field(None, description="keep only non-overlapping spans")
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _validation_error(error: ValidationError) -> ApiError:
+    problems = [
+        {"field": _loc(e["loc"]), "type": e["type"], "message": e["msg"]}
+        for e in error.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return ApiError(422, "invalid_request", summary, errors=problems)
+
+
+def _check_text(index: int, text: str, limits: Limits) -> None:
+    if len(text) > limits.max_chars:
+        raise ApiError(
+            413,
+            "text_too_long",
+            f"texts[{index}] has {len(text)} characters, more than max_chars={limits.max_chars}",
+            limit="max_chars",
+            max=limits.max_chars,
+            got=len(text),
+            index=index,
+        )
+    if not text:
+        raise ApiError(422, "empty_text", f"texts[{index}] is empty", index=index)
+    for position, char in enumerate(text):
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF:
+            raise ApiError(
+                422,
+                "lone_surrogate",
+                f"texts[{index}] has a lone surrogate U+{code:04X} at character {position}; "
+                "send text as UTF-8 or as valid UTF-16 escape pairs",
+                index=index,
+                position=position,
+            )
+        if code == 0:
+            raise ApiError(
+                422,
+                "nul_character",
+                f"texts[{index}] has a NUL character (U+0000) at character {position}",
+                index=index,
+                position=position,
+            )
+
+
+def parse_predict_request(body: bytes, limits: Limits) -> PredictRequest:
+    """The validated request, or :class:`ApiError` naming what is wrong with it."""
+    if not body:
+        raise ApiError(422, "invalid_request", 'empty body; send JSON like {"texts": ["..."]}')
+    try:
+        decoded = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ApiError(
+            422,
+            "invalid_utf8",
+            f"the body is not UTF-8: byte {error.start} ({body[error.start]:#04x})",
+            position=error.start,
+        ) from None
+    try:
+        obj = json.loads(decoded)
+    except json.JSONDecodeError as error:
+        raise ApiError(
+            422,
+            "invalid_json",
+            f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}",
+            line=error.lineno,
+            column=error.colno,
+        ) from None
+    except (RecursionError, ValueError) as error:  # absurd nesting, integers too long to parse
+        raise ApiError(422, "invalid_json", f"unparseable JSON: {type(error).__name__}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("texts"), list):
+        count = len(obj["texts"])
+        if count > limits.max_texts:
+            raise ApiError(
+                413,
+                "too_many_texts",
+                f"{count} texts, more than max_texts={limits.max_texts}",
+                limit="max_texts",
+                max=limits.max_texts,
+                got=count,
+            )
+    try:
+        request = PredictRequest.model_validate(obj)
+    except ValidationError as error:
+        raise _validation_error(error) from None
+    for index, text in enumerate(request.texts):
+        _check_text(index, text, limits)
+    return request
