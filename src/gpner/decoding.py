@@ -17,7 +17,7 @@ from gpner.functional import select_cells
 if TYPE_CHECKING:
     from gpner.data.batching import Feature
 
-__all__ = ["decode", "spans_from_features"]
+__all__ = ["decode", "greedy_flat_chars", "spans_from_features"]
 
 TokenSpan = tuple[int, int, int, float]  # (c, i, j, score)
 
@@ -118,12 +118,13 @@ def spans_from_features(
     for index, found in best.items():
         spans = sorted(found.items())
         if flat:
-            spans = _greedy_flat_chars(spans)
+            spans = greedy_flat_chars(spans)
         result[index] = spans
     return result
 
 
-def _greedy_flat_chars(spans: list[tuple[Span, float]]) -> list[tuple[Span, float]]:
+def greedy_flat_chars(spans: list[tuple[Span, float]]) -> list[tuple[Span, float]]:
+    """The highest-scoring character spans that share no character, greedily; sorted by span."""
     kept: list[tuple[Span, float]] = []
     for span, score in sorted(spans, key=lambda t: (-t[1], t[0])):
         if all(span.end <= k.start or k.end <= span.start for k, _ in kept):
