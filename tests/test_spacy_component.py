@@ -179,7 +179,7 @@ def test_factory_is_an_entry_point(served_model):
     code = (
         "import spacy, sys; nlp = spacy.blank('zh'); "
         f"nlp.add_pipe('gpner', config={{'model': {str(served_model)!r}}}); "
-        "print(sorted(s.label_ for s in nlp('北京大学的张三来了').spans['gpner']))"
+        "doc = nlp('北京大学的张三来了'); print(sorted(s.label_ for s in doc.spans['gpner']))"
     )
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
