@@ -97,7 +97,9 @@ def test_predict_matches_offline_predict(server, model):
 
 
 def strip_scores(record):
-    return [{k: v for k, v in s.items() if k != "score"} for s in record["spans"]]
+    return [
+        {k: v for k, v in s.items() if k not in ("score", "probability")} for s in record["spans"]
+    ]
 
 
 def test_threshold_and_flat(server, model):
@@ -307,3 +309,14 @@ def test_gpner_serve_command(served_model, tmp_path):
     # uvicorn shuts down cleanly on SIGTERM, then re-raises the signal
     assert "Application shutdown complete" in log
     assert process.returncode in (0, -signal.SIGTERM)
+
+
+def test_serve_and_render_errors_are_one_line(tmp_path, capsys, served_model):
+    from gpner.cli import main
+
+    assert main(["serve", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"gpner: error: no such model: {tmp_path / 'nope'}"
+    out = tmp_path / "out.html"
+    assert main(["render", str(served_model), str(tmp_path / "none.txt"), "-o", str(out)]) == 2
+    assert "gpner: error: no such input file" in capsys.readouterr().err
+    assert not out.exists()

@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lenient", action="store_true", help="skip bad data items")
     p.add_argument("--threshold", type=float, default=None, help="default: the model's")
     p.add_argument("--flat", action="store_true", default=None, help="no overlapping spans")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="texts per model call (default 64)")
     p.add_argument("--title", default="gpner", help="the page's title")
     p.set_defaults(func=_render)
 
