@@ -80,7 +80,9 @@ class HeadConfig:
 @dataclass
 class RegularizerConfig:
     kind: str = "none"  # "none", "rdrop" or "vat"
-    divergence: str = "gp_kl"  # "gp_kl" (sigmoid divergence) or "softmax_kl" (baseline)
+    # "gp_kl" (sigmoid divergence), "softmax_kl" (baseline: a softmax per (example, type)) or
+    # "softmax_kl_all" (a softmax per example over the cells of all types)
+    divergence: str = "gp_kl"
     alpha: float = 1 / 64  # divergence weight; small: gp_kl grows with L^2 (DEFAULT_ALPHA)
     epsilon: float = 1.0  # vat: per-example norm of the adversarial perturbation
     xi: float = 1e-3  # vat: norm of the probe used by the power iteration
@@ -126,7 +128,7 @@ _CHOICES = {
     "encoder.kind": ("char_transformer", "hf"),
     "head.kind": ("global_pointer", "efficient_global_pointer"),
     "regularizer.kind": ("none", "rdrop", "vat"),
-    "regularizer.divergence": ("gp_kl", "softmax_kl"),
+    "regularizer.divergence": ("gp_kl", "softmax_kl", "softmax_kl_all"),
 }
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "MultilabelCrossEntropy",
     "GlobalPointerKL",
     "SoftmaxKL",
+    "SoftmaxKLAll",
     "build_head",
 ]
 
@@ -175,3 +176,15 @@ class SoftmaxKL(nn.Module):
 
     def forward(self, s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
         return F.softmax_kl(s, t, mask, self.reduction, max_width=self.max_width)
+
+
+class SoftmaxKLAll(nn.Module):
+    """Symmetric softmax KL with one distribution per example over all types' valid cells."""
+
+    def __init__(self, reduction: str = "mean", max_width: int | None = None):
+        super().__init__()
+        self.reduction = reduction
+        self.max_width = max_width
+
+    def forward(self, s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+        return F.softmax_kl_all(s, t, mask, self.reduction, max_width=self.max_width)

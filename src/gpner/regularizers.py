@@ -58,6 +58,7 @@ __all__ = [
     "Divergence",
     "get_divergence",
     "factored_softmax_kl",
+    "factored_softmax_kl_all",
     "RNGState",
     "Objective",
     "Plain",
@@ -86,17 +87,32 @@ def factored_softmax_kl(f: F.SpanFactors, g: F.SpanFactors, reduction: str = "me
     here, (B, C, L, L), or band (B, C, L, W) with ``f.max_width`` (the baseline pays that memory;
     the cross-entropy next to it stays fused).
     """
+    s, t = _both_logits(f, g)
+    return F.softmax_kl(s, t, mask=f.attention_mask, reduction=reduction, max_width=f.max_width)
+
+
+def factored_softmax_kl_all(f: F.SpanFactors, g: F.SpanFactors, reduction: str = "mean") -> Tensor:
+    """:func:`gpner.functional.softmax_kl_all` of two factored logits, over ``f``'s valid cells:
+    one softmax per example over all types' cells. Materialises both logits, as
+    :func:`factored_softmax_kl` does; "mean" averages over examples."""
+    s, t = _both_logits(f, g)
+    return F.softmax_kl_all(s, t, mask=f.attention_mask, reduction=reduction, max_width=f.max_width)
+
+
+def _both_logits(f: F.SpanFactors, g: F.SpanFactors) -> tuple[Tensor, Tensor]:
+    """The materialised logits (B, C, L, L or W) of two factor sets from the same head."""
     if f.num_types != g.num_types or f.max_width != g.max_width:
         raise ValueError("the two factor sets differ in types or max_width")
-    s, t = F.factors_to_logits(f), F.factors_to_logits(g)  # (B, C, L, L or W) each
+    s, t = F.factors_to_logits(f), F.factors_to_logits(g)
     if s.shape != t.shape:
         raise ValueError(f"the two logits differ in shape: {tuple(s.shape)} vs {tuple(t.shape)}")
-    return F.softmax_kl(s, t, mask=f.attention_mask, reduction=reduction, max_width=f.max_width)
+    return s, t
 
 
 DIVERGENCES: dict[str, Divergence] = {
     "gp_kl": F.fused_global_pointer_kl,
     "softmax_kl": factored_softmax_kl,
+    "softmax_kl_all": factored_softmax_kl_all,
 }
 
 # Divergences with a one-sweep R-Drop kernel: ``(f, g, spans, reduction) -> (ce_f, ce_g, d)``,
@@ -110,8 +126,9 @@ OBJECTIVES = ("none", "rdrop", "vat")
 
 def get_divergence(name: str) -> Divergence:
     """The divergence registered as ``name``, a function of two :class:`SpanFactors`: "gp_kl"
-    (:func:`gpner.functional.fused_global_pointer_kl`, the default everywhere) or "softmax_kl"
-    (:func:`factored_softmax_kl`, the baseline).
+    (:func:`gpner.functional.fused_global_pointer_kl`, the default everywhere), "softmax_kl"
+    (:func:`factored_softmax_kl`, the baseline: one softmax per (example, type)) or
+    "softmax_kl_all" (:func:`factored_softmax_kl_all`: one softmax per example over all types).
     """
     try:
         return DIVERGENCES[name]

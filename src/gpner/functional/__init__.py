@@ -49,6 +49,7 @@ from .losses import (
     global_pointer_kl,
     multilabel_categorical_crossentropy,
     softmax_kl,
+    softmax_kl_all,
     sparse_multilabel_categorical_crossentropy,
 )
 from .rope import rope
@@ -70,6 +71,7 @@ __all__ = [
     "sparse_multilabel_categorical_crossentropy",
     "global_pointer_kl",
     "softmax_kl",
+    "softmax_kl_all",
     "fused_crossentropy",
     "fused_global_pointer_kl",
     "fused_rdrop_losses",

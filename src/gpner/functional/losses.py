@@ -162,6 +162,43 @@ def softmax_kl(
     return reduce(per_pair, reduction)
 
 
+def softmax_kl_all(
+    s: Tensor,
+    t: Tensor,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    max_width: int | None = None,
+) -> Tensor:
+    """Symmetric softmax KL with one distribution per example over the valid cells of all types.
+
+    The second reading of "a softmax directly on GlobalPointer's logits": where
+    :func:`softmax_kl` normalises each (example, type) separately, here ``p = softmax(s)`` and
+    ``q = softmax(t)`` run over every valid (c, i, j) cell of an example at once, so the types
+    compete for probability mass. ``KL(p || q) + KL(q || p)`` is computed as ``<p - q, s - t>``,
+    to which it is identical. An example without valid cells contributes 0.
+
+    Args:
+        s, t: (B, C, L, L) logits, or band (B, C, L, W) with ``max_width``.
+        mask: bool, (B, L) or broadcastable to (B, C, L, L); None = all valid.
+        reduction: "none" -> (B,) (one value per example: there is no per-type term), "mean"
+            (over examples), "sum".
+    """
+    check_reduction(reduction)
+    s, t = to_accumulation(s), to_accumulation(t)
+    valid = valid_mask(mask, max_width)
+    if valid is not None:
+        # As in softmax_kl: the lowest finite value gets probability exactly 0 next to any real
+        # logit, and min - min = 0, so masked cells add nothing and no NaN can arise.
+        low = torch.finfo(s.dtype).min
+        s = s.masked_fill(~valid, low)
+        t = t.masked_fill(~valid, low)
+    p = torch.softmax(s.flatten(1), dim=-1)  # (B, C * L * L)
+    q = torch.softmax(t.flatten(1), dim=-1)
+    per_example = ((p - q) * (s - t).flatten(1)).sum(-1)  # (B,)
+    return reduce(per_example, reduction)
+
+
 # ----------------------------------------------------------------------------- fused from factors
 
 

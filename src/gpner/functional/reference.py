@@ -23,6 +23,7 @@ __all__ = [
     "multilabel_categorical_crossentropy",
     "global_pointer_kl",
     "softmax_kl",
+    "softmax_kl_all",
 ]
 
 
@@ -112,3 +113,23 @@ def softmax_kl(
     p, q = log_p.exp(), log_q.exp()
     cells = p * (log_p - log_q) + q * (log_q - log_p)
     return reduce(torch.where(valid.flatten(-2), cells, 0.0).sum(-1), reduction)
+
+
+def softmax_kl_all(
+    s: Tensor,
+    t: Tensor,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    max_width: int | None = None,
+) -> Tensor:
+    """``KL(p || q) + KL(q || p)`` with ``p``, ``q`` the softmax of ``s``, ``t`` over the valid
+    cells of all types of each example, written as the two KLs; (B,) with "none"."""
+    s, t = to_accumulation(s), to_accumulation(t)
+    valid = _valid(mask, s, max_width)
+    low = torch.finfo(s.dtype).min
+    log_p = torch.log_softmax(torch.where(valid, s, low).flatten(1), -1)
+    log_q = torch.log_softmax(torch.where(valid, t, low).flatten(1), -1)
+    p, q = log_p.exp(), log_q.exp()
+    cells = p * (log_p - log_q) + q * (log_q - log_p)
+    return reduce(torch.where(valid.flatten(1), cells, 0.0).sum(-1), reduction)
