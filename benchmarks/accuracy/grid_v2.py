@@ -101,6 +101,10 @@ CLUENER_CHAR = _v2(
     vat_epsilons=(0.625, 2.5, 10.0, 40.0),
     epoch_minutes=1.3,
     expected_epochs=18,
+    notes=(
+        "The encoder is the first design's char Transformer (2 layers, hidden 256, learning rate "
+        "2e-3): no faster-converging from-scratch default had landed when this grid started.",
+    ),
 )
 # Pretrained encoders: the first design's 2-3 epochs were still improving (CMeEE baseline
 # 55.5 -> 60.4 from epoch 2 to 3); up to 10 epochs with patience 2.

@@ -690,7 +690,9 @@ def build_report(
             "all trainable parameters.",
             "",
         ]
-        lines += ["### Settings", ""] + settings_table(data) + [""]
+        lines += ["### Settings", ""] + [f"- {note}" for note in data.grid.notes]
+        lines += [""] if data.grid.notes else []
+        lines += settings_table(data) + [""]
     lines += ["## Limitations", ""] + [f"- {x}" for x in LIMITATIONS] + [""]
     lines += ["## Completeness", ""]
     left = G.compute_left(entries)
