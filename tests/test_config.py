@@ -85,3 +85,148 @@ def test_config_and_objectives_share_the_default_divergence_weight():
     # One default weight whichever way a regulariser is built (config, factory or class).
     assert RegularizerConfig().alpha == DEFAULT_ALPHA == RDrop().alpha
     assert build_objective("vat").alpha == DEFAULT_ALPHA
+
+
+# ------------------------------------------------------------------------ every field, bad values
+
+
+def _toml(value):
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+def _fields():
+    """``(key, field, scalar type)`` of every leaf field of every config dataclass."""
+    import dataclasses
+    import typing
+
+    from gpner.config import Config
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                yield from walk(hint, prefix + f.name + ".")
+                continue
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            yield prefix + f.name, f, (args[0] if args else hint)
+
+    return list(walk(Config, ""))
+
+
+# Fields whose bad values are files: checked when the trainer reads them (before any training).
+_FILE_VALUES = {
+    "data.train": ["no/such/train.jsonl"],
+    "data.dev": ["no/such/dev.jsonl"],
+    "data.test": ["no/such/test.jsonl"],
+    "encoder.path": ["no/such/model-dir"],
+    "output_dir": ["<a file>"],
+}
+
+
+def _bad_values(key, f, kind):
+    from gpner.config import Bounds, Choice
+
+    values = [[1, 2]]  # a list is the wrong type for every scalar field
+    check = f.metadata.get("check")
+    if isinstance(check, Bounds):
+        for v in check.bad_values():
+            if kind is int and v != v:
+                continue  # NaN is not an int: the type check, tried above
+            values.append(int(v) if kind is int else float(v))
+    elif isinstance(check, Choice):
+        values.append("no-such-name")
+    values += _FILE_VALUES.get(key, [])
+    return values
+
+
+def test_every_field_rejects_a_bad_value_before_training(tmp_path, tiny_data, monkeypatch):
+    from gpner import training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an epoch started with a bad config")
+
+    monkeypatch.setattr(training, "_train_epoch", no_training)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    train_path, dev_path = tiny_data
+    fields = _fields()
+    assert len(fields) >= 40  # the walk reached every section
+    tried = 0
+    for key, f, kind in fields:
+        for value in _bad_values(key, f, kind):
+            value = str(a_file) if value == "<a file>" else value
+            extra = {key: _toml(value)}
+            if key == "encoder.path":
+                extra["encoder.kind"] = '"hf"'
+            overrides = tiny_config_overrides(train_path, dev_path, tmp_path / "o", **extra)
+            with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+                training.train(load_config(None, overrides))
+            tried += 1
+    assert tried > len(fields)
+
+
+def test_max_width_zero_fails_at_load_not_at_the_first_evaluation(tmp_path, tiny_data):
+    from gpner.config import Config, HeadConfig
+    from gpner.training import train
+
+    with pytest.raises(ConfigError, match=r"head\.max_width: must be >= 1"):
+        load_config(None, ["head.max_width=0"])
+    # A config built in Python is checked as strictly by the trainer.
+    config = load_config(None, tiny_config_overrides(*tiny_data, tmp_path / "o"))
+    config.head = HeadConfig(max_width=0)
+    with pytest.raises(ConfigError, match=r"head\.max_width"):
+        train(config)
+    assert not (tmp_path / "o").exists()
+    assert isinstance(Config(), Config)
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match=r"encoder\.num_heads: must divide"):
+        load_config(None, ["encoder.hidden_size=30", "encoder.num_heads=4"])
+    with pytest.raises(ConfigError, match=r"encoder\.path: required"):
+        load_config(None, ['encoder.kind="hf"'])
+    with pytest.raises(ConfigError, match=r"data\.stride: must be below"):
+        load_config(None, ["data.max_length=16", "data.stride=16"])
+    with pytest.raises(ConfigError, match=r"head\.head_size: must be >= 2 and even"):
+        load_config(None, ["head.head_size=7"])
+
+
+def test_registries_are_what_validation_accepts():
+    from gpner.config import registered_choices
+
+    choices = registered_choices()
+    assert set(choices) == {
+        "data.format",
+        "data.scheme",
+        "encoder.kind",
+        "head.kind",
+        "regularizer.kind",
+        "regularizer.divergence",
+    }
+    for key, registry in choices.items():
+        for name in registry:
+            load_config(None, [f'{key}="{name}"'] + (["encoder.path=x"] if name == "hf" else []))
+    # aliases and case, as the readers accept them
+    assert load_config(None, ['data.format="CoNLL2003"', 'data.scheme="bilou"']).data.scheme
+
+
+def test_train_help_lists_every_registered_choice(capsys):
+    from gpner.cli import main
+    from gpner.config import registered_choices
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for key, registry in registered_choices().items():
+        assert key in out and all(name in out for name in registry)

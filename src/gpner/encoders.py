@@ -13,13 +13,23 @@ Every encoder exposes the same small interface, which is what the model and VAT 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from gpner.registry import Registry
+
+if TYPE_CHECKING:
+    from gpner.config import Config, EncoderConfig
+    from gpner.data.tokenizers import Tokenizer
+
 __all__ = [
+    "ENCODERS",
+    "EncoderKind",
     "CharTransformerEncoder",
     "HFEncoder",
     "encoder_from_spec",
@@ -161,13 +171,7 @@ class HFEncoder(nn.Module):
 
 def encoder_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Rebuild an encoder architecture (random weights) from ``encoder.spec()``."""
-    spec = dict(spec)
-    kind = spec.pop("kind")
-    if kind == "char_transformer":
-        return CharTransformerEncoder(**spec)
-    if kind == "hf":
-        return HFEncoder.from_config_dict(spec["config"])
-    raise ValueError(f"unknown encoder kind {kind!r}")
+    return ENCODERS[spec["kind"]].from_spec(spec)
 
 
 # Pretrained encoders that ship inside PyPI wheels, found without importing the wheel's code.
@@ -203,3 +207,93 @@ def resolve_model_dir(name_or_path: str) -> Path:
         f"no model directory {name_or_path!r} "
         f"(give a local path or one of {sorted(_PACKAGED_MODELS)})"
     )
+
+
+# ---------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class EncoderKind:
+    """One registered kind of encoder: its tokenizer, its builder, its rebuilder, its checks.
+
+    ``tokenizer(config, train_texts)`` makes the tokenizer (a vocabulary from the training
+    texts, or a pretrained one); ``build(config, tokenizer)`` a freshly initialised encoder
+    (pretrained weights loaded); ``from_spec(spec)`` the architecture of a saved encoder;
+    ``check(encoder_config)`` raises ``ConfigError`` for settings this kind cannot use.
+    """
+
+    tokenizer: Callable[[Config, list[str]], Tokenizer]
+    build: Callable[[Config, Tokenizer], nn.Module]
+    from_spec: Callable[[dict[str, Any]], nn.Module]
+    check: Callable[[EncoderConfig], None] = lambda enc: None
+
+
+ENCODERS: Registry[EncoderKind] = Registry("encoder")
+
+
+def _char_tokenizer(config: Config, texts: list[str]) -> Tokenizer:
+    from gpner.data.tokenizers import CharTokenizer
+
+    enc = config.encoder
+    return CharTokenizer.build(
+        texts, min_freq=enc.min_char_freq, max_size=enc.max_vocab, lowercase=bool(enc.lowercase)
+    )
+
+
+def _char_transformer(config: Config, tokenizer: Tokenizer) -> nn.Module:
+    enc = config.encoder
+    return CharTransformerEncoder(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=enc.hidden_size,
+        num_layers=enc.num_layers,
+        num_heads=enc.num_heads,
+        ffn_size=enc.ffn_size,
+        dropout=enc.dropout,
+        max_positions=config.data.max_length,
+        pad_id=tokenizer.pad_id,
+    )
+
+
+def _check_char_transformer(enc: EncoderConfig) -> None:
+    from gpner.config import ConfigError
+
+    if enc.hidden_size % enc.num_heads:
+        raise ConfigError(
+            f"encoder.num_heads: must divide encoder.hidden_size ({enc.hidden_size}), "
+            f"got {enc.num_heads}"
+        )
+
+
+def _hf_tokenizer(config: Config, texts: list[str]) -> Tokenizer:
+    from gpner.data.tokenizers import HFTokenizer
+
+    return HFTokenizer(resolve_model_dir(config.encoder.path), lowercase=config.encoder.lowercase)
+
+
+def _check_hf(enc: EncoderConfig) -> None:
+    from gpner.config import ConfigError
+
+    if not enc.path:
+        raise ConfigError("encoder.path: required when encoder.kind = 'hf'")
+
+
+ENCODERS.register(
+    "char_transformer",
+    EncoderKind(
+        _char_tokenizer,
+        _char_transformer,
+        lambda spec: CharTransformerEncoder(**{k: v for k, v in spec.items() if k != "kind"}),
+        _check_char_transformer,
+    ),
+    help="a small Transformer over characters, trained from scratch",
+)
+ENCODERS.register(
+    "hf",
+    EncoderKind(
+        _hf_tokenizer,
+        lambda config, tokenizer: HFEncoder.from_pretrained(resolve_model_dir(config.encoder.path)),
+        lambda spec: HFEncoder.from_config_dict(spec["config"]),
+        _check_hf,
+    ),
+    help="a Hugging Face encoder from a local directory or a packaged name",
+)

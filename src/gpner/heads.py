@@ -5,8 +5,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from gpner import functional as F
+from gpner.registry import Registry
 
 __all__ = [
+    "HEADS",
     "GlobalPointer",
     "EfficientGlobalPointer",
     "MultilabelCrossEntropy",
@@ -16,7 +18,10 @@ __all__ = [
     "build_head",
 ]
 
+HEADS: Registry[type[nn.Module]] = Registry("head")
 
+
+@HEADS.register("global_pointer", help="per-type q/k projections")
 class GlobalPointer(nn.Module):
     """Per-type start/end projections scored pairwise: hidden (B, L, H) -> logits (B, C, L, L).
 
@@ -62,6 +67,7 @@ class GlobalPointer(nn.Module):
         return F.factors_to_logits(self.factors(hidden, attention_mask))
 
 
+@HEADS.register("efficient_global_pointer", help="shared q/k plus per-type biases")
 class EfficientGlobalPointer(nn.Module):
     """One shared start/end projection plus per-type start and end biases.
 
@@ -115,12 +121,9 @@ def build_head(
     head_size: int = 64,
     max_width: int | None = None,
 ) -> nn.Module:
-    """``kind`` is "global_pointer" or "efficient_global_pointer"; ``max_width`` as in
+    """The head registered in :data:`HEADS` as ``kind``; ``max_width`` as in
     :class:`GlobalPointer`."""
-    heads = {"global_pointer": GlobalPointer, "efficient_global_pointer": EfficientGlobalPointer}
-    if kind not in heads:
-        raise ValueError(f"unknown head {kind!r}; choose one of {sorted(heads)}")
-    return heads[kind](hidden_size, num_types, head_size, max_width=max_width)
+    return HEADS[kind](hidden_size, num_types, head_size, max_width=max_width)
 
 
 class MultilabelCrossEntropy(nn.Module):

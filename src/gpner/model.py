@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from gpner import __version__
 from gpner import functional as F
 from gpner.config import Config, config_from_dict, config_to_dict
-from gpner.data.tokenizers import CharTokenizer, HFTokenizer, Tokenizer, tokenizer_from_state
-from gpner.encoders import CharTransformerEncoder, HFEncoder, encoder_from_spec, resolve_model_dir
+from gpner.data.tokenizers import Tokenizer, tokenizer_from_state
+from gpner.encoders import ENCODERS, encoder_from_spec
 from gpner.heads import build_head
 
 __all__ = ["NERModel", "build_model", "build_tokenizer", "save", "load", "atomic_save"]
@@ -84,41 +84,18 @@ class NERModel(nn.Module):
 
 
 def _head_for(config: Config, hidden_size: int, num_types: int) -> nn.Module:
-    width = {"max_width": config.head.max_width} if config.head.max_width else {}
-    return build_head(config.head.kind, hidden_size, num_types, config.head.head_size, **width)
+    head = config.head
+    return build_head(head.kind, hidden_size, num_types, head.head_size, head.max_width)
 
 
 def build_tokenizer(config: Config, train_texts: list[str]) -> Tokenizer:
-    """A char vocabulary built from ``train_texts``, or a local HF tokenizer, per the config."""
-    enc = config.encoder
-    if enc.kind == "char_transformer":
-        return CharTokenizer.build(
-            train_texts,
-            min_freq=enc.min_char_freq,
-            max_size=enc.max_vocab,
-            lowercase=bool(enc.lowercase),
-        )
-    return HFTokenizer(resolve_model_dir(enc.path), lowercase=enc.lowercase)
+    """The tokenizer of the configured encoder kind (e.g. a char vocabulary of ``train_texts``)."""
+    return ENCODERS[config.encoder.kind].tokenizer(config, train_texts)
 
 
 def build_model(config: Config, labels: list[str], tokenizer: Tokenizer) -> NERModel:
     """A freshly initialised model (pretrained encoder weights loaded from their directory)."""
-    enc = config.encoder
-    if enc.kind == "char_transformer":
-        encoder: nn.Module = CharTransformerEncoder(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=enc.hidden_size,
-            num_layers=enc.num_layers,
-            num_heads=enc.num_heads,
-            ffn_size=enc.ffn_size,
-            dropout=enc.dropout,
-            max_positions=config.data.max_length,
-            pad_id=tokenizer.pad_id,
-        )
-    else:
-        if enc.path is None:
-            raise ValueError("encoder.path must name a local model directory for kind='hf'")
-        encoder = HFEncoder.from_pretrained(resolve_model_dir(enc.path))
+    encoder = ENCODERS[config.encoder.kind].build(config, tokenizer)
     head = _head_for(config, encoder.hidden_size, len(labels))
     return NERModel(encoder, head, labels, tokenizer, config)
 

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from gpner import functional as F
+from gpner.registry import Registry
 
 # The default weight of the divergence term. gp_kl sums a binary KL over every valid (i, j) cell
 # of an (example, type), so it grows with L^2 while the cross-entropy stays O(1) per pair: in the
@@ -54,7 +55,7 @@ DEFAULT_ALPHA = 1 / 64
 
 __all__ = [
     "DIVERGENCES",
-    "OBJECTIVES",
+    "REGULARIZERS",
     "Divergence",
     "get_divergence",
     "factored_softmax_kl",
@@ -109,19 +110,24 @@ def _both_logits(f: F.SpanFactors, g: F.SpanFactors) -> tuple[Tensor, Tensor]:
     return s, t
 
 
-DIVERGENCES: dict[str, Divergence] = {
-    "gp_kl": F.fused_global_pointer_kl,
-    "softmax_kl": factored_softmax_kl,
-    "softmax_kl_all": factored_softmax_kl_all,
-}
+DIVERGENCES: Registry[Divergence] = Registry("divergence")
+DIVERGENCES.register(
+    "gp_kl", F.fused_global_pointer_kl, help="sum of per-cell symmetric binary KLs (fused)"
+)
+DIVERGENCES.register(
+    "softmax_kl", factored_softmax_kl, help="symmetric KL of each type's cell softmax (baseline)"
+)
+DIVERGENCES.register(
+    "softmax_kl_all",
+    factored_softmax_kl_all,
+    help="symmetric KL of one softmax per example over all types' cells",
+)
 
 # Divergences with a one-sweep R-Drop kernel: ``(f, g, spans, reduction) -> (ce_f, ce_g, d)``,
 # both cross-entropies and the divergence from each block of logits computed once.
 _RDROP_SWEEPS: dict[Divergence, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
     F.fused_global_pointer_kl: F.fused_rdrop_losses,
 }
-
-OBJECTIVES = ("none", "rdrop", "vat")
 
 
 def get_divergence(name: str) -> Divergence:
@@ -130,12 +136,7 @@ def get_divergence(name: str) -> Divergence:
     (:func:`factored_softmax_kl`, the baseline: one softmax per (example, type)) or
     "softmax_kl_all" (:func:`factored_softmax_kl_all`: one softmax per example over all types).
     """
-    try:
-        return DIVERGENCES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown divergence {name!r}; choose one of {sorted(DIVERGENCES)}"
-        ) from None
+    return DIVERGENCES[name]
 
 
 def _parts(**values: Tensor | float) -> dict[str, float]:
@@ -515,6 +516,24 @@ class VAT(Objective):
         )
 
 
+# Objectives by ``regularizer.kind``; each factory takes every regulariser option by keyword and
+# uses the ones its kind needs.
+REGULARIZERS: Registry[Callable[..., Objective]] = Registry("regularizer")
+REGULARIZERS.register("none", lambda **options: Plain(), help="cross-entropy only")
+REGULARIZERS.register(
+    "rdrop",
+    lambda alpha, divergence, **options: RDrop(alpha, divergence),
+    help="two dropout passes, alpha * divergence between them",
+)
+REGULARIZERS.register(
+    "vat",
+    lambda alpha, divergence, epsilon, xi, power_iterations: VAT(
+        alpha, epsilon, xi, power_iterations, divergence
+    ),
+    help="alpha * divergence at the adversarial embedding perturbation",
+)
+
+
 def build_objective(
     kind: str = "none",
     alpha: float = DEFAULT_ALPHA,
@@ -523,16 +542,16 @@ def build_objective(
     xi: float = 1e-3,
     power_iterations: int = 1,
 ) -> Objective:
-    """The objective for a config: ``kind`` in {"none", "rdrop", "vat"}.
+    """The objective registered in :data:`REGULARIZERS` as ``kind`` ("none", "rdrop", "vat").
 
     Arguments a kind does not use are ignored (``none`` uses none of them; ``rdrop`` uses
     ``alpha`` and ``divergence``), but ``divergence`` is validated for every kind.
     """
-    get_divergence(divergence)
-    if kind == "none":
-        return Plain()
-    if kind == "rdrop":
-        return RDrop(alpha, divergence)
-    if kind == "vat":
-        return VAT(alpha, epsilon, xi, power_iterations, divergence)
-    raise ValueError(f"unknown objective {kind!r}; choose one of {list(OBJECTIVES)}")
+    DIVERGENCES[divergence]
+    return REGULARIZERS[kind](
+        alpha=alpha,
+        divergence=divergence,
+        epsilon=epsilon,
+        xi=xi,
+        power_iterations=power_iterations,
+    )

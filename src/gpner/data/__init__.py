@@ -11,6 +11,7 @@ from gpner.data.batching import (
 )
 from gpner.data.readers import (
     FORMATS,
+    READERS,
     SCHEMES,
     ReadError,
     ReadWarning,
@@ -46,6 +47,7 @@ __all__ = [
     "token_span_to_chars",
     "tokenizer_from_state",
     "FORMATS",
+    "READERS",
     "SCHEMES",
     "Example",
     "ReadError",

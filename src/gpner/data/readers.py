@@ -41,19 +41,35 @@ in both modes.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gpner.data.paths import resolve
 from gpner.data.spans import Example, Span
+from gpner.data.tagging import (
+    SCHEMES,
+    TagError,
+    decode,
+    detect_scheme,
+    detect_scheme_parsed,
+    normalize_scheme,
+    parse_tag,
+    spans_to_tags,
+    tags_to_spans,
+)
+from gpner.registry import Registry
 
 __all__ = [
     "FORMATS",
+    "READERS",
+    "Reader",
     "SCHEMES",
     "ReadError",
     "ReadWarning",
@@ -66,37 +82,6 @@ __all__ = [
     "write_jsonl",
 ]
 
-FORMATS = (
-    "cluener",
-    "cmeee",
-    "conll",
-    "conll-chars",
-    "weibo",
-    "jsonl",
-    "brat",
-    "doccano",
-    "label-studio",
-)
-SCHEMES = ("IOB1", "IOB2", "BIOES", "BMES")
-
-_FORMAT_ALIASES = {
-    "conll2003": "conll",
-    "chars": "conll-chars",
-    "people_daily": "conll-chars",
-    "people-daily": "conll-chars",
-    "cmeee-v2": "cmeee",
-    "labelstudio": "label-studio",
-    "label_studio": "label-studio",
-}
-_SCHEME_ALIASES = {"BIO": "IOB2", "IOBES": "BIOES", "BILOU": "BIOES", "BIOUL": "BIOES"}
-_JSON_FORMATS = ("cluener", "cmeee", "jsonl")
-# Annotation-tool formats: format -> "module:function" taking (text, path, strict); brat reads a
-# directory instead (``read_brat(path, strict)``). Imported when used.
-_TOOL_READERS = {
-    "doccano": "gpner.data.doccano:read_doccano_text",
-    "label-studio": "gpner.data.labelstudio:read_label_studio_text",
-}
-_COLUMN_FORMATS = ("conll", "conll-chars", "weibo")
 # Which key marks which JSON format, for detection (a list under "label" is doccano's).
 _JSON_KEYS = {"spans": "jsonl", "entities": "cmeee", "label": "cluener", "data": "label-studio"}
 # How much of a file format detection looks at.
@@ -151,7 +136,8 @@ def read(
 
     Args:
         path: file to read; relative paths that do not exist are taken under ``data_root()``.
-        format: one of ``FORMATS`` (case-insensitive), or ``None`` to detect it (``detect_format``).
+        format: a name in ``READERS`` (case-insensitive, aliases too), or ``None`` to detect it
+            (``detect_format``).
         scheme: tag scheme for column formats (one of ``SCHEMES`` or an alias), ``None`` to detect
             it (``detect_scheme``). When the detected IOB1 rests on a few stray ``I-`` tags in
             otherwise IOB2 data (Weibo), a ``ReadWarning`` lists their lines. Passing a scheme for
@@ -165,19 +151,17 @@ def read(
         one entity; the same offsets with two labels are two).
     """
     p = resolve(path)
-    fmt = _normalize_format(format) if format is not None else None
-    if fmt == "brat" or (fmt is None and _is_brat_path(p)):
-        _no_scheme(scheme, "brat")
-        return _tool_reader("gpner.data.brat:read_brat")(p, strict=strict)
-    text = _load_text(p)
-    fmt = fmt or _detect_format_text(text, p)
-    if fmt in _JSON_FORMATS:
+    fmt = READERS.canonical(format) if format is not None else None
+    if fmt is None and _is_brat_path(p):
+        fmt = "brat"
+    text = None
+    if fmt is None or not READERS[fmt].directory:
+        text = _load_text(p)
+        fmt = fmt or _detect_format_text(text, p)
+    reader = READERS[fmt]
+    if not reader.columns:
         _no_scheme(scheme, fmt)
-        return _read_json(text, p, fmt, strict)
-    if fmt in _TOOL_READERS:
-        _no_scheme(scheme, fmt)
-        return _tool_reader(_TOOL_READERS[fmt])(text, p, strict)
-    return _read_columns(text, p, fmt, _normalize_scheme(scheme), strict)
+    return reader.load(p, text, normalize_scheme(scheme), strict)
 
 
 def _no_scheme(scheme: str | None, fmt: str) -> None:
@@ -187,13 +171,6 @@ def _no_scheme(scheme: str | None, fmt: str) -> None:
 
 def _is_brat_path(path: Path) -> bool:
     return path.is_dir() or path.suffix == ".ann"
-
-
-def _tool_reader(target: str):
-    import importlib
-
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def write_jsonl(examples: Iterable[Example], path: str | os.PathLike[str]) -> int:
@@ -255,112 +232,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     return _detect_format_text(_load_text(p), p)
 
 
-def detect_scheme(sequences: Iterable[Sequence[str]]) -> str:
-    """Guess the tag scheme of tag sequences (one sequence per sentence).
-
-    Rules, by the set of prefixes seen (``O`` ignored):
-
-    - none (all ``O``): ``IOB2`` (every scheme reads it the same).
-    - only ``B``/``I``: ``IOB1`` if some ``I-X`` begins an entity (at sentence start, after ``O``
-      or after another type), which only IOB1 allows, else ``IOB2``. Both read IOB2-valid data
-      identically, so the guess only decides whether such an ``I-X`` is an entity start or an error.
-    - ``M`` with only ``B``/``E``/``S``: ``BMES``.
-    - ``E``/``S`` or ``L``/``U`` with ``B``/``I``: ``BIOES``.
-
-    Raises ``ValueError`` on a malformed tag or a mix that fits no scheme (``M`` with ``I``, ``E``
-    with ``L``).
-    """
-    parsed = []
-    for seq in sequences:
-        try:
-            parsed.append([_parse_tag(t) for t in seq])
-        except _TagError as e:
-            raise ValueError(e.reason) from None
-    return _detect_scheme_parsed(parsed)[0]
-
-
-def tags_to_spans(
-    tags: Sequence[str], scheme: str | None = "IOB2", invalid: str = "raise"
-) -> list[Span]:
-    """Decode one tag sequence into spans over token positions.
-
-    Args:
-        tags: one tag per token, ``"O"`` or ``"<prefix>-<type>"``.
-        scheme: one of ``SCHEMES`` or an alias; ``None`` detects it from this sequence alone.
-        invalid: what to do with a sequence the scheme forbids (e.g. ``I-X`` after ``O`` in IOB2,
-            ``B-X`` not closed by ``E-X`` in BIOES): ``"raise"`` a ``ValueError`` naming the token
-            index, or ``"drop"`` the ill-formed pieces and keep only well-formed entities.
-            ``"drop"`` gives the same entities as seqeval's ``mode="strict"`` for IOB2 and
-            BIOES/BILOU.
-            IOB1 forbids nothing: ``I-X`` after ``O`` or another type begins an entity, and so does
-            ``B-X`` anywhere (CoNLL-2003's train file has two ``B-`` tags after ``O``).
-
-    Returns:
-        Spans with half-open *token* offsets (``Span(2, 4, "PER")`` covers tokens 2 and 3), in
-        order.
-    """
-    if invalid not in ("raise", "drop"):
-        raise ValueError(f"invalid must be 'raise' or 'drop', got {invalid!r}")
-    try:
-        parsed = [_parse_tag(t) for t in tags]
-    except _TagError as e:
-        raise ValueError(e.reason) from None
-    name = _detect_scheme_parsed([parsed])[0] if scheme is None else _normalize_scheme(scheme)
-    try:
-        chunks = _decode(parsed, name, drop=invalid == "drop")
-    except _TagError as e:
-        raise ValueError(f"token {e.index}: {e.reason}") from None
-    return [Span(s, e, label) for s, e, label in chunks]
-
-
-def spans_to_tags(spans: Iterable[Span], length: int, scheme: str = "IOB2") -> list[str]:
-    """Encode non-overlapping token-offset spans as ``length`` tags in ``scheme``.
-
-    The inverse of ``tags_to_spans``: ``tags_to_spans(spans_to_tags(s, n, sch), sch) == sorted(s)``.
-    IOB1 uses ``B-X`` only for an entity that directly follows another ``X``. BIOES writes
-    B/I/E/S (not L/U). Raises ``ValueError`` for overlapping spans or spans past ``length``.
-    """
-    name = _normalize_scheme(scheme)
-    tags = ["O"] * length
-    prev_end, prev_label = -1, None
-    for s in sorted(spans):
-        if s.end > length:
-            raise ValueError(f"span {s} ends past length {length}")
-        if s.start < prev_end:
-            raise ValueError(f"span {s} overlaps the previous one; tags cannot express nesting")
-        n = s.end - s.start
-        if name in ("IOB1", "IOB2"):
-            first = (
-                "B" if name == "IOB2" or (s.start == prev_end and s.label == prev_label) else "I"
-            )
-            tags[s.start] = f"{first}-{s.label}"
-            for i in range(s.start + 1, s.end):
-                tags[i] = f"I-{s.label}"
-        else:
-            inside = "M" if name == "BMES" else "I"
-            if n == 1:
-                tags[s.start] = f"S-{s.label}"
-            else:
-                tags[s.start] = f"B-{s.label}"
-                for i in range(s.start + 1, s.end - 1):
-                    tags[i] = f"{inside}-{s.label}"
-                tags[s.end - 1] = f"E-{s.label}"
-        prev_end, prev_label = s.end, s.label
-    return tags
-
-
 # --------------------------------------------------------------------------------------------
 # Shared plumbing
 # --------------------------------------------------------------------------------------------
-
-
-class _TagError(Exception):
-    """A tag-level problem at token ``index`` (mapped to a line number by the reader)."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(reason)
-        self.index = index
-        self.reason = reason
 
 
 class _Bad(Exception):
@@ -416,25 +290,6 @@ def _load_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ReadError(path, line, f"not valid UTF-8 (byte {e.start}: {e.reason})") from None
-
-
-def _normalize_format(fmt: str) -> str:
-    name = fmt.strip().lower()
-    name = _FORMAT_ALIASES.get(name, name)
-    if name not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    return name
-
-
-def _normalize_scheme(scheme: str | None) -> str | None:
-    if scheme is None:
-        return None
-    name = scheme.strip().upper()
-    name = _SCHEME_ALIASES.get(name, name)
-    if name not in SCHEMES:
-        known = ", ".join(SCHEMES + tuple(_SCHEME_ALIASES))
-        raise ValueError(f"unknown tag scheme {scheme!r}; expected one of {known}")
-    return name
 
 
 def _is_int(x: Any) -> bool:
@@ -766,7 +621,7 @@ def _read_columns(
     if scheme is None:
         good = [k for k, tags in enumerate(parsed) if tags is not None]
         try:
-            scheme, orphans = _detect_scheme_parsed([parsed[k] for k in good])
+            scheme, orphans = detect_scheme_parsed([parsed[k] for k in good])
         except ValueError as e:
             raise ReadError(path, None, f"{e}; pass scheme= explicitly") from None
         if orphans:
@@ -781,8 +636,8 @@ def _read_columns(
             problems.bad(*sent.error)
             continue
         try:
-            chunks = _decode(tags, scheme, drop=False)
-        except _TagError as e:
+            chunks = decode(tags, scheme, drop=False)
+        except TagError as e:
             problems.bad(sent.lines[e.index], f"{e.reason} ({scheme})")
             continue
         examples.append(_column_example(sent.tokens, chunks, joiner))
@@ -801,8 +656,8 @@ def _sentence_tags(
         pt = cache.get(tag)
         if pt is None:
             try:
-                pt = cache[tag] = _parse_tag(tag)
-            except _TagError as e:
+                pt = cache[tag] = parse_tag(tag)
+            except TagError as e:
                 sent.error = (line, e.reason)
                 return None
         tags.append(pt)
@@ -829,162 +684,6 @@ def _warn_orphans(path: Path, lines: list[int]) -> None:
         ReadWarning,
         stacklevel=4,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Tag schemes
-# --------------------------------------------------------------------------------------------
-
-_PREFIXES = frozenset("BIOESLUM")
-_ALLOWED = {
-    "IOB1": frozenset("BIO"),
-    "IOB2": frozenset("BIO"),
-    "BIOES": frozenset("BIOESLU"),
-    "BMES": frozenset("BMESO"),
-}
-
-
-def _parse_tag(tag: str) -> tuple[str, str]:
-    """``"B-PER"`` -> ``("B", "PER")``; ``"O"`` -> ``("O", "")``. Raises ``_TagError(0, ...)``."""
-    if tag == "O":
-        return "O", ""
-    if len(tag) > 2 and tag[1] == "-" and tag[0] in _PREFIXES and tag[0] != "O":
-        return tag[0], tag[2:]
-    raise _TagError(0, f"malformed tag {tag!r}: expected 'O' or '<B|I|E|S|L|U|M>-<type>'")
-
-
-def _detect_scheme_parsed(
-    parsed: list[list[tuple[str, str]]],
-) -> tuple[str, list[tuple[int, int]]]:
-    """``(scheme, orphans)``; ``orphans`` lists ``(sentence, token)`` of chunk-opening ``I-`` tags
-    when the data looks like IOB2 with stray ``I-`` (more ``B-`` than ``I-`` openings), else ``[]``.
-    """
-    prefixes = {p for tags in parsed for p, _ in tags} - {"O"}
-    if not prefixes:
-        return "IOB2", []
-    if prefixes <= {"B", "I"}:
-        i_open: list[tuple[int, int]] = []
-        b_open = 0
-        for s, tags in enumerate(parsed):
-            prev = ""
-            for i, (p, label) in enumerate(tags):
-                if p == "I" and label != prev:
-                    i_open.append((s, i))
-                elif p == "B" and label != prev:
-                    b_open += 1
-                prev = label
-        if not i_open:
-            return "IOB2", []
-        return "IOB1", (i_open if b_open > len(i_open) else [])
-    if "M" in prefixes:
-        if prefixes <= {"B", "M", "E", "S"}:
-            return "BMES", []
-        raise ValueError(f"tag prefixes {sorted(prefixes)} fit no scheme (M is BMES, I is not)")
-    if prefixes <= {"B", "I", "E", "S"} or prefixes <= {"B", "I", "L", "U"}:
-        return "BIOES", []
-    raise ValueError(f"tag prefixes {sorted(prefixes)} fit no scheme (E/S is BIOES, L/U is BILOU)")
-
-
-def _decode(tags: Sequence[tuple[str, str]], scheme: str, drop: bool) -> list[tuple[int, int, str]]:
-    """Parsed tags -> ``[(start, end, label)]`` token chunks (half-open), or ``_TagError``."""
-    if scheme == "IOB1":
-        return _decode_iob1(tags)
-    if scheme == "IOB2":
-        return _decode_iob2(tags, drop)
-    return _decode_bioes(tags, scheme, drop)
-
-
-def _decode_iob1(tags: Sequence[tuple[str, str]]) -> list[tuple[int, int, str]]:
-    chunks = []
-    start, cur = -1, None
-    for i, (p, label) in enumerate(tags):
-        if p == "O":
-            if cur is not None:
-                chunks.append((start, i, cur))
-                cur = None
-        elif p == "I" and label == cur:
-            continue
-        elif p in ("I", "B"):
-            if cur is not None:
-                chunks.append((start, i, cur))
-            start, cur = i, label
-        else:
-            raise _not_in_scheme(i, p, "IOB1")
-    if cur is not None:
-        chunks.append((start, len(tags), cur))
-    return chunks
-
-
-def _decode_iob2(tags: Sequence[tuple[str, str]], drop: bool) -> list[tuple[int, int, str]]:
-    chunks = []
-    start, cur = -1, None
-    for i, (p, label) in enumerate(tags):
-        if p == "I" and label == cur:
-            continue
-        if cur is not None:
-            chunks.append((start, i, cur))
-            cur = None
-        if p == "B":
-            start, cur = i, label
-        elif p == "I":
-            if not drop:
-                before = "sentence start" if i == 0 else _fmt_tag(tags[i - 1])
-                raise _TagError(i, f"I-{label} after {before}: an entity must begin with B-{label}")
-        elif p != "O":
-            raise _not_in_scheme(i, p, "IOB2")
-    if cur is not None:
-        chunks.append((start, len(tags), cur))
-    return chunks
-
-
-def _decode_bioes(
-    tags: Sequence[tuple[str, str]], scheme: str, drop: bool
-) -> list[tuple[int, int, str]]:
-    inside = "M" if scheme == "BMES" else "I"
-    allowed = _ALLOWED[scheme]
-    chunks = []
-    start, cur = -1, None
-
-    def fail(i: int, reason: str) -> None:
-        nonlocal cur
-        if not drop:
-            raise _TagError(i, reason)
-        cur = None
-
-    for i, (p, label) in enumerate(tags):
-        if p not in allowed:
-            raise _not_in_scheme(i, p, scheme)
-        # BILOU spelling of BIOES.
-        if p == "L":
-            p = "E"
-        elif p == "U":
-            p = "S"
-        if p == inside or p == "E":
-            if cur != label:
-                before = "sentence start" if i == 0 else _fmt_tag(tags[i - 1])
-                fail(i, f"{p}-{label} after {before}: must follow B-{label} or {inside}-{label}")
-            elif p == "E":
-                chunks.append((start, i + 1, label))
-                cur = None
-            continue
-        if cur is not None:
-            fail(i, f"{_fmt_tag(tags[i])} while {cur} from token {start} is open (needs E-{cur})")
-        if p == "B":
-            start, cur = i, label
-        elif p == "S":
-            chunks.append((i, i + 1, label))
-    if cur is not None:
-        fail(len(tags) - 1, f"sentence ends inside {cur} begun at token {start} (needs E-{cur})")
-    return chunks
-
-
-def _not_in_scheme(i: int, prefix: str, scheme: str) -> _TagError:
-    allowed = "/".join(sorted(_ALLOWED[scheme]))
-    return _TagError(i, f"tag prefix {prefix!r} is not part of {scheme} ({allowed})")
-
-
-def _fmt_tag(pt: tuple[str, str]) -> str:
-    return "O" if pt[0] == "O" else f"{pt[0]}-{pt[1]}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1066,3 +765,73 @@ def _detect_columns(text: str, path: Path) -> str:
         if sum(len(c) == 1 for c in chars) >= 0.9 * len(chars):
             return "weibo"
     return "conll"
+
+
+# --------------------------------------------------------------------------------------------
+# The registry of formats
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one format is read: ``load(path, text, scheme, strict) -> examples``.
+
+    ``text`` is the file's decoded content (None for a ``directory`` format, which reads
+    ``path`` itself); ``scheme`` is the canonical tag scheme or None, and only ``columns``
+    formats accept one. ``load`` may name ``"module:function"`` taking ``(text, path, strict)``
+    (``(path, strict=...)`` for a directory format), imported on first use.
+    """
+
+    load_target: Callable[..., list[Example]] | str
+    columns: bool = False
+    directory: bool = False
+
+    def load(self, path: Path, text: str | None, scheme: str | None, strict: bool):
+        target = self.load_target
+        if isinstance(target, str):
+            module, _, name = target.partition(":")
+            target = getattr(importlib.import_module(module), name)
+            if self.directory:
+                return target(path, strict=strict)
+            return target(text, path, strict)
+        return target(path, text, scheme, strict)
+
+
+def _json_reader(fmt: str) -> Reader:
+    return Reader(lambda path, text, scheme, strict: _read_json(text, path, fmt, strict))
+
+
+def _column_reader(fmt: str) -> Reader:
+    return Reader(
+        lambda path, text, scheme, strict: _read_columns(text, path, fmt, scheme, strict),
+        columns=True,
+    )
+
+
+# Formats by name (case-insensitive, with aliases). Other modules may register more; detection
+# (``detect_format``) knows the ones below.
+READERS: Registry[Reader] = Registry("format", normalize=str.lower)
+READERS.register("cluener", _json_reader("cluener"), help="CLUENER JSON lines")
+READERS.register("cmeee", _json_reader("cmeee"), help="CMeEE JSON", aliases=("cmeee-v2",))
+READERS.register(
+    "conll", _column_reader("conll"), help="word and tag columns", aliases=("conll2003",)
+)
+READERS.register(
+    "conll-chars",
+    _column_reader("conll-chars"),
+    help="character and tag columns",
+    aliases=("chars", "people_daily", "people-daily"),
+)
+READERS.register("weibo", _column_reader("weibo"), help="Weibo NER character columns")
+READERS.register("jsonl", _json_reader("jsonl"), help="gpner's JSON lines")
+READERS.register(
+    "brat", Reader("gpner.data.brat:read_brat", directory=True), help="brat .ann/.txt directory"
+)
+READERS.register("doccano", Reader("gpner.data.doccano:read_doccano_text"), help="doccano JSONL")
+READERS.register(
+    "label-studio",
+    Reader("gpner.data.labelstudio:read_label_studio_text"),
+    help="Label Studio JSON export",
+    aliases=("labelstudio", "label_studio"),
+)
+FORMATS = READERS  # the names of the registered formats (iterable, supports ``in``)
