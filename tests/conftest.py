@@ -116,3 +116,45 @@ def served_model(tmp_path_factory):
     write_jsonl(_synthetic_examples(16, seed=2), dev_path)
     overrides = tiny_config_overrides(train_path, dev_path, root / "run", **{"train.epochs": 10})
     return train(load_config(None, overrides)).best_path
+
+
+@pytest.fixture
+def tiny_hf_dir(tmp_path):
+    """A randomly initialised 2-layer BERT and a WordPiece tokenizer, saved to a directory."""
+    return write_tiny_hf_model(tmp_path / "tiny-bert")
+
+
+def write_tiny_hf_model(directory):
+    """Write a randomly initialised 2-layer BERT with its WordPiece tokenizer to ``directory``."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel
+
+    chars = sorted(set("张三李四王小明赵敏刘备北京上海广州深圳杭州在工作去了大学的来昨天说很好。"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + chars
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    directory.mkdir(parents=True)
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]"}
+        )
+    )
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    return directory

@@ -15,7 +15,7 @@ def trained(tmp_path, tiny_data):
     for item in tiny_config_overrides(*tiny_data, tmp_path / "run", **{"train.epochs": 4}):
         sets += ["--set", item]
     assert main(["train", *sets]) == 0
-    return tmp_path / "run" / "best.pt"
+    return tmp_path / "run" / "best"
 
 
 def test_train_evaluate_predict_convert(trained, tiny_data, tmp_path, capsys, monkeypatch):

@@ -1,14 +1,14 @@
 """Encoders: the char Transformer, a tiny random Hugging Face model, and the real wheels."""
 
 import importlib.util
-import json
 
 import pytest
 import torch
 
+from gpner.checkpoints import load, save
 from gpner.config import load_config
 from gpner.encoders import CharTransformerEncoder, HFEncoder, encoder_from_spec, resolve_model_dir
-from gpner.model import build_model, load, save
+from gpner.model import build_model
 from gpner.training import train
 from tests.conftest import tiny_config_overrides
 
@@ -40,41 +40,6 @@ def test_char_encoder_inputs_embeds_path_equals_ids_path():
     assert torch.equal(rebuilt.eval()(am, ids), enc(am, ids))
 
 
-@pytest.fixture
-def tiny_hf_dir(tmp_path):
-    """A randomly initialised 2-layer BERT and a WordPiece tokenizer, saved to a directory."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel
-
-    chars = sorted(set("张三李四王小明赵敏刘备北京上海广州深圳杭州在工作去了大学的来昨天说很好。"))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + chars
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    directory = tmp_path / "tiny-bert"
-    directory.mkdir()
-    tok.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps(
-            {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]"}
-        )
-    )
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(directory)
-    return directory
-
-
 def test_hf_encoder_trains_and_checkpoint_needs_no_directory(tmp_path, tiny_data, tiny_hf_dir):
     import shutil
 
@@ -92,7 +57,12 @@ def test_hf_encoder_trains_and_checkpoint_needs_no_directory(tmp_path, tiny_data
     result = train(load_config(None, overrides))
     assert result.history[0]["steps"] > 0
     shutil.rmtree(tiny_hf_dir)  # the checkpoint must not need it
-    model = load(out / "best.pt")
+    assert {p.name for p in (out / "best").iterdir()} == {
+        "model.safetensors",
+        "gpner.json",
+        "tokenizer.json",
+    }
+    model = load(out / "best")
     assert isinstance(model.encoder, HFEncoder)
     assert model.tokenizer.prefix_ids and model.tokenizer.suffix_ids  # [CLS] ... [SEP]
     ids = torch.tensor([[2, 5, 6, 3]])
@@ -132,8 +102,8 @@ def test_save_load_roundtrip_is_exact(tmp_path, tiny_data):
     model = build_model(
         cfg, ["LOC", "ORG", "PER"], build_tokenizer(cfg, [e.text for e in examples])
     )
-    save(model, tmp_path / "m.pt")
-    again = load(tmp_path / "m.pt")
+    save(model, tmp_path / "m")
+    again = load(tmp_path / "m")
     ids = torch.randint(2, 10, (2, 7))
     am = torch.ones(2, 7, dtype=torch.bool)
     assert torch.equal(model.eval()(ids, am), again(ids, am))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpner.checkpoints import load
 from gpner.config import load_config
 from gpner.inference import evaluate, predict
-from gpner.model import load
 from gpner.training import train
 from tests.conftest import tiny_config_overrides
 
@@ -29,7 +29,7 @@ def test_train_writes_self_contained_checkpoints(tmp_path, tiny_data):
     out = tmp_path / "run"
     result = train(_config(tiny_data, out, **{"train.epochs": 6}))
     assert {p.name for p in out.iterdir()} >= {
-        "best.pt",
+        "best",
         "last.pt",
         "metrics.jsonl",
         "training.png",
@@ -38,8 +38,10 @@ def test_train_writes_self_contained_checkpoints(tmp_path, tiny_data):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4, 5, 6]
     assert result.best_f1 > 0.3, result.history  # it learns the synthetic task
     assert not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
+    assert not list(out.glob(".*"))  # nor temporary directories
+    assert {p.name for p in (out / "best").iterdir()} == {"model.safetensors", "gpner.json"}
 
-    model = load(out / "best.pt")  # nothing but the file
+    model = load(out / "best")  # nothing but the directory
     assert model.labels == ["LOC", "ORG", "PER"]
     from gpner.data.readers import read
 
@@ -61,7 +63,7 @@ def test_band_head_trains_evaluates_and_predicts(tmp_path, tiny_data):
     out = tmp_path / "band"
     extra = {"head.max_width": 4, "train.epochs": 1, "regularizer.kind": '"rdrop"'}
     result = train(_config(tiny_data, out, **extra))
-    model = load(out / "best.pt")
+    model = load(out / "best")
     assert model.head.max_width == 4
     from gpner.data.readers import read
 
@@ -121,8 +123,8 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_data):
     resumed = train(_config(tiny_data, out, **extra), resume=True)
     assert [h["dev"] for h in resumed.history] == [h["dev"] for h in straight.history]
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["state_dict"]
-    b = torch.load(out / "last.pt", weights_only=False)["state_dict"]
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -148,8 +150,8 @@ def test_two_processes_match_single_process(tmp_path, tiny_data):
     ]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    a = torch.load(tmp_path / "single" / "last.pt", weights_only=False)["state_dict"]
-    b = torch.load(out / "last.pt", weights_only=False)["state_dict"]
+    a = torch.load(tmp_path / "single" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "last.pt", weights_only=True)["state_dict"]
     hidden = 32
     for key in a:
         x, y = a[key], b[key]
@@ -178,7 +180,7 @@ def test_train_leaves_the_callers_config_alone(tmp_path, tiny_data):
     train(cfg)
     assert config_to_dict(cfg) == before
     # the checkpoint records that the dev file was replaced by the carved split
-    assert load(tmp_path / "v" / "best.pt").config.data.dev is None
+    assert load(tmp_path / "v" / "best").config.data.dev is None
 
 
 def test_patience_stops_after_epochs_without_a_dev_gain_and_resume_keeps_the_stop(

@@ -6,10 +6,20 @@ __version__ = "0.1.0"
 
 
 def load(path, map_location="cpu"):
-    """Rebuild a trained model from a checkpoint file alone (see :func:`gpner.model.load`)."""
-    from gpner.model import load as _load
+    """Rebuild a trained model from its directory alone (see :func:`gpner.checkpoints.load`).
+
+    Never unpickles anything: weights are safetensors, the rest is JSON.
+    """
+    from gpner.checkpoints import load as _load
 
     return _load(path, map_location)
+
+
+def save(model, directory):
+    """Write ``model`` as a self-contained directory (see :func:`gpner.checkpoints.save`)."""
+    from gpner.checkpoints import save as _save
+
+    return _save(model, directory)
 
 
 def predict(model, texts, **kwargs):

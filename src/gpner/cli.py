@@ -85,7 +85,7 @@ def _read_data(path: str, fmt: str | None, scheme: str | None, strict: bool = Tr
 
 def _load_model(path: str):
     """The model at ``path``; a missing or unreadable one is a usage error."""
-    from gpner.model import load
+    from gpner.checkpoints import load
 
     if not Path(path).exists():
         raise CLIError(f"no such model: {path}")
@@ -345,6 +345,21 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_checkpoint(args: argparse.Namespace) -> int:
+    from gpner.checkpoints import convert_checkpoint
+
+    print(
+        f"gpner: warning: {args.old} is a pickle file. It is read with torch.load(weights_only="
+        "True), which runs no code; only with --trust-pickle is it fully unpickled, which runs "
+        "any code it embeds. Convert only checkpoints you trust.",
+        file=sys.stderr,
+    )
+    kind = convert_checkpoint(args.old, args.new, trust=args.trust_pickle)
+    what = "model directory" if kind == "model" else "resume state"
+    print(f"wrote the {what} {args.new}", file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------------------------ parser
 
 
@@ -393,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="entity-level scores of a checkpoint on labelled data")
-    p.add_argument("checkpoint", help="a trained model (the best.pt a training run wrote)")
+    p.add_argument(
+        "checkpoint", help="a trained model directory (output_dir/best of a training run)"
+    )
     p.add_argument("data", help="labelled data (a file; brat: a directory)")
     p.add_argument("--format", help=f"format of the data: {formats}; detected when omitted")
     p.add_argument("--scheme", help=f"tag scheme of column formats ({schemes})")
@@ -412,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", help="a trained model (the best.pt a training run wrote)")
+    p.add_argument(
+        "checkpoint", help="a trained model directory (output_dir/best of a training run)"
+    )
     p.add_argument(
         "input",
         nargs="?",
@@ -550,6 +569,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip bad items (their number is reported) instead of stopping at the first",
     )
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser(
+        "convert-checkpoint",
+        help="convert a gpner <= 0.1 pickle checkpoint (best.pt -> model directory, "
+        "last.pt -> resume state)",
+    )
+    p.add_argument("old", help="the old .pt file")
+    p.add_argument("new", help="the model directory (or resume state file) to write")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="fully unpickle the file if the restricted load refuses it (runs code it embeds)",
+    )
+    p.set_defaults(func=_convert_checkpoint)
     return parser
 
 
@@ -571,6 +604,7 @@ def _show_warning(command: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gpner.checkpoints import CheckpointError
     from gpner.config import ConfigError
     from gpner.data.readers import ReadError
 
@@ -579,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning(args.command)
         try:
             return args.func(args)
-        except (ConfigError, ReadError, CLIError, FileNotFoundError) as error:
+        except (ConfigError, CheckpointError, ReadError, CLIError, FileNotFoundError) as error:
             print(f"gpner: error: {_as_flags(str(error), args.command)}", file=sys.stderr)
             return 2
 

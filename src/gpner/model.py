@@ -1,29 +1,23 @@
-"""The NER model (encoder + GlobalPointer head) and self-contained checkpoints.
+"""The NER model: encoder + GlobalPointer head, with its labels, tokenizer and config.
 
-A checkpoint embeds the config, the label set, the tokenizer state (vocabulary or tokenizer JSON)
-and the encoder architecture, so ``gpner.load(path)`` alone rebuilds the model.
+:func:`model_from_parts` rebuilds the architecture from what a saved model records (config,
+labels, tokenizer state, encoder spec); :mod:`gpner.checkpoints` stores and loads the weights.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gpner import __version__
 from gpner import functional as F
-from gpner.config import Config, config_from_dict, config_to_dict
+from gpner.config import Config, config_from_dict
 from gpner.data.tokenizers import Tokenizer, tokenizer_from_state
 from gpner.encoders import ENCODERS, encoder_from_spec
 from gpner.heads import build_head
 
-__all__ = ["NERModel", "build_model", "build_tokenizer", "save", "load", "atomic_save"]
-
-CHECKPOINT_FORMAT = 1
+__all__ = ["NERModel", "build_model", "build_tokenizer", "model_from_parts"]
 
 
 class NERModel(nn.Module):
@@ -100,59 +94,16 @@ def build_model(config: Config, labels: list[str], tokenizer: Tokenizer) -> NERM
     return NERModel(encoder, head, labels, tokenizer, config)
 
 
-def checkpoint_payload(model: NERModel) -> dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "gpner_version": __version__,
-        "config": config_to_dict(model.config),
-        "labels": list(model.labels),
-        "tokenizer": model.tokenizer.state_dict(),
-        "encoder_spec": model.encoder.spec(),
-        "state_dict": model.state_dict(),
-    }
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, then rename over ``path``.
-
-    A run killed mid-write leaves the previous checkpoint intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save(model: NERModel, path: str | Path, **extra: Any) -> None:
-    """Write a self-contained checkpoint (plus any ``extra`` entries) atomically."""
-    payload = checkpoint_payload(model)
-    payload.update(extra)
-    atomic_save(payload, path)
-
-
-def model_from_payload(payload: dict[str, Any]) -> NERModel:
-    config = config_from_dict(payload["config"])
-    tokenizer = tokenizer_from_state(payload["tokenizer"])
-    encoder = encoder_from_spec(payload["encoder_spec"])
-    labels = payload["labels"]
+def model_from_parts(
+    config: dict[str, Any] | Config,
+    labels: list[str],
+    tokenizer_state: dict[str, Any],
+    encoder_spec: dict[str, Any],
+) -> NERModel:
+    """A model with the saved architecture (random weights; the caller loads them)."""
+    if not isinstance(config, Config):
+        config = config_from_dict(config)
+    tokenizer = tokenizer_from_state(tokenizer_state)
+    encoder = encoder_from_spec(encoder_spec)
     head = _head_for(config, encoder.hidden_size, len(labels))
-    model = NERModel(encoder, head, labels, tokenizer, config)
-    model.load_state_dict(payload["state_dict"])
-    return model
-
-
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> NERModel:
-    """Rebuild a model from a checkpoint file alone, in eval mode."""
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a gpner checkpoint (format {payload.get('format')!r})")
-    return model_from_payload(payload).eval()
+    return NERModel(encoder, head, list(labels), tokenizer, config)

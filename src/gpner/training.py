@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gpner import checkpoints
 from gpner.backends import compiled_kernels
 from gpner.config import Config, ConfigError, check_config
 from gpner.data.batching import Feature, LengthBucketSampler, collate, encode_examples
@@ -30,18 +31,13 @@ from gpner.data.readers import read
 from gpner.data.report import collect_read_report
 from gpner.data.spans import Example
 from gpner.inference import evaluate
-from gpner.model import (
-    NERModel,
-    atomic_save,
-    build_model,
-    build_tokenizer,
-    checkpoint_payload,
-    load,
-    model_from_payload,
-)
+from gpner.model import NERModel, build_model, build_tokenizer
 from gpner.regularizers import build_objective
 
-__all__ = ["TrainResult", "prepare_data", "train", "split_validation"]
+__all__ = ["TrainResult", "prepare_data", "train", "split_validation", "BEST_DIR", "LAST_STATE"]
+
+BEST_DIR = "best"  # output_dir/best/: the best dev epoch's model directory (gpner.load)
+LAST_STATE = "last.pt"  # output_dir/last.pt: the resume state (plain tensors, weights_only)
 
 
 @dataclass
@@ -60,7 +56,7 @@ class TrainResult:
 
     @property
     def best_path(self) -> Path:
-        return self.output_dir / "best.pt"
+        return self.output_dir / BEST_DIR
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -226,9 +222,11 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain containers (a resume state loads weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -236,7 +234,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -294,8 +293,9 @@ def _summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def train(config: Config, resume: bool | str = False) -> TrainResult:
     """Train a model as ``config`` says; returns the history and where the checkpoints are.
 
-    ``output_dir`` receives ``best.pt`` (the best dev epoch, for ``gpner.load``), ``last.pt``
-    (everything needed to resume exactly), ``metrics.jsonl`` (one line per epoch) and
+    ``output_dir`` receives ``best/`` (the best dev epoch's model directory, for ``gpner.load``),
+    ``last.pt`` (everything needed to resume exactly, plain tensors loaded with
+    ``weights_only=True``), ``metrics.jsonl`` (one line per epoch) and
     ``training.png``. With ``resume=True`` a killed run continues after its last finished epoch
     and ends with the same metrics as an uninterrupted run; there must be a ``last.pt`` to resume
     from (``ConfigError`` otherwise). ``resume="if_exists"`` resumes when there is one and starts
@@ -320,7 +320,7 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: {out} exists and is not a directory")
-    last_path = out / "last.pt"
+    last_path = out / LAST_STATE
 
     if resume is True and not last_path.is_file():
         raise ConfigError(
@@ -340,10 +340,10 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
         )
     state = None
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = checkpoints.load_state(last_path)
         if state["labels"] != labels:
             raise ConfigError(f"--resume: {last_path} was trained with other labels")
-        model = model_from_payload(state)
+        model = checkpoints.model_from_payload(state)
         _log(f"resuming from {last_path} after epoch {state['epoch']}", ddp.main)
     else:
         _seed_everything(tcfg.seed)
@@ -420,11 +420,12 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
             history.append(record)
             if f1 > best_f1:
                 best_f1, best_epoch = f1, epoch + 1
-                atomic_save(checkpoint_payload(model), out / "best.pt")
+                checkpoints.save(model, out / BEST_DIR)
             stopped = tcfg.patience is not None and epoch + 1 - best_epoch >= tcfg.patience
-            atomic_save(
+            checkpoints.save_state(
+                last_path,
                 {
-                    **checkpoint_payload(model),
+                    **checkpoints.model_payload(model),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "history": history,
@@ -434,7 +435,6 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
                     "stopped_early": stopped,
                     "rng": _rng_state(),
                 },
-                last_path,
             )
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as log:
                 log.write(json.dumps(record) + "\n")
@@ -463,7 +463,7 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
     if ddp.main:
         _plot(history, out / "training.png")
         if test_examples is not None:
-            best = load(out / "best.pt").to(device)
+            best = checkpoints.load(out / BEST_DIR).to(device)
             result.test_metrics = evaluate(best, test_examples, tcfg.eval_batch_size)
             _log(f"test micro F1 {result.test_metrics['micro']['f1']:.4f}")
     ddp.barrier()
