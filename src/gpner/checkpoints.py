@@ -69,6 +69,15 @@ class CheckpointError(ValueError):
     """A file or directory that is not a loadable gpner model or resume state."""
 
 
+def _refusal(error: BaseException) -> str:
+    """The reason in torch's weights_only refusal (the global it would not build), in one line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error" in line:
+            return line.split(" Please use")[0]  # not the advice to allow-list the global
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
 # ----------------------------------------------------------------------------- model metadata
 
 
@@ -289,8 +298,8 @@ def load_state(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         raise CheckpointError(
-            f"{path}: not a plain-tensor resume state ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}). States written by gpner <= 0.1 "
+            f"{path}: not a plain-tensor resume state ({_refusal(error)}). "
+            "States written by gpner <= 0.1 "
             "are full pickles that can run code; gpner does not load them. If you trust this one: "
             f"gpner convert-checkpoint {path} {path} --trust-pickle"
         ) from None
@@ -333,8 +342,8 @@ def convert_checkpoint(source: str | Path, target: str | Path, trust: bool = Fal
     except pickle.UnpicklingError as error:
         if not trust:
             raise CheckpointError(
-                f"{source}: a restricted load (no code runs) was refused: "
-                f"{str(error).splitlines()[0]}. Reading it needs a full unpickle, which runs any "
+                f"{source}: a restricted load (no code runs) was refused ({_refusal(error)}). "
+                "Reading it needs a full unpickle, which runs any "
                 "code the file embeds; if you trust where it came from, pass --trust-pickle"
             ) from None
         payload = torch.load(source, map_location="cpu", weights_only=False)

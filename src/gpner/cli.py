@@ -62,6 +62,8 @@ _ARG_NAMES = {
 
 def _as_flags(message: str, command: str) -> str:
     """Library messages name Python arguments (``format=``); the command line names its flags."""
+    if command not in _ARG_NAMES:  # commands that read no data files
+        return message
     fmt, scheme, lenient = _ARG_NAMES[command]
     sep = " = " if command == "train" else " "
     message = re.sub(r"\bformat=(?![\w'\"])", fmt, message)
