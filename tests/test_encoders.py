@@ -134,5 +134,7 @@ def test_real_pretrained_encoders_load_offline(name, package, hidden, monkeypatc
 
 
 def test_unknown_model_name_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="local path"):
-        resolve_model_dir("bert-base-chinese")
+    with pytest.raises(FileNotFoundError, match="hub id"):
+        resolve_model_dir("bert-base-chinese")  # loads through the hub cache, see test_hub.py
+    with pytest.raises(FileNotFoundError, match="no model directory './nowhere'"):
+        resolve_model_dir("./nowhere")

