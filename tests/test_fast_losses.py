@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from gpner import functional as F
 from gpner.backends import compiled_kernels
 from gpner.functional import reference
-from gpner.functional._blocked import BlockLayout
+from gpner.functional._blocked import BlockLayout, engine
 from gpner.functional._blocked.kernels import kernel_mode
 
 DT = torch.float64
@@ -176,6 +176,51 @@ def test_rdrop_gradients_with_uniform_weights(head, width):
     got = (ce1 + ce2) / 2 + 0.7 * kl
     assert_close(got, want)
     for a, b in zip(grads(got, params + other), grads(want, params + other)):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("head", ["gp", "egp"])
+@pytest.mark.parametrize("width", [None, 3])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_kept_and_recomputed_backward_agree(monkeypatch, head, width, uniform):
+    """Small problems keep the cells' gradient parts from forward to backward; above
+    ``engine.KEEP_CELLS`` backward recomputes every block. Both give the same values and
+    gradients, for every loss on factors and on logits, uniform or per-(b, c) weights."""
+    params, am, spans = make(head, seed=21)
+    other = perturbed(params, 22)
+    gen = torch.Generator().manual_seed(23)
+    weights = [torch.rand(3, 2, generator=gen, dtype=DT) + 0.1 for _ in range(7)]
+    if uniform:
+        weights = [torch.full_like(w, 0.3) for w in weights]
+    kept = []
+    forward = engine._forward_block_keeping
+
+    def spy(*args, **kwargs):
+        kept.append(True)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_forward_block_keeping", spy)
+
+    def run():
+        f, g = factors(head, params, am, width), factors(head, other, am, width)
+        s, t = F.factors_to_logits(f), F.factors_to_logits(g)
+        outs = [
+            *F.fused_rdrop_losses(f, g, spans, "none"),
+            F.fused_crossentropy(g, spans, "none"),
+            F.fused_global_pointer_kl(f.detach(), g, "none"),
+            F.sparse_multilabel_categorical_crossentropy(s, spans, am, "none", max_width=width),
+            F.global_pointer_kl(s, t, am, "none", max_width=width),
+        ]
+        total = sum((w * x).sum() for w, x in zip(weights, outs))
+        return [x.detach() for x in outs], grads(total, params + other)
+
+    values, gradients = run()
+    assert kept  # these small problems kept their gradient parts
+    kept.clear()
+    monkeypatch.setattr(engine, "KEEP_CELLS", 0)
+    values_recomputed, gradients_recomputed = run()
+    assert not kept
+    for a, b in zip(values + list(gradients), values_recomputed + list(gradients_recomputed)):
         assert_close(a, b)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["gp_kl_cell", "gp_kl_cell_grad"]
+__all__ = ["gp_kl_cell", "gp_kl_cell_grad", "gp_kl_cell_parts"]
 
 
 def gp_kl_cell(s: Tensor, t: Tensor) -> Tensor:
@@ -51,6 +51,16 @@ def gp_kl_cell_grad(
     Computed in place on fresh temporaries (the engine calls this on every cache-sized block,
     outside autograd), so not itself differentiable.
     """
+    return gp_kl_cell_parts(s, t, wants)[2:]
+
+
+def gp_kl_cell_parts(
+    s: Tensor, t: Tensor, wants: tuple[bool, bool] = (True, True)
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(diff, d, d/ds, d/dt)``: the two factors of :func:`gp_kl_cell`
+    (``diff = sigmoid(s) - sigmoid(t)``, ``d = s - t``, the cell's term is ``diff * d``) and its
+    derivatives as in :func:`gp_kl_cell_grad`, from one evaluation of the sigmoids (for the
+    engine, which needs the value and the gradient of the same block)."""
     a, b = torch.sigmoid(s), torch.sigmoid(t)
     diff, d = a - b, s - t
     ds = dt = None
@@ -60,4 +70,4 @@ def gp_kl_cell_grad(
     if wants[1]:
         b.addcmul_(b, b, value=-1.0)  # sigmoid'(t), in place
         dt = torch.addcmul(diff, b, d, out=b).neg_()
-    return ds, dt
+    return diff, d, ds, dt

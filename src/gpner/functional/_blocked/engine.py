@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..cells import gp_kl_cell, gp_kl_cell_grad
+from ..cells import gp_kl_cell, gp_kl_cell_grad, gp_kl_cell_parts
 from . import kernels
 from .layout import BlockLayout, GoldCells
 from .sources import DenseSource, FactorSource
@@ -101,7 +101,6 @@ class SpanLosses(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.job = job
         ctx.session = session = kernels.current()
-        ctx.save_for_backward(*tensors)
         layout = job.layout
         sources = _make_sources(job, tensors)
         acc = sources[0].acc
@@ -114,6 +113,9 @@ class SpanLosses(torch.autograd.Function):
         shift = {p: torch.zeros(batch, types, dtype=acc, device=device) for p in passes}
         total = {p: torch.zeros(batch, types, dtype=acc, device=device) for p in passes}
         gold: dict[int, list[Tensor]] = {p: [] for p in passes}
+        per = 1 if job.kind == "dense" else 4
+        wants = [any(ctx.needs_input_grad[1 + per * s : 1 + per * (s + 1)]) for s in range(2)]
+        kept = [] if session is None and _keeps(job, wants) else None
         for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
             xs = [src.cells(b0, b1, r0, r1, c0) for src in sources]
             invalid = layout.invalid_block(b0, b1, r0, r1, c0)
@@ -121,7 +123,10 @@ class SpanLosses(torch.autograd.Function):
             flat = job.positives.flat[index] if job.positives is not None else None
             for p in passes:
                 gold[p].append(xs[p].view(-1)[flat])
-            if session is not None:
+            if kept is not None:
+                stats, block_kept = _forward_block_keeping(job, xs, masks, flat, floor, wants)
+                kept.append(block_kept)
+            elif session is not None:
                 stats = _forward_block_kernel(session, job, xs, masks, flat, floor)
                 if job.kl and passes:  # gold cells were left out of the kernel's divergence
                     extra = gp_kl_cell(gold[0][-1], gold[1][-1])
@@ -148,6 +153,10 @@ class SpanLosses(torch.autograd.Function):
             saved[p] = (neg, x_pos, pos)
             outputs.append(neg + pos.view(batch, types))
         ctx.stats = saved
+        # What forward kept goes with the inputs: autograd frees both after backward (unless
+        # the graph is retained, for which backward leaves them unchanged).
+        ctx.keeps = kept is not None
+        ctx.save_for_backward(*tensors, *(t for block in kept or [] for t in block))
         outputs.append(kl)
         return tuple(outputs)
 
@@ -156,7 +165,8 @@ class SpanLosses(torch.autograd.Function):
         job: Job = ctx.job
         session = ctx.session
         layout = job.layout
-        tensors = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        tensors = saved[: job.sources * (1 if job.kind == "dense" else 4)]
         sources = _make_sources(job, tensors)
         acc = sources[0].acc
         per = 1 if job.kind == "dense" else 4
@@ -172,6 +182,20 @@ class SpanLosses(torch.autograd.Function):
             src.start_backward(source_needs[s])
         plan = _BackwardPlan(job, ctx.stats, acc, wants, ce_passes, g_ce, g_kl if do_kl else None)
         computed = set(ce_passes) | ({0, 1} if do_kl else set())
+        if ctx.keeps:
+            kept = saved[len(tensors) :]
+            for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
+                block_kept = kept[6 * index : 6 * index + 6]
+                grads = _backward_block_kept(plan, block_kept, (index, b0, b1))
+                for s, src in enumerate(sources):
+                    if grads[s] is not None:
+                        src.load(b0, b1, r0, r1, c0)
+                        src.backward_cells(b0, b1, r0, r1, c0, grads[s])
+            out: list[Tensor | None] = [None]
+            for s, src in enumerate(sources):
+                contributes = (s in ce_passes) or do_kl
+                out.extend(src.finish_backward() if wants[s] and contributes else [None] * per)
+            return tuple(out)
         for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
             xs = [
                 src.cells(b0, b1, r0, r1, c0) if s in computed else None
@@ -194,22 +218,37 @@ class SpanLosses(torch.autograd.Function):
         return tuple(out)
 
 
-def _forward_block_eager(job: Job, xs: list[Tensor], masks: _BlockMasks, flat, floor: float):
+def _block_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum((-2, -1))`` for contiguous (Bg, C, r, n) blocks, as one batched dot
+    product (one read of each, no product temporary)."""
+    lead = a.shape[:-2]
+    flat_a = a.reshape(-1, 1, a.shape[-2] * a.shape[-1])
+    flat_b = b.reshape(-1, b.shape[-2] * b.shape[-1], 1)
+    return torch.bmm(flat_a, flat_b).view(lead)
+
+
+def _forward_block_eager(
+    job: Job, xs: list[Tensor], masks: _BlockMasks, flat, floor: float, kl: Tensor | None = None
+):
     """``(kl, m0, s0, m1, s1)`` of one block (None where not asked for), using ``xs`` in place.
 
     ``masks.bias`` holds finfo.min (not -inf) on invalid cells: see :func:`_block_masks`.
+    ``kl``: the block's divergence, computed by the caller (who then also added the bias to
+    both sources where this function would have).
     """
     stats: list[Tensor | None] = [None] * 5
     passes = [p for p in range(job.sources) if job.ce[p]]
     biased = masks.bias is not None and len(passes) == job.sources
-    if biased:  # both sources need the bias for their maxima: add it first, the divergence
-        for x in xs:  # then needs no mask (invalid cells agree exactly, see _block_masks)
+    if biased and kl is None:  # both sources need the bias for their maxima: add it first,
+        for x in xs:  # the divergence then needs no mask (invalid cells agree exactly)
             x.add_(masks.bias)
-    if job.kl:
-        cell = gp_kl_cell(*xs)
+    if kl is not None:
+        stats[0] = kl
+    elif job.kl:
+        diff, d, _, _ = gp_kl_cell_parts(xs[0], xs[1], (False, False))
         if masks.keep is not None and not biased:
-            cell.mul_(masks.keep)
-        stats[0] = cell.sum(dim=(-2, -1))
+            diff.mul_(masks.keep)
+        stats[0] = _block_dot(diff, d)
     for p in passes:
         x = xs[p]  # used in place from here on
         if masks.bias is not None and not biased:
@@ -225,6 +264,92 @@ def _forward_block_eager(job: Job, xs: list[Tensor], masks: _BlockMasks, flat, f
         x.view(-1).index_fill_(0, flat, 0.0)
         stats[1 + 2 * p], stats[2 + 2 * p] = m, x.sum(dim=(-2, -1))
     return stats
+
+
+# Small problems keep, from forward to backward, what the cells' gradients are made of (the
+# cross-entropies' softmax numerators and the divergence's raw derivatives, already masked), so
+# that backward neither recomputes the blocks nor repeats their elementwise passes: it only
+# weights them and turns them into dq/dk. Above this many kept cells (4 bytes each in float32)
+# backward recomputes instead, and memory stays O(one block).
+KEEP_CELLS = 1 << 23
+
+
+def _keeps(job: Job, wants: list[bool]) -> bool:
+    """Whether forward keeps the gradients' parts for backward (see KEEP_CELLS)."""
+    if not any(wants):
+        return False
+    layout = job.layout
+    per_cell = sum(job.ce[p] and wants[p] for p in range(job.sources))
+    if job.kl:
+        per_cell += sum(wants[: job.sources])
+    cells = 0
+    for b0, b1, r0, r1, c0 in layout.blocks:
+        cols = layout.cols - c0 if layout.kind != "band" else layout.cols
+        cells += (b1 - b0) * layout.types * (r1 - r0) * cols
+    return cells * per_cell <= KEEP_CELLS
+
+
+def _forward_block_keeping(job: Job, xs, masks: _BlockMasks, flat, floor: float, wants):
+    """:func:`_forward_block_eager`, also returning the block's gradient parts for backward.
+
+    ``kept = (e0, m0, e1, m1, k0, k1)``: per cross-entropy pass the masked ``exp(x - m)`` with
+    gold cells 0 and its shift ``m`` (Bg, C); per wanted side the divergence's derivative
+    ``dD/dx`` (0 on invalid cells). Backward's gradient is then ``w e exp(m - neg) + w_kl k``
+    with the gold cells written in, as the recomputing backward makes it.
+    """
+    kl_raw: list[Tensor | None] = [None, None]
+    if job.kl:
+        passes = [p for p in range(job.sources) if job.ce[p]]
+        biased = masks.bias is not None and len(passes) == job.sources
+        if biased:  # as in _forward_block_eager; invalid cells then get exactly 0 derivatives
+            for x in xs:
+                x.add_(masks.bias)
+        diff, d, *kl_raw = gp_kl_cell_parts(xs[0], xs[1], (wants[0], wants[1]))
+        if masks.keep is not None and not biased:
+            for k in (diff, *kl_raw):
+                if k is not None:
+                    k.mul_(masks.keep)
+        kl = _block_dot(diff, d)
+        stats = _forward_block_eager(job, xs, masks, flat, floor, kl=kl)
+    else:
+        stats = _forward_block_eager(job, xs, masks, flat, floor)
+    kept = [None] * 6
+    for p in range(job.sources):
+        if job.ce[p] and wants[p]:
+            # _forward_block_eager left exp(x - m) (masked, gold 0) in xs[p].
+            kept[2 * p], kept[2 * p + 1] = xs[p], stats[1 + 2 * p].nan_to_num(neginf=0.0)
+    kept[4], kept[5] = kl_raw
+    return stats, kept
+
+
+def _backward_block_kept(plan: _BackwardPlan, kept: list, block) -> list:
+    """A block's gradients from what forward kept (see :func:`_forward_block_keeping`)."""
+    index, b0, b1 = block
+    job, wants = plan.job, plan.wants
+    grads: list[Tensor | None] = [None, None]
+    for s in range(job.sources):
+        if not wants[s]:
+            continue
+        g = None
+        if s in plan.ce_passes:
+            e, m = kept[2 * s], kept[2 * s + 1]
+            # exp(x - neg) = exp(x - m) exp(m - neg): one (Bg, C) factor per block.
+            factor = plan.ce_w[s][b0:b1] * torch.exp(m - plan.neg[s][b0:b1])
+            g = e * factor[..., None, None]  # kept tensors stay as they are (retain_graph)
+        k = kept[4 + s]
+        if plan.w_kl is not None and k is not None:
+            if plan.w_kl_scalar is not None:
+                w = plan.w_kl_scalar
+                g = k * w if g is None else g.add_(k, alpha=w)
+            else:
+                w = plan.w_kl[b0:b1, :, None, None]
+                g = k * w if g is None else g.addcmul_(k, w)
+        if g is None:
+            continue
+        if s in plan.ce_passes:  # gold cells: e held 0 there; add their cross-entropy gradient
+            g.view(-1).index_add_(0, job.positives.flat[index], plan.gold_grad[s][index])
+        grads[s] = g
+    return grads
 
 
 def _forward_block_kernel(session, job: Job, xs: list[Tensor], masks: _BlockMasks, flat, floor):

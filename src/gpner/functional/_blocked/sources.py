@@ -74,10 +74,18 @@ class FactorSource:
         return x
 
     def start_backward(self, needs: tuple[bool, ...]) -> None:
-        def zeros(t: Tensor | None, need: bool) -> Tensor | None:
-            return t.new_zeros(t.shape, dtype=self.acc) if (t is not None and need) else None
+        # dq and dsb are assigned block by block, each row once; so are dk and deb in the first
+        # row band of the full layout, which covers every column (later bands add to them).
+        # Band blocks overlap in columns from the first band on: their dk and deb start at 0.
+        def buffer(t: Tensor | None, need: bool, assigned: bool) -> Tensor | None:
+            if t is None or not need:
+                return None
+            make = torch.empty if assigned else torch.zeros
+            return make(t.shape, dtype=self.acc, device=t.device)
 
-        self.grads = [zeros(t, n) for t, n in zip((self.q, self.k, self.sb, self.eb), needs)]
+        assigned = (True, not self.band, True, not self.band)
+        tensors = (self.q, self.k, self.sb, self.eb)
+        self.grads = [buffer(t, n, a) for t, n, a in zip(tensors, needs, assigned)]
 
     def backward_cells(self, b0: int, b1: int, r0: int, r1: int, c0: int, g: Tensor) -> None:
         """Accumulate the gradient ``g`` (Bg, C, r, M - c0) of this block's cells."""
@@ -91,16 +99,23 @@ class FactorSource:
             band_view(full, self.width).copy_(g)
             g = full
         end = min(z, self.length) - a  # band blocks: columns past the end are dropped
+        first = r0 == 0 and not self.band  # see start_backward
         if deb is not None:
-            deb[b0:b1, :, a : a + end] += g.sum(-2)[..., :end]
+            if first:
+                torch.sum(g, -2, out=deb[b0:b1])
+            else:
+                deb[b0:b1, :, a : a + end] += g.sum(-2)[..., :end]
         if dq is None and dk is None:
             return
         if self.shared:
             g = g.sum(1, keepdim=True)
         if dq is not None:
-            dq[b0:b1, :, r0:r1] = torch.matmul(g, kb)
+            torch.matmul(g, kb, out=dq[b0:b1, :, r0:r1])
         if dk is not None:
-            dk[b0:b1, :, a : a + end] += torch.matmul(g.transpose(-1, -2), qb)[..., :end, :]
+            if first:
+                torch.matmul(g.transpose(-1, -2), qb, out=dk[b0:b1])
+            else:
+                dk[b0:b1, :, a : a + end] += torch.matmul(g.transpose(-1, -2), qb)[..., :end, :]
 
     def finish_backward(self) -> list[Tensor | None]:
         dq, dk, dsb, deb = self.grads
@@ -127,6 +142,9 @@ class DenseSource:
             return torch.empty(block.shape, dtype=self.acc, device=block.device).copy_(block)
         # Copy and clean in one pass: invalid cells may hold -inf (or anything) in user logits.
         return torch.where(invalid, self._zero, block.to(self.acc)).contiguous()
+
+    def load(self, b0: int, b1: int, r0: int, r1: int, c0: int) -> None:
+        """Nothing to load: a block's gradient is written into the logits' gradient as it is."""
 
     def start_backward(self, needs: tuple[bool, ...]) -> None:
         logits = self.logits
