@@ -37,27 +37,14 @@ def _pairs_as_complex(x: Tensor) -> Tensor | None:
 def rotate(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -> Tensor:
     """Pairs ``(e, o)`` of ``x`` -> ``(e cos - o sin, o cos + e sin)``.
 
-    In float32/64 as one complex product ``(e + io)(cos + i sin)``: one vectorised pass, also
-    over strided views such as the per-type q of a projection, whose pairs are adjacent in
-    memory (otherwise ``x`` is copied, or the result written through, once). Half precision:
-    4 half-size passes.
+    In float32/64 as one complex product ``(e + io)(cos + i sin)`` (:func:`rotate_complex`).
+    Half precision: 4 half-size passes.
     """
+    if x.dtype in _COMPLEX and cos.dtype == x.dtype:
+        return rotate_complex(x, torch.complex(cos, sin), out)
     if out is None:
         shape = torch.broadcast_shapes(x.shape, (*cos.shape[:-1], x.shape[-1]))
         out = torch.empty(shape, dtype=x.dtype, device=x.device)
-    if x.dtype in _COMPLEX and out.dtype == x.dtype:
-        xc = _pairs_as_complex(x)
-        if xc is None:  # standard strides are even multiples of D
-            xc = _pairs_as_complex(x.clone(memory_format=torch.contiguous_format))
-        outc = _pairs_as_complex(out)
-        target = out
-        if outc is None:
-            target = torch.empty(out.shape, dtype=out.dtype, device=out.device)
-            outc = _pairs_as_complex(target)
-        torch.mul(xc, torch.complex(cos, sin), out=outc)
-        if target is not out:
-            out.copy_(target)
-        return out
     pairs, out_pairs = x.unflatten(-1, (-1, 2)), out.unflatten(-1, (-1, 2))
     even, odd = pairs[..., 0], pairs[..., 1]
     out_even, out_odd = out_pairs[..., 0], out_pairs[..., 1]
@@ -65,6 +52,27 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -> Te
     out_even.addcmul_(odd, sin, value=-1.0)
     torch.mul(odd, cos, out=out_odd)
     out_odd.addcmul_(even, sin)
+    return out
+
+
+def rotate_complex(x: Tensor, table: Tensor, out: Tensor | None = None) -> Tensor:
+    """:func:`rotate` by the complex table ``cos + i sin`` (float32/64 ``x``): one vectorised
+    pass, also over strided views such as the per-type q of a projection, whose pairs are
+    adjacent in memory (otherwise ``x`` is copied, or the result written through, once)."""
+    if out is None:
+        shape = torch.broadcast_shapes(x.shape, (*table.shape[:-1], x.shape[-1]))
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    xc = _pairs_as_complex(x)
+    if xc is None:  # standard strides are even multiples of D
+        xc = _pairs_as_complex(x.clone(memory_format=torch.contiguous_format))
+    outc = _pairs_as_complex(out)
+    target = out
+    if outc is None:
+        target = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+        outc = _pairs_as_complex(target)
+    torch.mul(xc, table, out=outc)
+    if target is not out:
+        out.copy_(target)
     return out
 
 
@@ -102,6 +110,10 @@ class ProjectedPair(torch.autograd.Function):
         if not use_rope:
             return (qv * scale).contiguous(), kv.contiguous()
         cos, sin = rope_tables(qv, None, 10000.0)
+        if qv.dtype in _COMPLEX:  # one complex table (L, D/2) serves all four rotations
+            table = torch.complex(cos, sin)
+            ctx.save_for_backward(table)
+            return rotate_complex(qv, table * scale), rotate_complex(kv, table)
         ctx.save_for_backward(cos, sin)
         return rotate(qv, cos * scale, sin * scale), rotate(kv, cos, sin)
 
@@ -111,12 +123,15 @@ class ProjectedPair(torch.autograd.Function):
         grad = torch.empty(ctx.base_shape, dtype=ref.dtype, device=ref.device)
         gqv, gkv = ctx.split(grad)
         scale = ctx.scale
-        if ctx.use_rope:
-            cos, sin = ctx.saved_tensors
+        tables = ctx.saved_tensors if ctx.use_rope else ()
+        inverse = tables[0].conj().resolve_conj() if len(tables) == 1 else None
         for g, view, factor in ((gq, gqv, scale), (gk, gkv, 1.0)):
             if g is None:
                 view.zero_()
+            elif inverse is not None:  # the opposite rotation, times the forward's factor
+                rotate_complex(g, inverse * factor if factor != 1.0 else inverse, out=view)
             elif ctx.use_rope:
+                cos, sin = tables
                 rotate(g, cos * factor, sin * -factor, out=view)
             else:
                 torch.mul(g, factor, out=view)

@@ -107,11 +107,14 @@ class SpanLosses(torch.autograd.Function):
         floor = _exp_floor(acc)
         batch, types = layout.batch, layout.types
         device = layout.device
-        kl = torch.zeros(batch, types, dtype=acc, device=device)
+        # The first row band visits every batch group first (see BlockLayout._plan): it assigns
+        # the (B, C) running values, later bands update them.
+        fresh = torch.empty if layout.blocks else torch.zeros  # no cells at all: zeros
+        kl = (fresh if job.kl else torch.zeros)(batch, types, dtype=acc, device=device)
         passes = [p for p in range(job.sources) if job.ce[p]]
         # Online log-sum-exp of the negatives per (b, c): shift m >= 0 and sum of exp(x - m).
-        shift = {p: torch.zeros(batch, types, dtype=acc, device=device) for p in passes}
-        total = {p: torch.zeros(batch, types, dtype=acc, device=device) for p in passes}
+        shift = {p: fresh(batch, types, dtype=acc, device=device) for p in passes}
+        total = {p: fresh(batch, types, dtype=acc, device=device) for p in passes}
         gold: dict[int, list[Tensor]] = {p: [] for p in passes}
         per = 1 if job.kind == "dense" else 4
         wants = [any(ctx.needs_input_grad[1 + per * s : 1 + per * (s + 1)]) for s in range(2)]
@@ -135,12 +138,19 @@ class SpanLosses(torch.autograd.Function):
             else:
                 stats = _forward_block_eager(job, xs, masks, flat, floor)
             if job.kl:
-                kl[b0:b1] += stats[0]
+                if r0 == 0:
+                    kl[b0:b1] = stats[0]
+                else:
+                    kl[b0:b1] += stats[0]
             for p in passes:
                 m, s = stats[1 + 2 * p], stats[2 + 2 * p]
-                old_m, old_s = shift[p][b0:b1], total[p][b0:b1]
-                new_m = torch.maximum(old_m, m)
-                total[p][b0:b1] = old_s * torch.exp(old_m - new_m) + s * torch.exp(m - new_m)
+                if r0 == 0:  # the shift starts at 0: the 1 of log(1 + sum e^x)
+                    new_m = m.clamp_min(0.0)
+                    total[p][b0:b1] = s * torch.exp(m - new_m)
+                else:
+                    old_m, old_s = shift[p][b0:b1], total[p][b0:b1]
+                    new_m = torch.maximum(old_m, m)
+                    total[p][b0:b1] = old_s * torch.exp(old_m - new_m) + s * torch.exp(m - new_m)
                 shift[p][b0:b1] = new_m
         outputs, saved = [], {}
         for p in range(2):

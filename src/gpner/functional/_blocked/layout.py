@@ -146,6 +146,10 @@ class GoldCells:
         b, c, i, x = b[keep], c[keep], i[keep], x[keep]
         rows, cols, types = layout.rows, layout.cols, layout.types
         flat = torch.unique(((b * types + c) * rows + i) * cols + x)  # deduplicated
+        if len(layout.blocks) == 1:  # the block is every cell: flat indices are the block's
+            self.group = flat // (cols * rows)  # b * C + c
+            self.groups, self.flat, self.sizes = [self.group], [flat], [len(flat)]
+            return
         x = flat % cols
         i = (flat // cols) % rows
         group = flat // (cols * rows)  # b * C + c
