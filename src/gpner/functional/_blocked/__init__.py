@@ -5,7 +5,9 @@ elementwise function of one or two logits, plus, for the cross-entropy, a log-su
 can all walk the cells in blocks ``[b0, b1) x [r0, r1) x [c0, M)``: a block of
 (Bg, C, r, M - c0) cells fits in cache, is computed (by a matmul from factors, or copied from
 materialised logits) into a fresh buffer, used in place, and dropped. Backward recomputes the
-block and turns its gradient into dq/dk (factors) or writes it into the logits' gradient.
+block and turns its gradient into dq/dk (factors) or writes it into the logits' gradient. Small
+problems (up to ``engine.KEEP_CELLS`` kept cells, e.g. a batch of short sentences) instead keep
+the parts of each block's gradient from forward, so backward only weights them.
 
 Two facts of CPU kernels shape the arithmetic: masked_fill with a broadcast mask is several
 times slower than adding a broadcast 0/-inf bias or multiplying by a 0/1 mask, and exp is much

@@ -192,32 +192,25 @@ class SpanLosses(torch.autograd.Function):
             src.start_backward(source_needs[s])
         plan = _BackwardPlan(job, ctx.stats, acc, wants, ce_passes, g_ce, g_kl if do_kl else None)
         computed = set(ce_passes) | ({0, 1} if do_kl else set())
-        if ctx.keeps:
-            kept = saved[len(tensors) :]
-            for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
-                block_kept = kept[6 * index : 6 * index + 6]
-                grads = _backward_block_kept(plan, block_kept, (index, b0, b1))
+        kept = saved[len(tensors) :] if ctx.keeps else None
+        for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
+            block = (index, b0, b1)
+            if kept is not None:
+                grads = _backward_block_kept(plan, kept[6 * index : 6 * index + 6], block)
                 for s, src in enumerate(sources):
                     if grads[s] is not None:
-                        src.load(b0, b1, r0, r1, c0)
-                        src.backward_cells(b0, b1, r0, r1, c0, grads[s])
-            out: list[Tensor | None] = [None]
-            for s, src in enumerate(sources):
-                contributes = (s in ce_passes) or do_kl
-                out.extend(src.finish_backward() if wants[s] and contributes else [None] * per)
-            return tuple(out)
-        for index, (b0, b1, r0, r1, c0) in enumerate(layout.blocks):
-            xs = [
-                src.cells(b0, b1, r0, r1, c0) if s in computed else None
-                for s, src in enumerate(sources)
-            ]
-            invalid = layout.invalid_block(b0, b1, r0, r1, c0)
-            masks = _block_masks(invalid, acc, session is not None)
-            block = (index, b0, b1)
-            if session is not None:
-                grads = _backward_block_kernel(session, plan, xs, masks, block)
+                        src.load(b0, b1, r0, r1, c0)  # the q rows and k columns of the block
             else:
-                grads = _backward_block_eager(plan, xs, masks, block)
+                xs = [
+                    src.cells(b0, b1, r0, r1, c0) if s in computed else None
+                    for s, src in enumerate(sources)
+                ]
+                invalid = layout.invalid_block(b0, b1, r0, r1, c0)
+                masks = _block_masks(invalid, acc, session is not None)
+                if session is not None:
+                    grads = _backward_block_kernel(session, plan, xs, masks, block)
+                else:
+                    grads = _backward_block_eager(plan, xs, masks, block)
             for s, src in enumerate(sources):
                 if grads[s] is not None:
                     src.backward_cells(b0, b1, r0, r1, c0, grads[s])
