@@ -3,8 +3,8 @@
 import pytest
 
 from gpner.config import ConfigError, RegularizerConfig, load_config
+from gpner.corpus import Corpus
 from gpner.regularizers import DEFAULT_ALPHA, RDrop, build_objective
-from gpner.training import prepare_data
 from tests.conftest import tiny_config_overrides
 
 
@@ -53,7 +53,7 @@ def test_missing_data_file_is_named(tmp_path, tiny_data):
     train, dev = tiny_data
     cfg = load_config(None, tiny_config_overrides(tmp_path / "nope.jsonl", dev, tmp_path / "o"))
     with pytest.raises(ConfigError, match=r"data.train: .*nope.jsonl"):
-        prepare_data(cfg)
+        Corpus.from_config(cfg.data)
 
 
 def test_dev_label_unseen_in_training_fails(tmp_path, tiny_data):
@@ -65,20 +65,23 @@ def test_dev_label_unseen_in_training_fails(tmp_path, tiny_data):
     write_jsonl(read(dev) + [Example("某某公司", [Span(0, 4, "COMPANY")])], odd)
     cfg = load_config(None, tiny_config_overrides(train, odd, tmp_path / "o"))
     with pytest.raises(ConfigError, match="data.dev: labels never seen in training: .*COMPANY"):
-        prepare_data(cfg)
+        Corpus.from_config(cfg.data)
 
 
 def test_slices_and_validation_split(tmp_path, tiny_data):
     train, dev = tiny_data
     cfg = load_config(None, tiny_config_overrides(f"{train}[:40]", dev, tmp_path / "o"))
-    tr, dv, test, labels = prepare_data(cfg)
-    assert len(tr) == 40 and len(dv) == 16 and test is None
-    assert labels == ["LOC", "ORG", "PER"]
+    corpus = Corpus.from_config(cfg.data)
+    assert len(corpus.train) == 40 and len(corpus.dev) == 16 and corpus.test is None
+    assert corpus.labels == ["LOC", "ORG", "PER"]
     cfg.data.validation_fraction = 0.25
-    tr2, dv2, _, _ = prepare_data(cfg)
-    assert len(tr2) == 30 and len(dv2) == 10
-    tr3, dv3, _, _ = prepare_data(cfg)
-    assert [e.text for e in dv3] == [e.text for e in dv2]  # deterministic
+    carved = Corpus.from_config(cfg.data)
+    assert len(carved.train) == 30 and len(carved.dev) == 10
+    again = Corpus.from_config(cfg.data)
+    assert [e.text for e in again.dev] == [e.text for e in carved.dev]  # deterministic
+    cfg.data.train = f"{train}[8:-8]"
+    middle = Corpus.from_config(cfg.data)
+    assert len(middle.train) == 48 - 16 - round(32 * 0.25)
 
 
 def test_config_and_objectives_share_the_default_divergence_weight():
@@ -156,7 +159,7 @@ def test_every_field_rejects_a_bad_value_before_training(tmp_path, tiny_data, mo
     def no_training(*args, **kwargs):
         raise AssertionError("an epoch started with a bad config")
 
-    monkeypatch.setattr(training, "_train_epoch", no_training)
+    monkeypatch.setattr(training, "run_epoch", no_training)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     train_path, dev_path = tiny_data

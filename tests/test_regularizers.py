@@ -17,7 +17,6 @@ from gpner.regularizers import (
     RDrop,
     RNGState,
     _per_example_normalize,
-    _private_generator,
     build_objective,
     cross_entropy,
     factored_softmax_kl,
@@ -26,6 +25,7 @@ from gpner.regularizers import (
     vat_direction,
     vat_penalty,
 )
+from gpner.rng import private_generator
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -477,7 +477,7 @@ def objective_by_hand(kind, divergence, model, batch, seed, **kw):
     rng_state = RNGState.capture(embeds.device)
     logits = model(inputs_embeds=embeds, attention_mask=am)
     c, target, x = ce(logits), logits.detach(), embeds.detach()
-    noise = torch.randn(x.shape, generator=_private_generator(x.device), dtype=x.dtype)
+    noise = torch.randn(x.shape, generator=private_generator(x.device), dtype=x.dtype)
     d = _per_example_normalize(noise, am)
     step = kw["xi"] * x.masked_fill(~am[..., None], 0.0).norm(dim=(1, 2), keepdim=True)
     for _ in range(kw["power_iterations"]):

@@ -26,6 +26,7 @@ def probe_regularizer(
     import torch
 
     import gpner
+    from gpner.corpus import Corpus
     from gpner.data.batching import collate, encode_examples
     from gpner.regularizers import (
         RNGState,
@@ -35,7 +36,6 @@ def probe_regularizer(
         vat_direction,
         vat_penalty,
     )
-    from gpner.training import prepare_data
 
     reg = config.regularizer
     if reg.kind == "none":
@@ -44,7 +44,7 @@ def probe_regularizer(
     with torch.random.fork_rng(devices=[]):  # building the model draws initial weights
         model = gpner.load(checkpoint)
     model.train()
-    train, _, _, _ = prepare_data(config)
+    train = Corpus.from_config(config.data).train
     rng = random.Random(seed)
     picked = rng.sample(range(len(train)), min(len(train), batches * config.train.batch_size))
     features, _ = encode_examples(

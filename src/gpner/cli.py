@@ -109,6 +109,8 @@ def _train(args: argparse.Namespace) -> int:
         config.output_dir = args.output_dir
     resume = "if_exists" if args.resume_if_exists else args.resume
     result = train(config, resume=resume)
+    if not result.main_process:  # data parallel: rank 0 evaluated, rank 0 reports
+        return 0
     summary = {
         "best_dev_f1": result.best_f1,
         "best_epoch": result.best_epoch,

@@ -8,7 +8,7 @@ An *objective* is called once per training step as ``loss, parts = objective(mod
 (``{"ce": ..., "reg": ...}``, fetched with a single device sync). Objectives never call
 ``.backward()`` themselves, leave no ``.grad`` on any parameter, never switch train/eval mode, and
 consume no global randomness beyond what the model's own forward passes consume (see
-:class:`RNGState`).
+:class:`~gpner.rng.RNGState`).
 
 The model interface they rely on:
 
@@ -34,8 +34,7 @@ rows ``[b, c, i, j]``. Every loss and divergence is masked by the attention mask
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 
 from gpner import functional as F
 from gpner.registry import Registry
+from gpner.rng import RNGState, private_generator
 
 # The default weight of the divergence term. gp_kl sums a binary KL over every valid (i, j) cell
 # of an (example, type), so it grows with L^2 while the cross-entropy stays O(1) per pair: in the
@@ -154,64 +154,6 @@ def cross_entropy(factors: F.SpanFactors, batch: Any) -> Tensor:
     ``[b, c, i, j]`` coordinates too.
     """
     return F.fused_crossentropy(factors, batch.spans, reduction="mean")
-
-
-# ------------------------------------------------------------------------------------ RNG replay
-
-
-@dataclass(frozen=True)
-class RNGState:
-    """The global RNG state of the CPU and of one accelerator, to replay dropout masks.
-
-    VAT compares the clean logits with logits of a perturbed input. If the perturbed passes drew
-    fresh dropout masks, the divergence would mostly measure dropout noise (R-Drop's term) and the
-    power iteration would chase it. So the state is captured just before the clean forward and
-    every perturbed pass runs inside :meth:`replay`, which forks the RNG, rewinds it to the
-    captured state (same masks, provided the passes have the clean pass's shapes, which they do)
-    and, on exit, puts back the state it found, i.e. the one the clean forward left. The net
-    effect on the global RNG is that of the clean forward alone, exactly as in a plain step.
-    """
-
-    cpu: Tensor
-    device: torch.device
-    accelerator: Tensor | None
-
-    @classmethod
-    def capture(cls, device: torch.device | str) -> RNGState:
-        """Snapshot the CPU RNG and, for an accelerator ``device``, that device's RNG."""
-        device = torch.device(device)
-        accelerator = None
-        if device.type != "cpu":
-            accelerator = torch.get_device_module(device.type).get_rng_state(device)
-        return cls(torch.get_rng_state(), device, accelerator)
-
-    def _fork_devices(self) -> list[torch.device]:
-        return [] if self.accelerator is None else [self.device]
-
-    @contextlib.contextmanager
-    def replay(self) -> Iterator[None]:
-        """Run the block from this state; the RNG state from before the block is restored after."""
-        with torch.random.fork_rng(devices=self._fork_devices(), device_type=self.device.type):
-            torch.set_rng_state(self.cpu)
-            if self.accelerator is not None:
-                torch.get_device_module(self.device.type).set_rng_state(
-                    self.accelerator, self.device
-                )
-            yield
-
-
-def _private_generator(device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded from the global CPU RNG without advancing it.
-
-    VAT's random start direction comes from here, so that VAT consumes no global randomness beyond
-    the model's own passes. The seed is the number the global stream would produce next, mixed
-    with a constant so the private stream is not the global one's continuation.
-    """
-    with torch.random.fork_rng(devices=[]):
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed ^ 0x1E37_79B9_7F4A_7C15)
-    return generator
 
 
 # ------------------------------------------------------------------------------- functional parts
@@ -326,7 +268,7 @@ def vat_direction(
         raise ValueError(f"power_iterations must be >= 0, got {power_iterations}")
     x = embeds.detach()
     target = clean.detach()
-    generator = _private_generator(x.device)
+    generator = private_generator(x.device)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     d = _per_example_normalize(noise, attention_mask)  # (B, L, H)
     valid = attention_mask[..., None]
