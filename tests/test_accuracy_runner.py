@@ -247,21 +247,21 @@ def test_runner_skips_finished_and_redoes_failed_cells(tmp_path, synthetic, monk
 
     blocks = G.smoke_blocks(*synthetic)
     results = tmp_path / "results"
-    original = gpner.training._train_epoch
+    original = gpner.training.run_epoch
 
-    def failing(*args, **kwargs):
-        if args[6] >= 1:  # the second epoch
+    def failing(state):
+        if state.epoch >= 1:  # the second epoch
             raise RuntimeError("simulated failure")
-        return original(*args, **kwargs)
+        return original(state)
 
-    monkeypatch.setattr(gpner.training, "_train_epoch", failing)
+    monkeypatch.setattr(gpner.training, "run_epoch", failing)
     out = run.run_grid(blocks, results, threads=1)
     assert out["ran"] == [] and len(out["failed"]) == 2
     assert not list(results.glob("*.json")) and not list(results.glob("*.tmp"))
     work = results / G.WORK_DIRNAME
     assert (work / "smoke-char__final__baseline__s1" / "failed.txt").is_file()
 
-    monkeypatch.setattr(gpner.training, "_train_epoch", original)
+    monkeypatch.setattr(gpner.training, "run_epoch", original)
     out = run.run_grid(blocks, results, threads=1, max_cells=1)
     assert out["ran"] == ["smoke-char/final/baseline/s1"] and not out["failed"]
     out = run.run_grid(blocks, results, threads=1)
@@ -302,20 +302,20 @@ def test_killed_cell_resumes_and_matches_an_uninterrupted_run(tmp_path, syntheti
     expected = json.loads((reference / "smoke-char__final__baseline__s1.json").read_text())
 
     results = tmp_path / "results"
-    original = gpner.training._train_epoch
+    original = gpner.training.run_epoch
 
-    def killed(*args, **kwargs):
-        if args[6] >= 2:  # killed during the third epoch, after two finished epochs
+    def killed(state):
+        if state.epoch >= 2:  # killed during the third epoch, after two finished epochs
             raise KeyboardInterrupt
-        return original(*args, **kwargs)
+        return original(state)
 
-    monkeypatch.setattr(gpner.training, "_train_epoch", killed)
+    monkeypatch.setattr(gpner.training, "run_epoch", killed)
     with pytest.raises(KeyboardInterrupt):
         run.run_grid(blocks, results, threads=1)
     assert not list(results.glob("*.json"))
     assert [e.status for e in G.plan(blocks, results)] == ["partial"]
 
-    monkeypatch.setattr(gpner.training, "_train_epoch", original)
+    monkeypatch.setattr(gpner.training, "run_epoch", original)
     assert run.run_grid(blocks, results, threads=1)["ran"] == ["smoke-char/final/baseline/s1"]
     got = json.loads((results / "smoke-char__final__baseline__s1.json").read_text())
     assert got["timing"]["resumed"] is True
