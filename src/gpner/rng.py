@@ -86,40 +86,36 @@ class RNGState:
             yield
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain data (tensors, ints, strings, lists) for a checkpoint."""
+        """Tensors and plain containers (a resume state is read with ``weights_only=True``):
+        ``{"python", "numpy", "torch", "cuda", "device"}``, NumPy's key array as an int64
+        tensor."""
         numpy = None
         if self.numpy is not None:
             kind, keys, pos, has_gauss, cached = self.numpy
-            numpy = [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+            numpy = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
         return {
-            "cpu": self.cpu,
-            "device": str(self.device),
-            "accelerator": self.accelerator,
-            "python": None if self.python is None else _listed(self.python),
+            "python": self.python,
             "numpy": numpy,
+            "torch": self.cpu,
+            "cuda": self.accelerator,
+            "device": str(self.device),
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> RNGState:
-        if "torch" in state:  # the layout of runs saved before this class held their state
-            kind, keys, pos, has_gauss, cached = state["numpy"]
-            numpy = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
-            return cls(state["torch"], torch.device("cpu"), None, state["python"], numpy)
-        numpy = state["numpy"]
+        numpy = state.get("numpy")
         if numpy is not None:
             kind, keys, pos, has_gauss, cached = numpy
-            numpy = (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
-        python = state["python"]
+            numpy = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+        python = state.get("python")
         if python is not None:
             version, internal, gauss = python
             python = (version, tuple(internal), gauss)
-        device = torch.device(state["device"])
-        return cls(state["cpu"], device, state["accelerator"], python, numpy)
-
-
-def _listed(python_state: tuple) -> list:
-    version, internal, gauss = python_state
-    return [version, list(internal), gauss]
+        accelerator = state.get("cuda")
+        device = torch.device(state.get("device", "cpu" if accelerator is None else "cuda"))
+        if isinstance(accelerator, (list, tuple)):  # every device's state, as older runs saved
+            accelerator = accelerator[device.index or 0] if accelerator else None
+        return cls(state["torch"], device, accelerator, python, numpy)
 
 
 def private_generator(device: torch.device) -> torch.Generator:
