@@ -42,6 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from gpner.atomic import atomic_write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK_DIRNAME = ".work"  # inside a results dir: run dirs of unfinished cells, the locks
 WORKER_ENV = "GPNER_CELL_WORKER"  # "i/N" in a child of --workers N: tags its log lines
@@ -141,19 +143,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, ensure_ascii=False, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_results(results_dir: Path) -> list[dict[str, Any]]:

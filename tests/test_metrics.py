@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from gpner.data import Span, tags_to_spans
 from gpner.metrics import SpanMetrics, f1_score, precision_recall_f1
 
-seqeval_metrics = pytest.importorskip("seqeval.metrics", reason="seqeval not installed")
+seqeval_metrics = pytest.importorskip("seqeval.metrics", reason="needs pip install seqeval")
 from seqeval.scheme import IOB2  # noqa: E402
 
 TAGS = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]

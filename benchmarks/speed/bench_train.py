@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_head.py
 
@@ -76,28 +77,29 @@ def logits_rdrop(model, batch, alpha=1.0):
     return ce + alpha * kl, {"ce": ce, "reg": kl}
 
 
+class _Logits(NamedTuple):
+    """Materialised logits (B, C, L, L or W) and the attention mask they are valid under."""
+
+    s: torch.Tensor
+    mask: torch.Tensor
+
+    def detach(self) -> _Logits:
+        return _Logits(self.s.detach(), self.mask)
+
+
 def logits_vat(model, batch, alpha=1.0, epsilon=1.0, xi=1e-3):
-    """VAT with one power iteration, as :class:`gpner.regularizers.VAT` (same RNG replay, same
-    random start from its private generator) but on materialised logits."""
-    am = batch.attention_mask
-    embeds = model.embed(batch.input_ids)  # (B, L, H)
-    rng = R.RNGState.capture(embeds.device)
-    logits = model(inputs_embeds=embeds, attention_mask=am)  # (B, C, L, L)
-    ce = _drop_in_ce(model, logits, batch)
-    target, x = logits.detach(), embeds.detach()
-    generator = R._private_generator(x.device)
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    d = R._per_example_normalize(noise, am).requires_grad_(True)
-    step = xi * x.masked_fill(~am[..., None], 0.0).norm(dim=(1, 2), keepdim=True)
-    with torch.enable_grad():
-        with rng.replay():
-            probe = model(inputs_embeds=x + step * d, attention_mask=am)
-        (grad,) = torch.autograd.grad(_drop_in_kl(model, target, probe, am, "sum"), [d])
-    direction = R._per_example_normalize(grad, am)
-    with rng.replay():
-        adversarial = model(inputs_embeds=embeds + epsilon * direction, attention_mask=am)
-    reg = _drop_in_kl(model, target, adversarial, am)
-    return ce + alpha * reg, {"ce": ce, "reg": reg}
+    """gpner's :class:`~gpner.regularizers.VAT` with one power iteration (same RNG replay, same
+    random start) run on materialised logits and the drop-in losses instead of factors."""
+    objective = R.VAT(
+        alpha,
+        epsilon,
+        xi,
+        1,
+        divergence=lambda a, b, reduction: _drop_in_kl(model, a.s, b.s, a.mask, reduction),
+        forward=lambda m, embeds, am: _Logits(m(inputs_embeds=embeds, attention_mask=am), am),
+        cross_entropy=lambda out, b: _drop_in_ce(model, out.s, b),
+    )
+    return objective(model, batch)
 
 
 def check_same_losses(model, objectives, batch) -> None:

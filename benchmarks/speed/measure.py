@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from gpner.atomic import atomic_write_json
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -162,7 +164,4 @@ def run_header(benchmark: str) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, ensure_ascii=True)

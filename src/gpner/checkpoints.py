@@ -30,7 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpner import __version__
+from gpner._version import __version__
+from gpner.atomic import atomic_save
 from gpner.config import config_to_dict
 
 if TYPE_CHECKING:
@@ -263,30 +264,13 @@ def model_from_payload(payload: dict[str, Any]) -> NERModel:
     return model
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Write a resume state atomically. ``state`` (from :func:`model_payload` plus the trainer's
     entries) must hold only tensors and plain containers, or :func:`load_state` refuses it."""
     path = Path(path)
     if state.get("format") != STATE_FORMAT:
         raise ValueError("a resume state starts from model_payload(model)")
-    _atomic_torch_save(state, path)
+    atomic_save(state, path)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

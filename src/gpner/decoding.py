@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from gpner.data.alignment import token_span_to_chars
 from gpner.data.spans import Span
 from gpner.functional import select_cells
 
@@ -104,12 +105,12 @@ def spans_from_features(
     for feature, items in zip(features, decoded):
         found = best.setdefault(feature.example_index, {})
         offsets = feature.offsets
-        n = len(offsets)
         for c, i, j, score in items:
-            if not 0 <= i <= j < n:
+            try:
+                start, end = token_span_to_chars(i, j, offsets)
+            except ValueError:  # a special token or padding: not text
                 continue
-            start, end = offsets[i][0], offsets[j][1]
-            if start < 0 or end <= start:
+            if end <= start:
                 continue
             span = Span(start, end, id2label[c])
             if span not in found or score > found[span]:
@@ -127,7 +128,7 @@ def greedy_flat_chars(spans: list[tuple[Span, float]]) -> list[tuple[Span, float
     """The highest-scoring character spans that share no character, greedily; sorted by span."""
     kept: list[tuple[Span, float]] = []
     for span, score in sorted(spans, key=lambda t: (-t[1], t[0])):
-        if all(span.end <= k.start or k.end <= span.start for k, _ in kept):
+        if not any(span.overlaps(k) for k, _ in kept):
             kept.append((span, score))
     kept.sort()
     return kept

@@ -45,12 +45,10 @@ from gpner.registry import Registry
 from gpner.rng import RNGState, private_generator
 
 # The default weight of the divergence term. gp_kl sums a binary KL over every valid (i, j) cell
-# of an (example, type), so it grows with L^2 while the cross-entropy stays O(1) per pair: in the
-# accuracy grid (benchmarks/accuracy/REPORT.md) alpha = 1 cut validation F1 sharply (CLUENER char
-# Transformer 39.7 vs 51.9 without a regulariser; CMeEE-V2 with m3e-small 5.0 vs 43.7), and 1/64,
-# the smallest weight tried, was the best gp_kl weight in every finished search that tried it
-# (CLUENER char Transformer R-Drop and VAT, CMeEE-V2 R-Drop). Tune it per data set and maximum
-# length; softmax_kl, one KL per (example, type), tolerates larger weights.
+# of an (example, type), so it grows with L^2 while the cross-entropy stays O(1) per pair: a weight
+# near 1 costs accuracy, and this small default is the choice the accuracy grid's searches support
+# (the measurements: benchmarks/accuracy/REPORT.md). Tune it per data set and maximum length;
+# softmax_kl, one KL per (example, type), tolerates larger weights.
 DEFAULT_ALPHA = 1 / 64
 
 __all__ = [
@@ -78,6 +76,19 @@ Divergence = Callable[[F.SpanFactors, F.SpanFactors, str], Tensor]
 ``f`` is the reference side (VAT's clean pass, passed detached); both must come from the same head
 on the same batch shape.
 """
+
+
+Forward = Callable[[nn.Module, Tensor, Tensor], Any]
+"""``forward(model, inputs_embeds, attention_mask)`` -> what the divergence and the
+cross-entropy read (VAT's passes on the embeddings). The default, :func:`span_factors_forward`,
+gives :class:`~gpner.functional.SpanFactors`; any output with a ``detach()`` works with a
+divergence and a cross-entropy made for it (e.g. materialised logits, as the speed benchmark's
+baseline does)."""
+
+
+def span_factors_forward(model: nn.Module, inputs_embeds: Tensor, attention_mask: Tensor):
+    """The default :data:`Forward`: ``model.span_factors`` of the embeddings."""
+    return model.span_factors(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
 
 
 def factored_softmax_kl(f: F.SpanFactors, g: F.SpanFactors, reduction: str = "mean") -> Tensor:
@@ -230,6 +241,7 @@ def vat_direction(
     power_iterations: int = 1,
     divergence: Divergence = F.fused_global_pointer_kl,
     rng_state: RNGState | None = None,
+    forward: Forward = span_factors_forward,
 ) -> Tensor:
     """The adversarial unit direction of VAT, by power iteration; no parameter gradients.
 
@@ -241,12 +253,11 @@ def vat_direction(
 
     ``xi`` is relative: the probe for example b has norm ``xi * |x_b|``, the norm of its real
     tokens' embeddings. It is a finite-difference step, so it should sit in the model's linear
-    regime yet well above rounding. Measured on a small stand-in, as the cosine between the
-    float32 direction and the float64 limit (xi -> 0) from the same start: 1.0000 at 1e-3 and
-    1e-2, 0.99 to 0.9996 at 1e-5..1e-4, 0.4 to 0.97 at 1e-6 (rounding noise; an absolute 1e-6,
-    the classic choice, is ~1e-7 relative for BERT-sized embeddings); in float64 the linear
-    regime holds to 1e-2 (cosine > 0.9999). Hence a relative 1e-3, the same compromise for any
-    embedding scale. Under bf16/fp16 autocast rounding is ~1e-3 relative, so prefer xi >= 1e-2.
+    regime yet well above rounding: float32 rounds at about 1e-7 relative, so a relative step
+    of 1e-3 is far above it and, for embeddings, still a small step (an absolute 1e-6, the
+    classic choice, is ~1e-7 relative for BERT-sized embeddings: rounding noise). Hence a
+    relative 1e-3, the same compromise for any embedding scale. Under bf16/fp16 autocast
+    rounding is ~1e-3 relative, so prefer xi >= 1e-2.
     ``power_iterations=0`` returns the random direction (an ablation).
 
     An example whose divergence does not depend on its embeddings gets a zero direction: one
@@ -278,9 +289,7 @@ def vat_direction(
         d.requires_grad_(True)
         with torch.enable_grad():
             with replay():
-                perturbed = model.span_factors(
-                    inputs_embeds=x + step * d, attention_mask=attention_mask
-                )
+                perturbed = forward(model, x + step * d, attention_mask)
             # Sum, not mean: the direction is normalised anyway and the sum keeps it far from
             # underflow. Examples are independent, so each g_b is example b's own gradient.
             distance = divergence(target, perturbed, "sum")
@@ -300,6 +309,7 @@ def vat_penalty(
     *,
     divergence: Divergence = F.fused_global_pointer_kl,
     rng_state: RNGState | None = None,
+    forward: Forward = span_factors_forward,
 ) -> Tensor:
     """VAT's penalty ``D(target, s(embeds + r_adv))``, mean-reduced, for a given perturbation.
 
@@ -319,9 +329,7 @@ def vat_penalty(
     """
     replay = rng_state.replay if rng_state is not None else contextlib.nullcontext
     with replay():
-        perturbed = model.span_factors(
-            inputs_embeds=embeds + r_adv.detach(), attention_mask=attention_mask
-        )
+        perturbed = forward(model, embeds + r_adv.detach(), attention_mask)
     return divergence(target.detach(), perturbed, "mean")
 
 
@@ -351,10 +359,8 @@ class RDrop(Objective):
     """R-Drop (Liang et al., 2021) with a GlobalPointer divergence: see :func:`rdrop_loss`.
 
     One forward call on the doubled batch (2B, L) and, with "gp_kl", one fused sweep for both
-    cross-entropies and the divergence. Whole step (forward + backward) measured at 2.0-2.2x a
-    plain step with the materialised-logits losses on a small CPU stand-in (2 layers, H=128,
-    L=64), and at 2.08x a plain fused step for these fused losses (benchmarks/speed/bench_train.py
-    at commit 2e3ec98: default char Transformer, CLUENER batches with L <= 47). With dropout off
+    cross-entropies and the divergence (its cost against a plain step is measured in
+    benchmarks/speed/RESULTS.md). With dropout off
     the two halves are the same computation: ``reg`` is exactly 0 (bit-identical halves in float32
     on CPU). ``alpha = 0`` is the two-pass control: the divergence is not computed at all.
     """
@@ -384,10 +390,8 @@ class VAT(Objective):
 
     Cost: the embedding and the clean forward run once and are reused (the trainer's backward
     goes through them); then ``power_iterations`` perturbed forwards each with a backward to the
-    input only, and one adversarial forward whose backward the trainer does. Whole step measured
-    at 2.8-2.9x a plain step with one power iteration with the materialised-logits losses (same
-    stand-in as :class:`RDrop`), and at 2.79x a plain fused step for these fused losses (same
-    benchmark run as :class:`RDrop`'s).
+    input only, and one adversarial forward whose backward the trainer does (measured against a
+    plain step in benchmarks/speed/RESULTS.md).
 
     Dropout: the clean, power-iteration and adversarial passes share one set of dropout masks
     (:class:`RNGState`), so D measures the perturbation and not dropout noise, and the global RNG
@@ -399,7 +403,11 @@ class VAT(Objective):
         xi: the power iteration's probe size, relative to each example's embedding norm (see
             :func:`vat_direction` for why 1e-3).
         power_iterations: 1 is the usual choice; 0 gives a random perturbation (an ablation).
-        divergence: "gp_kl" or "softmax_kl".
+        divergence: a name in :data:`DIVERGENCES`, or a :data:`Divergence` of ``forward``'s
+            outputs.
+        forward: how a pass over the (perturbed) embeddings is computed (:data:`Forward`);
+            ``cross_entropy(output, batch)`` scores the clean pass. The defaults are the fused
+            path (span factors); the speed benchmark passes materialised logits instead.
     """
 
     def __init__(
@@ -408,7 +416,10 @@ class VAT(Objective):
         epsilon: float = 1.0,
         xi: float = 1e-3,
         power_iterations: int = 1,
-        divergence: str = "gp_kl",
+        divergence: str | Divergence = "gp_kl",
+        *,
+        forward: Forward = span_factors_forward,
+        cross_entropy: Callable[[Any, Any], Tensor] = cross_entropy,
     ):
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -421,14 +432,16 @@ class VAT(Objective):
         self.xi = xi
         self.power_iterations = power_iterations
         self.divergence = divergence
-        self._divergence = get_divergence(divergence)
+        self._divergence = divergence if callable(divergence) else get_divergence(divergence)
+        self.forward = forward
+        self.cross_entropy = cross_entropy
 
     def __call__(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
         am = batch.attention_mask
         embeds = model.embed(batch.input_ids)  # (B, L, H)
         rng_state = RNGState.capture(embeds.device)
-        clean = model.span_factors(inputs_embeds=embeds, attention_mask=am)
-        ce = cross_entropy(clean, batch)
+        clean = self.forward(model, embeds, am)
+        ce = self.cross_entropy(clean, batch)
         direction = vat_direction(
             model,
             embeds,
@@ -438,6 +451,7 @@ class VAT(Objective):
             power_iterations=self.power_iterations,
             divergence=self._divergence,
             rng_state=rng_state,
+            forward=self.forward,
         )
         reg = vat_penalty(
             model,
@@ -447,6 +461,7 @@ class VAT(Objective):
             clean,
             divergence=self._divergence,
             rng_state=rng_state,
+            forward=self.forward,
         )
         loss = ce + self.alpha * reg
         return loss, _parts(ce=ce, reg=reg)

@@ -203,14 +203,6 @@ class Batch:
             features=self.features,
         )
 
-    def pin_memory(self) -> Batch:
-        return Batch(
-            input_ids=self.input_ids.pin_memory(),
-            attention_mask=self.attention_mask.pin_memory(),
-            spans=self.spans.pin_memory(),
-            features=self.features,
-        )
-
     def __len__(self) -> int:
         return len(self.features)
 

@@ -34,9 +34,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from gpner.atomic import atomic_write
 from gpner.data.readers import ReadError, _Problems
 from gpner.data.report import warn_ignored
-from gpner.data.spans import Example, Span
+from gpner.data.spans import Example, Span, SpanError, checked_span, same_words
 
 __all__ = ["BratWriter", "read_brat"]
 
@@ -56,10 +57,6 @@ _DOC = re.compile(r"^(\d+)\.(txt|ann)$")
 
 def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in _NUMBER.split(path.as_posix())]
-
-
-def _same_mention(a: str, b: str) -> bool:
-    return a.split() == b.split()
 
 
 def _read_utf8(path: Path) -> str:
@@ -115,24 +112,12 @@ def _text_bound(
         )
         return None
     start, end = map(int, offsets.split())
-    if not 0 <= start < end <= len(text):
-        problems.bad(
-            lineno,
-            f"{ident} ({label}): offsets [{start}, {end}) outside the text of {len(text)} "
-            "characters (or empty)",
-            ann,
-        )
-        return None
     mention = fields[2] if len(fields) > 2 else None
-    if mention is not None and not _same_mention(mention, text[start:end]):
-        problems.bad(
-            lineno,
-            f"{ident} ({label}): mention {mention!r} differs from the text at [{start}, {end}): "
-            f"{text[start:end]!r}",
-            ann,
-        )
+    try:
+        return checked_span(text, start, end, label, ident, mention=mention, same=same_words)
+    except SpanError as error:
+        problems.bad(lineno, str(error), ann)
         return None
-    return Span(start, end, label)
 
 
 def read_brat(path: str | os.PathLike[str], strict: bool = True) -> list[Example]:
@@ -245,10 +230,8 @@ class BratWriter:
         with open(txt, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         ann = txt.with_suffix(".ann")
-        tmp = txt.with_suffix(".ann.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        with atomic_write(ann, "w", encoding="utf-8", newline="") as f:
             f.writelines(lines)
-        os.replace(tmp, ann)
         self._next += 1
 
     def flush(self) -> None:
@@ -259,9 +242,8 @@ class BratWriter:
         # gpner's entities nest and overlap; brat rejects overlaps unless declared.
         conf += ["[relations]", "<OVERLAP>\tArg1:<ENTITY>, Arg2:<ENTITY>, <OVL-TYPE>:<ANY>", ""]
         conf += ["[events]", "", "[attributes]", ""]
-        tmp = self.path / "annotation.conf.tmp"
-        tmp.write_text("\n".join(conf), encoding="utf-8")
-        os.replace(tmp, self.path / "annotation.conf")
+        with atomic_write(self.path / "annotation.conf", "w", encoding="utf-8") as f:
+            f.write("\n".join(conf))
 
     def __enter__(self) -> BratWriter:
         return self

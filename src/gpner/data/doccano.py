@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpner.data.offsets import OFFSET_UNITS, from_utf16, to_utf16
-from gpner.data.readers import _Bad, _is_int, _json_records, _load_text, _Problems
-from gpner.data.spans import Example, Span
+from gpner.data.offsets import OFFSET_UNITS, from_utf16, to_utf16, utf16_length
+from gpner.data.readers import _Bad, _json_records, _load_text, _Problems
+from gpner.data.spans import Example, Span, SpanError, checked_span
 
 __all__ = ["doccano_record", "read_doccano", "read_doccano_text"]
 
@@ -40,17 +40,16 @@ def _example(obj: Any, offsets: str) -> Example:
         return Example(text, [])
     if not isinstance(items, list):
         raise _Bad('"label" must be a list of [start, end, "TYPE"]')
+    # Offsets are checked in the file's own units (UTF-16 ones are converted below).
+    units = " " * utf16_length(text) if offsets == "utf16" else text
     raw = []
     for k, item in enumerate(items):
-        if not (
-            isinstance(item, list)
-            and len(item) == 3
-            and _is_int(item[0])
-            and _is_int(item[1])
-            and isinstance(item[2], str)
-            and item[2]
-        ):
+        if not (isinstance(item, list) and len(item) == 3):
             raise _Bad(f'label {k}: {item!r} is not [start, end, "TYPE"]')
+        try:
+            checked_span(units, *item, f"label {k}")
+        except SpanError as error:
+            raise _Bad(f"{error} ({offsets} offsets)") from None
         raw.append(item)
     bounds = [x for item in raw for x in item[:2]]
     if offsets == "utf16":
@@ -58,15 +57,7 @@ def _example(obj: Any, offsets: str) -> Example:
             bounds = from_utf16(text, bounds)
         except ValueError as e:
             raise _Bad(f"label offsets: {e}") from None
-    spans = []
-    for k, item in enumerate(raw):
-        start, end = bounds[2 * k], bounds[2 * k + 1]
-        if not 0 <= start < end <= len(text):
-            raise _Bad(
-                f"label {k} ({item[2]}): offsets [{item[0]}, {item[1]}) outside the text "
-                f"({offsets}) or empty"
-            )
-        spans.append(Span(start, end, item[2]))
+    spans = [Span(bounds[2 * k], bounds[2 * k + 1], item[2]) for k, item in enumerate(raw)]
     return Example(text, sorted(set(spans)))
 
 

@@ -35,9 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpner.data.readers import ReadWarning, _Bad, _is_int, _json_records, _load_text, _Problems
+from gpner.data.readers import ReadWarning, _Bad, _json_records, _load_text, _Problems
 from gpner.data.report import warn_ignored
-from gpner.data.spans import Example, Span
+from gpner.data.spans import Example, Span, SpanError, checked_span, same_words
 
 __all__ = ["label_studio_task", "read_label_studio", "read_label_studio_text"]
 
@@ -94,22 +94,25 @@ def _task_example(task: Any, source: str, counts: Counter) -> tuple[Example, str
             continue
         where = f"{origin} result {k}" + (f" (id {item['id']!r})" if "id" in item else "")
         start, end, labels = value.get("start"), value.get("end"), value.get("labels")
-        if not (_is_int(start) and _is_int(end)):
-            raise _Bad(f"{where}: value.start/end are not character offsets: {start!r}, {end!r}")
-        if not 0 <= start < end <= len(text):
-            raise _Bad(
-                f"{where}: offsets [{start}, {end}) outside the text of {len(text)} code points "
-                "(or empty)"
-            )
-        if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+        if not isinstance(labels, list) or not labels:
             raise _Bad(f"{where}: value.labels must be a list of label names")
         mention = value.get("text")
-        if isinstance(mention, str) and mention.split() != text[start:end].split():
-            raise _Bad(
-                f"{where}: value.text {mention!r} differs from the text at [{start}, {end}): "
-                f"{text[start:end]!r}"
-            )
-        spans += [Span(start, end, label) for label in labels]
+        for label in labels:
+            try:
+                spans.append(
+                    checked_span(
+                        text,
+                        start,
+                        end,
+                        label,
+                        where,
+                        mention=mention if isinstance(mention, str) else None,
+                        mention_name="value.text",
+                        same=same_words,
+                    )
+                )
+            except SpanError as error:
+                raise _Bad(str(error)) from None
     return Example(text, sorted(set(spans))), origin
 
 

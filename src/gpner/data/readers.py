@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from gpner.data.paths import resolve
-from gpner.data.spans import Example, Span
+from gpner.data.spans import Example, Span, SpanError, checked_span
 from gpner.data.tagging import (
     SCHEMES,
     TagError,
@@ -292,11 +292,6 @@ def _load_text(path: Path) -> str:
         raise ReadError(path, line, f"not valid UTF-8 (byte {e.start}: {e.reason})") from None
 
 
-def _is_int(x: Any) -> bool:
-    # bool is an int subclass; true/false as offsets is a data bug, not 1/0.
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _finish(text: str, spans: list[Span]) -> Example:
     return Example(text, sorted(set(spans)))
 
@@ -395,7 +390,6 @@ def _cluener_record(obj: Any) -> Example:
     if not isinstance(label, dict):
         raise _Bad('"label" must be an object {type: {mention: [[start, end], ...]}}')
     spans = []
-    n = len(text)
     for typ, mentions in label.items():
         if not typ:
             raise _Bad("empty entity type")
@@ -405,25 +399,11 @@ def _cluener_record(obj: Any) -> Example:
             if not isinstance(offsets, list):
                 raise _Bad(f"{typ} {mention!r}: offsets must be a list of [start, end]")
             for pair in offsets:
-                if not (
-                    isinstance(pair, list)
-                    and len(pair) == 2
-                    and _is_int(pair[0])
-                    and _is_int(pair[1])
-                ):
+                if not (isinstance(pair, list) and len(pair) == 2):
                     raise _Bad(f"{typ} {mention!r}: offsets {pair!r} are not [start, end]")
-                s, e = pair
-                if not 0 <= s <= e < n:
-                    raise _Bad(
-                        f"{typ} {mention!r}: offsets [{s}, {e}] (inclusive end) outside the text "
-                        f"of length {n}"
-                    )
-                if text[s : e + 1] != mention:
-                    raise _Bad(
-                        f"{typ} mention {mention!r} differs from the text at [{s}, {e}]: "
-                        f"{text[s : e + 1]!r}"
-                    )
-                spans.append(Span(s, e + 1, typ))
+                spans.append(
+                    _checked(text, *pair, typ, f"{mention!r}", mention, inclusive_end=True)
+                )
     return _finish(text, spans)
 
 
@@ -435,29 +415,11 @@ def _cmeee_record(obj: Any) -> Example:
     if not isinstance(entities, list):
         raise _Bad('"entities" must be a list')
     spans = []
-    n = len(text)
     for k, ent in enumerate(entities):
         if not isinstance(ent, dict):
             raise _Bad(f"entity {k} is not an object", k)
-        s, e, typ = ent.get("start_idx"), ent.get("end_idx"), ent.get("type")
-        if not (_is_int(s) and _is_int(e)):
-            raise _Bad(f"entity {k}: start_idx/end_idx missing or not integers", k)
-        if not isinstance(typ, str) or not typ:
-            raise _Bad(f"entity {k}: missing or empty type", k)
-        if not 0 <= s <= e < n:
-            raise _Bad(
-                f"entity {k} ({typ}): offsets [{s}, {e}] (inclusive end) outside the text of "
-                f"length {n}",
-                k,
-            )
-        mention = ent.get("entity")
-        if mention is not None and text[s : e + 1] != mention:
-            raise _Bad(
-                f"entity {k} ({typ}): mention {mention!r} differs from the text at [{s}, {e}]: "
-                f"{text[s : e + 1]!r}",
-                k,
-            )
-        spans.append(Span(s, e + 1, typ))
+        s, e, typ, mention = (ent.get(x) for x in ("start_idx", "end_idx", "type", "entity"))
+        spans.append(_checked(text, s, e, typ, f"entity {k}", mention, k, inclusive_end=True))
     return _finish(text, spans)
 
 
@@ -469,30 +431,20 @@ def _jsonl_record(obj: Any) -> Example:
     if not isinstance(raw, list):
         raise _Bad('"spans" must be a list')
     spans = []
-    n = len(text)
     for k, sp in enumerate(raw):
         if not isinstance(sp, dict):
             raise _Bad(f"span {k} is not an object", k)
-        s, e, label = sp.get("start"), sp.get("end"), sp.get("label")
-        if not (_is_int(s) and _is_int(e)):
-            raise _Bad(f"span {k}: start/end missing or not integers", k)
-        if not isinstance(label, str) or not label:
-            raise _Bad(f"span {k}: missing or empty label", k)
-        if not 0 <= s < e <= n:
-            raise _Bad(
-                f"span {k} ({label}): offsets [{s}, {e}) (half-open) outside the text of "
-                f"length {n}",
-                k,
-            )
-        mention = sp.get("mention")
-        if mention is not None and text[s:e] != mention:
-            raise _Bad(
-                f"span {k} ({label}): mention {mention!r} differs from the text at [{s}, {e}): "
-                f"{text[s:e]!r}",
-                k,
-            )
-        spans.append(Span(s, e, label))
+        s, e, label, mention = (sp.get(x) for x in ("start", "end", "label", "mention"))
+        spans.append(_checked(text, s, e, label, f"span {k}", mention, k))
     return _finish(text, spans)
+
+
+def _checked(text, start, end, label, who, mention, entity=None, **options) -> Span:
+    """:func:`gpner.data.spans.checked_span`, its error as this record's ``_Bad``."""
+    try:
+        return checked_span(text, start, end, label, who, mention=mention, **options)
+    except SpanError as error:
+        raise _Bad(str(error), entity) from None
 
 
 _JSON_READERS = {"cluener": _cluener_record, "cmeee": _cmeee_record, "jsonl": _jsonl_record}
