@@ -4,6 +4,7 @@ report from fake result JSONs. Tiny synthetic cells only; seconds, no shared dat
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -415,6 +416,10 @@ def test_parallel_runners_run_each_cell_once_and_wait_for_search_cells(
     )
 
 
+# The runner's processes import this checkout's gpner, whichever one is installed.
+_CHECKOUT_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+
+
 def test_workers_flag_starts_tagged_child_runners(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ACCURACY / "run.py"), "--workers", "2", "--results", str(tmp_path)]
@@ -422,6 +427,7 @@ def test_workers_flag_starts_tagged_child_runners(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        env=_CHECKOUT_ENV,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -574,6 +580,7 @@ def test_smoke_cli_runs_two_tiny_cells():
         capture_output=True,
         text=True,
         timeout=120,
+        env=_CHECKOUT_ENV,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "smoke OK" in proc.stdout
