@@ -1,0 +1,107 @@
+"""The recipe benchmark (benchmarks/recipes): every recipe config has the cell that reproduces
+it, a tiny cell trains through the shared cell runner and is skipped once done, and the reports
+render its JSON. Synthetic data only; seconds."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "benchmarks" / "recipes"
+
+
+def _load(name, filename):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, RECIPES / filename)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+run = _load("gpner_recipes_run", "run.py")
+report = _load("gpner_recipes_report", "report.py")
+G = run.G
+
+
+def test_every_recipe_has_exactly_one_cell_that_is_its_config(tmp_path):
+    entries = G.plan(["explore", "recipe"], tmp_path)
+    ids = [e.cell.id for e in entries]
+    assert len(ids) == len(set(ids))
+    assert [e.cell.block for e in entries] == sorted(e.cell.block for e in entries)
+    for recipe in G.RECIPES:
+        own = G.CR.identity(G.own_config(recipe))
+        matching = [
+            e.cell.id
+            for e in entries
+            if e.cell.name == recipe.name and G.CR.identity(e.config) == own
+        ]
+        assert len(matching) == 1, (recipe.name, matching, own)
+        assert G.own_config(recipe).train.patience is not None, "recipes train to convergence"
+    # The head comparison: both heads with every seed, seeds shared between the heads.
+    m3e = [e for e in entries if e.cell.name == "cluener-m3e"]
+    seeds = {
+        v: sorted(e.config.train.seed for e in m3e if e.cell.variant == v) for v in ("gp", "egp")
+    }
+    assert seeds["gp"] == seeds["egp"] and len(seeds["gp"]) == 3
+    kinds = {e.config.head.kind for e in m3e if e.cell.variant in ("gp", "egp")}
+    assert kinds == {"global_pointer", "efficient_global_pointer"}
+
+
+def test_a_cell_trains_once_and_the_reports_show_it(tmp_path, tiny_data, monkeypatch):
+    train_path, dev_path = tiny_data
+    base = tmp_path / "base.toml"
+    base.write_text(
+        "\n".join(
+            [
+                "[data]",
+                f'train = "{train_path}"',
+                f'dev = "{dev_path}"',
+                "max_length = 24",
+                "[encoder]",
+                'kind = "bilstm"',
+                "hidden_size = 16",
+                "num_layers = 1",
+                "[head]",
+                "head_size = 8",
+                "[train]",
+                "epochs = 2",
+                "batch_size = 8",
+                "lr = 1e-2",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(G, "EXPLORE_BASE", str(base))
+    monkeypatch.setattr(
+        G, "EXPLORE", {"tiny": (("encoder.bigrams=true",), "a tiny BiLSTM with bigrams")}
+    )
+    results = tmp_path / "results"
+    first = run.run_grid(["explore"], results, threads=1)
+    assert first["ran"] == ["explore/tiny"] and not first["failed"]
+    second = run.run_grid(["explore"], results, threads=1)
+    assert second["ran"] == [] and second["left"] == []
+    (entry,) = G.plan(["explore"], results)
+    r = entry.result
+    assert entry.status == "done" and r["epochs"] == 2 and len(r["history"]) == 2
+    assert r["parameters"] > 0 and r["config"]["encoder"]["bigrams"] is True
+    assert r["timing"]["train_seconds"] > 0 and not (results / ".work" / entry.cell.stem).exists()
+    text = report.explore_report([entry])
+    assert "`tiny`" in text and f"{r['validation']['f1']:.4f}" in text
+    assert "Not run yet" not in text
+
+
+def test_recipes_report_lists_missing_cells_and_quotes_anchors(tmp_path):
+    text = report.recipes_report(G.plan(["recipe"], tmp_path))
+    assert "not run yet" in text and "80.03" in text and "58.79" in text and "90.94" in text
+    assert "Cells not finished yet" in text
+
+
+@pytest.mark.parametrize("recipe", [r.name for r in G.RECIPES])
+def test_recipe_configs_name_existing_data(recipe, shared_data):
+    from gpner.training import prepare_data
+
+    prepare_data(G.own_config(G.RECIPE_BY_NAME[recipe]))
