@@ -36,6 +36,7 @@ EXPLORE_BASE = "benchmarks/recipes/explore_base.toml"
 _TF = ("encoder.kind=char_transformer",)
 _LSTM = ("encoder.kind=bilstm", "encoder.num_layers=1")
 _BIGRAMS = ("encoder.bigrams=true",)
+_NARROW = ("encoder.bigram_size=64",)  # a 64-wide bigram table projected to hidden_size
 
 # name -> (overrides on EXPLORE_BASE, what it tests). Every variant: the base's 4 epochs.
 EXPLORE: dict[str, tuple[tuple[str, ...], str]] = {
@@ -43,6 +44,8 @@ EXPLORE: dict[str, tuple[tuple[str, ...], str]] = {
     "tf-256x2-bigram": (_TF + _BIGRAMS, "+ char bigrams"),
     "lstm-256x1": (_LSTM, "a 1-layer BiLSTM instead"),
     "lstm-256x1-bigram": (_LSTM + _BIGRAMS, "BiLSTM + char bigrams"),
+    "tf-256x2-bigram64": (_TF + _BIGRAMS + _NARROW, "+ char bigrams, 64 wide, projected"),
+    "lstm-256x1-bigram64": (_LSTM + _BIGRAMS + _NARROW, "BiLSTM + 64-wide char bigrams"),
     "tf-128x2": (_TF + ("encoder.hidden_size=128", "encoder.ffn_size=256"), "narrower"),
     "tf-256x4": (_TF + ("encoder.num_layers=4",), "deeper"),
     "tf-256x1": (_TF + ("encoder.num_layers=1",), "shallower"),
