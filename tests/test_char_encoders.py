@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+from gpner.checkpoints import load, save
 from gpner.config import ConfigError, load_config
 from gpner.data.readers import read
 from gpner.encoders import (
@@ -15,7 +16,7 @@ from gpner.encoders import (
     encoder_from_spec,
 )
 from gpner.inference import predict
-from gpner.model import build_model, build_tokenizer, load, save
+from gpner.model import build_model, build_tokenizer
 from gpner.training import train
 from tests.conftest import tiny_config_overrides
 
@@ -123,8 +124,8 @@ def test_bigram_model_saves_its_vocabulary_and_reloads_from_the_file_alone(
     assert keys.numel() > 0 and torch.all(keys[1:] > keys[:-1])  # sorted, distinct
     table = model.encoder.bigrams.embedding.weight
     assert table.shape[1] == (cfg.encoder.bigram_size or cfg.encoder.hidden_size)
-    save(model, tmp_path / "m.pt")
-    again = load(tmp_path / "m.pt")
+    save(model, tmp_path / "m")
+    again = load(tmp_path / "m")
     assert torch.equal(again.encoder.bigrams.keys, keys)
     ids = torch.tensor(model.tokenizer.encode(texts[0]).ids)[None]
     am = torch.ones_like(ids, dtype=torch.bool)
@@ -150,7 +151,7 @@ def test_bilstm_with_bigrams_learns_the_synthetic_data(tmp_path, tiny_data, regu
     )
     result = train(load_config(None, overrides))
     assert result.best_f1 > 0.8
-    model = load(out / "best.pt")
+    model = load(out / "best")
     text = "张三在北京工作。"
     spans = {(s.start, s.end, s.label) for s, _ in predict(model, [text])[0]}
     assert (0, 2, "PER") in spans and (3, 5, "LOC") in spans
