@@ -102,6 +102,7 @@ def test_recipes_report_lists_missing_cells_and_quotes_anchors(tmp_path):
 
 @pytest.mark.parametrize("recipe", [r.name for r in G.RECIPES])
 def test_recipe_configs_name_existing_data(recipe, shared_data):
-    from gpner.training import prepare_data
+    from gpner.corpus import Corpus
 
-    prepare_data(G.own_config(G.RECIPE_BY_NAME[recipe]))
+    corpus = Corpus.from_config(G.own_config(G.RECIPE_BY_NAME[recipe]).data)
+    assert corpus.train and corpus.labels
