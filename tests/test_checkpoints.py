@@ -5,6 +5,7 @@ refused by every path of the library and the CLI that loads a model or a resume 
 marker never appears.
 """
 
+import importlib.util
 import json
 
 import numpy as np
@@ -183,6 +184,11 @@ def test_no_load_path_runs_code_from_a_crafted_pickle(crafted, tmp_path, tiny_da
     assert main(["predict", str(good), dev]) == 2
     assert main(["convert-checkpoint", str(path), str(tmp_path / "c")]) == 2
     assert "--trust-pickle" in capsys.readouterr().err
+    assert main(["export", str(path), str(tmp_path / "x.onnx")]) == 2
+    assert main(["serve", str(path), "--port", "0"]) == 2
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert main(["predict", str(path), dev, "--backend", "onnxruntime"]) == 2
+        assert "not a readable ONNX model" in capsys.readouterr().err
     out = tmp_path / "run"
     out.mkdir()
     (out / "last.pt").write_bytes(path.read_bytes())

@@ -147,6 +147,10 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
 
 
 def _refuse_pickle(path: Path) -> None:
+    if path.is_file() and path.suffix == ".onnx":
+        raise CheckpointError(
+            f"{path} is an ONNX export: load it with backend='onnxruntime' (--backend onnxruntime)"
+        )
     if path.is_file():
         raise CheckpointError(
             f"{path} is a file, not a gpner model directory. Checkpoints of gpner <= 0.1 "

@@ -85,14 +85,17 @@ def _read_data(path: str, fmt: str | None, scheme: str | None, strict: bool = Tr
         raise CLIError(str(error)) from None
 
 
-def _load_model(path: str):
-    """The model at ``path``; a missing or unreadable one is a usage error."""
-    from gpner.checkpoints import load
+def _load_model(path: str, backend: str = "torch"):
+    """The model at ``path`` (a model directory; an .onnx file for onnxruntime); a missing or
+    unreadable one is a usage error."""
+    import gpner
 
     if not Path(path).exists():
         raise CLIError(f"no such model: {path}")
     try:
-        return load(path)
+        return gpner.load(path, backend=backend)
+    except ImportError as error:
+        raise CLIError(f"--backend {backend} needs: pip install gpner[onnx] ({error})") from None
     except ValueError as error:
         raise CLIError(str(error)) from None
 
@@ -163,7 +166,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{args.data}: plain text carries no gold entities; evaluate needs labelled data "
             "(name its format with --format)"
         )
-    model = _load_model(args.checkpoint)
+    model = _load_model(args.checkpoint, args.backend)
     with collect_read_report() as report:
         examples = _read_data(args.data, args.format, args.scheme, strict=not args.lenient)
     unseen = _check_gold(examples, model.labels, args.data)
@@ -222,7 +225,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise CLIError("--chunk-size and --batch-size must be positive")
     show = sys.stderr.isatty() if args.progress is None else args.progress
     texts, total = _predict_texts(args, show)
-    model = _load_model(args.checkpoint)
+    model = _load_model(args.checkpoint, args.backend)
     options = {"model_version": f"gpner {__version__}"} if args.to_format == "label-studio" else {}
     try:
         writer = open_writer(
@@ -349,6 +352,25 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from gpner.export import export_onnx
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise CLIError(f"export needs: pip install gpner[onnx] ({error})") from None
+    try:
+        import onnx  # noqa: F401
+    except ImportError as error:
+        raise CLIError(f"export needs: pip install gpner[onnx] ({error})") from None
+    model = _load_model(args.checkpoint)
+    path = export_onnx(model, args.output, quantize="int8" if args.int8 else None)
+    kind = "int8-quantised " if args.int8 else ""
+    print(
+        f"wrote the {kind}ONNX model {path} ({path.stat().st_size / 2**20:.1f} MiB)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _convert_checkpoint(args: argparse.Namespace) -> int:
     from gpner.checkpoints import convert_checkpoint
 
@@ -424,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip bad items (their number is reported) instead of stopping at the first",
     )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch (a model directory) or onnxruntime (an .onnx file from 'gpner export', "
+        "needs gpner[onnx])",
+    )
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -497,6 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a progress bar on stderr (default: when stderr is a terminal)",
     )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch (a model directory) or onnxruntime (an .onnx file from 'gpner export', "
+        "needs gpner[onnx])",
+    )
     p.set_defaults(func=_predict)
 
     from gpner.serve.limits import Limits
@@ -548,6 +584,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="texts per model call (default 64)")
     p.add_argument("--title", default="gpner", help="the page's title")
     p.set_defaults(func=_render)
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX (encoder + head to logits) for onnxruntime",
+    )
+    p.add_argument("checkpoint", help="a trained model directory")
+    p.add_argument("output", help="the .onnx file to write (self-contained: labels, tokenizer)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="dynamic int8 quantisation of the weights (smaller, faster on CPU; check the F1)",
+    )
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("convert", help="convert data between formats (default: to gpner's jsonl)")
     p.add_argument("input", help="data file (brat: a directory)")

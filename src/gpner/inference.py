@@ -1,10 +1,18 @@
-"""Prediction and evaluation with a trained model: texts in, character spans out."""
+"""Prediction and evaluation with a trained model: texts in, character spans out.
+
+Tokenization, windowing, batching and decoding are done here once for every backend. A backend
+only maps ``(input_ids, attention_mask)`` (B, L) to logits (B, C, L, L) (or the band
+(B, C, L, W)): the torch model itself, or :class:`gpner.ort.OnnxModel` (onnxruntime), which
+also carries the ``tokenizer``, ``labels`` and ``config`` read here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
+from torch import Tensor
 
 from gpner.data.batching import Feature, collate, encode_examples
 from gpner.data.spans import Example, Span
@@ -14,6 +22,8 @@ from gpner.model import NERModel
 
 __all__ = ["predict", "predict_examples", "evaluate"]
 
+LogitsFn = Callable[[Tensor, Tensor], Tensor]  # (input_ids, attention_mask) (B, L) -> logits
+
 
 def _batches_by_length(features: Sequence[Feature], batch_size: int) -> Iterable[list[int]]:
     """Indices grouped by similar length, so little compute goes to padding."""
@@ -22,7 +32,23 @@ def _batches_by_length(features: Sequence[Feature], batch_size: int) -> Iterable
         yield order[start : start + batch_size]
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def _scorer(model: NERModel) -> Iterator[LogitsFn]:
+    """The model as a logits function: a torch model in eval mode without autograd, on its own
+    device (its training mode is restored afterwards); any other backend is already one."""
+    if not isinstance(model, torch.nn.Module):
+        yield model
+        return
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            yield lambda ids, mask: model(ids.to(device), mask.to(device))
+    finally:
+        model.train(was_training)
+
+
 def predict_examples(
     model: NERModel,
     examples: Sequence[Example],
@@ -33,7 +59,9 @@ def predict_examples(
     """Predicted ``(Span, score)`` lists, one per example, in example order.
 
     Long texts are windowed as in training and stitched back to character offsets.
-    ``threshold`` and ``flat`` default to the model's training config.
+    ``threshold`` and ``flat`` default to the model's training config. ``model`` is a
+    :class:`~gpner.model.NERModel` or another backend with the same ``tokenizer``, ``labels``,
+    ``config`` and call (e.g. :class:`gpner.ort.OnnxModel`).
     """
     train_cfg = model.config.train
     threshold = train_cfg.threshold if threshold is None else threshold
@@ -47,19 +75,14 @@ def predict_examples(
         model.config.data.stride,
     )
     width = model.config.head.max_width  # band logits (B, C, L, W) when set
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     decoded: list[list] = [[] for _ in features]
-    try:
+    with _scorer(model) as score:
         for index in _batches_by_length(features, batch_size):
-            batch = collate([features[k] for k in index], model.tokenizer.pad_id).to(device)
-            logits = model(batch.input_ids, batch.attention_mask)
+            batch = collate([features[k] for k in index], model.tokenizer.pad_id)
+            logits = score(batch.input_ids, batch.attention_mask)
             items = decode(logits, threshold, flat, batch.attention_mask, max_width=width)
             for k, spans in zip(index, items):
                 decoded[k] = spans
-    finally:
-        model.train(was_training)
     by_example = spans_from_features(features, decoded, model.labels, flat=flat)
     return [by_example.get(i, []) for i in range(len(examples))]
 

@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Prediction speed and parity: torch eager against onnxruntime fp32 and int8, side by side.
+
+For each trained model given (a model directory), in one run:
+
+1. export it to ONNX (fp32, and int8 by dynamic quantisation) in a temporary directory;
+2. parity on the dev set: the largest |logit difference| over valid cells between torch and
+   onnxruntime fp32 (every dev batch), whether every text gets identical spans, and the dev micro
+   F1 of the three backends;
+3. speed of :func:`gpner.inference.predict_examples` (tokenization, windowing, model, decoding:
+   the whole pipeline) at batch sizes 32 and 1, the three backends interleaved repeat by repeat
+   (rotating order, ``measure.time_side_by_side``), medians over repeats, as texts/s and content
+   tokens/s; and, to see what bounds the end-to-end ratio, the model call alone on the same
+   batches, timed the same way.
+
+    nice python3 benchmarks/speed/bench_predict.py --model char=runs/quickstart/best \\
+        --model m3e-small=runs/cluener_m3e/best              # -> results/predict.json, PREDICT.md
+    python3 benchmarks/speed/bench_predict.py --report      # PREDICT.md from the JSON only
+
+Both backends use the same number of intra-op threads (``--threads``, default torch's), and
+``OMP_WAIT_POLICY=PASSIVE`` as the other speed benchmarks (see README.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import measure  # noqa: E402
+
+RESULTS = HERE / "results" / "predict.json"
+REPORT = HERE / "PREDICT.md"
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+
+
+def _load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _batches(model, examples, batch_size: int):
+    """The (input_ids, attention_mask) batches predict_examples builds for ``examples``."""
+    from gpner.data.batching import collate, encode_examples
+    from gpner.data.spans import Example
+    from gpner.inference import _batches_by_length
+
+    features, _ = encode_examples(
+        [Example(ex.text, []) for ex in examples],
+        model.tokenizer,
+        model.label2id,
+        model.config.data.max_length,
+        model.config.data.stride,
+    )
+    out = []
+    for index in _batches_by_length(features, batch_size):
+        batch = collate([features[k] for k in index], model.tokenizer.pad_id)
+        out.append((batch.input_ids, batch.attention_mask))
+    tokens = sum(len(f.input_ids) for f in features)
+    return out, tokens
+
+
+def parity(torch_model, runtime, examples) -> dict:
+    """Largest logit difference on valid cells, masks equal, spans identical per text."""
+    from gpner.inference import predict_examples
+
+    low = torch.finfo(torch.float32).min
+    worst, masks_equal, cells = 0.0, True, 0
+    batches, _ = _batches(torch_model, examples, 32)
+    for ids, mask in batches:
+        with torch.no_grad():
+            expected = torch_model(ids, mask)
+        got = runtime(ids, mask)
+        valid = expected > low
+        masks_equal &= bool(torch.equal(got > low, valid))
+        cells += int(valid.sum())
+        worst = max(worst, float((got[valid] - expected[valid]).abs().max()))
+    a = predict_examples(torch_model, examples, 32)
+    b = predict_examples(runtime, examples, 32)
+    differ = sum([s for s, _ in x] != [s for s, _ in y] for x, y in zip(a, b))
+    return {
+        "max_abs_logit_diff": worst,
+        "valid_cells": cells,
+        "masks_equal": masks_equal,
+        "texts_with_different_spans": differ,
+        "texts": len(examples),
+        "spans": sum(len(x) for x in a),
+    }
+
+
+def speed(models: dict, examples, batch_size: int, repeats: int) -> dict:
+    """End-to-end predict and the model call alone, each backend side by side."""
+    from gpner.inference import predict_examples
+
+    reference = models["torch"]
+    batches, tokens = _batches(reference, examples, batch_size)
+
+    def predict_step(model):
+        return lambda: predict_examples(model, examples, batch_size)
+
+    def model_step(model):
+        if isinstance(model, torch.nn.Module):
+
+            def step():
+                with torch.no_grad():
+                    for ids, mask in batches:
+                        model(ids, mask)
+
+            return step
+        return lambda: [model(ids, mask) for ids, mask in batches]
+
+    end_to_end = measure.time_side_by_side(
+        {k: predict_step(m) for k, m in models.items()}, repeats, warmup=1
+    )
+    model_only = measure.time_side_by_side(
+        {k: model_step(m) for k, m in models.items()}, repeats, warmup=1
+    )
+    out = {"batch_size": batch_size, "texts": len(examples), "tokens": tokens, "backends": {}}
+    for name in models:
+        e2e = measure.summary(end_to_end[name])
+        call = measure.summary(model_only[name])
+        out["backends"][name] = {
+            "predict": e2e,
+            "model_call": call,
+            "texts_per_s": len(examples) / e2e["median_s"],
+            "tokens_per_s": tokens / e2e["median_s"],
+            "ms_per_text": 1000 * e2e["median_s"] / len(examples),
+            "model_share": call["median_s"] / e2e["median_s"],
+        }
+    base = out["backends"]["torch"]
+    for row in out["backends"].values():
+        row["speedup_predict"] = base["predict"]["median_s"] / row["predict"]["median_s"]
+        row["speedup_model_call"] = base["model_call"]["median_s"] / row["model_call"]["median_s"]
+    return out
+
+
+def bench_model(name: str, directory: str, dev, args, work: Path) -> dict:
+    import gpner
+    from gpner.export import export_onnx, quantize_onnx
+    from gpner.inference import evaluate
+    from gpner.ort import OnnxModel
+
+    print(f"[{name}] loading {directory}", file=sys.stderr, flush=True)
+    model = gpner.load(directory)
+    result: dict = {
+        "model": name,
+        "encoder": model.config.encoder.kind,
+        "encoder_path": model.config.encoder.path,
+        "head": model.config.head.kind,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trained": model.config.train.__dict__
+        | {"data.train_limit": model.config.data.train_limit},
+    }
+    fp32, int8 = work / f"{name}.onnx", work / f"{name}.int8.onnx"
+    start = time.perf_counter()
+    export_onnx(model, fp32)
+    result["export_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    quantize_onnx(fp32, int8)
+    result["quantize_s"] = time.perf_counter() - start
+    result["onnx_mib"] = {"fp32": fp32.stat().st_size / 2**20, "int8": int8.stat().st_size / 2**20}
+    models = {
+        "torch": model,
+        "onnxruntime": OnnxModel(fp32, threads=args.threads),
+        "onnxruntime-int8": OnnxModel(int8, threads=args.threads),
+    }
+    print(f"[{name}] parity and F1", file=sys.stderr, flush=True)
+    result["parity_fp32"] = parity(model, models["onnxruntime"], dev)
+    result["parity_int8"] = parity(model, models["onnxruntime-int8"], dev)
+    result["dev_f1"] = {k: evaluate(m, dev, 32)["micro"]["f1"] for k, m in models.items()}
+    result["speed"] = []
+    for batch_size, count in ((32, len(dev)), (1, args.batch1_texts or len(dev))):
+        print(f"[{name}] speed at batch size {batch_size}", file=sys.stderr, flush=True)
+        row = speed(models, dev[:count], batch_size, args.repeats)
+        row["load_avg_after"] = _load_avg()
+        result["speed"].append(row)
+    return result
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def _f(x: float, digits: int = 2) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def report(data: dict) -> str:
+    env = data["environment"]
+    lines = [
+        "# Prediction speed: torch eager vs onnxruntime (fp32, int8)",
+        "",
+        f"Generated by `benchmarks/speed/bench_predict.py` from `results/predict.json` "
+        f"({data['finished_at']}); no number here is typed by hand. Command:",
+        "",
+        f"    {data['command']}",
+        "",
+        f"Machine: {env['cpu']}, {env['cores']} cores, {env['threads']} intra-op threads for "
+        f"both backends, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
+        f"OMP_WAIT_POLICY={env['omp_wait_policy']}. Load average (1, 5, 15 min) at the start "
+        f"{data['load_avg_start']}, at the end {data['load_avg_end']}: the CPU was shared with "
+        "other jobs, so absolute rates are low and noisy; the ratios are measured side by side "
+        "(backends interleaved repeat by repeat) and are what counts.",
+        "",
+        f"Data: {data['dev']} ({data['dev_texts']} texts). `predict` is the whole pipeline "
+        "(`gpner.inference.predict_examples`: tokenization, windowing, batching by length, the "
+        "model, decoding); `model call` is the backend alone on the same batches. Medians over "
+        f"{data['repeats']} repeats; per-text latency at batch size 1 is ms/text.",
+        "",
+    ]
+    for m in data["models"]:
+        t = m["trained"]
+        lines += [
+            f"## {m['model']}: {m['encoder']} encoder"
+            + (f" `{m['encoder_path']}`" if m["encoder_path"] else "")
+            + f", {m['head']} head, {m['parameters']:,} parameters",
+            "",
+            f"Trained for this benchmark: {t['epochs']} epoch(s), batch {t['batch_size']}, lr "
+            f"{t['lr']}"
+            + (f", encoder lr {t['encoder_lr']}" if t.get("encoder_lr") else "")
+            + (
+                f", first {t['data.train_limit']} training texts"
+                if t.get("data.train_limit")
+                else ", full training set"
+            )
+            + f". Export {_f(m['export_s'], 1)} s, int8 quantisation "
+            f"{_f(m['quantize_s'], 1)} s; ONNX {_f(m['onnx_mib']['fp32'], 1)} MiB fp32, "
+            f"{_f(m['onnx_mib']['int8'], 1)} MiB int8.",
+            "",
+            "| parity vs torch | max abs logit diff (valid cells) | masks equal | texts with "
+            "different spans | dev micro F1 | F1 change (points) |",
+            "|---|---|---|---|---|---|",
+        ]
+        f1 = m["dev_f1"]
+        lines.append(f"| torch eager | - | - | - | {f1['torch']:.4f} | - |")
+        for key, label in (("parity_fp32", "onnxruntime"), ("parity_int8", "onnxruntime-int8")):
+            p = m[key]
+            change = 100 * (f1[label] - f1["torch"])
+            lines.append(
+                f"| {label} | {p['max_abs_logit_diff']:.2e} | {p['masks_equal']} | "
+                f"{p['texts_with_different_spans']} of {p['texts']} | {f1[label]:.4f} | "
+                f"{change:+.2f} |"
+            )
+        lines += [
+            "",
+            "| batch | backend | texts/s | tokens/s | ms/text | speed-up (predict) | model "
+            "call share | speed-up (model call) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in m["speed"]:
+            for name, b in row["backends"].items():
+                lines.append(
+                    f"| {row['batch_size']} ({row['texts']} texts) | {name} | "
+                    f"{_f(b['texts_per_s'], 1)} | {_f(b['tokens_per_s'], 0)} | "
+                    f"{_f(b['ms_per_text'], 2)} | {b['speedup_predict']:.2f}x | "
+                    f"{100 * b['model_share']:.0f} % | {b['speedup_model_call']:.2f}x |"
+                )
+        lines.append("")
+    lines += [
+        "Targets of issue 18: onnxruntime >= 1.5x torch eager at batch 32 and >= 2x at batch 1 "
+        "(per-text latency), F1 unchanged (fp32) or within 0.3 points (int8).",
+        "",
+        "| model | batch | onnxruntime fp32 | target | int8 | F1 fp32 / int8 change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in data["models"]:
+        f1 = m["dev_f1"]
+        for row in m["speed"]:
+            need = 1.5 if row["batch_size"] > 1 else 2.0
+            fp = row["backends"]["onnxruntime"]["speedup_predict"]
+            q = row["backends"]["onnxruntime-int8"]["speedup_predict"]
+            lines.append(
+                f"| {m['model']} | {row['batch_size']} | {fp:.2f}x "
+                f"({'met' if fp >= need else 'missed'}) | {need}x | {q:.2f}x "
+                f"({'met' if q >= need else 'missed'}) | "
+                f"{100 * (f1['onnxruntime'] - f1['torch']):+.2f} / "
+                f"{100 * (f1['onnxruntime-int8'] - f1['torch']):+.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", default=[], metavar="NAME=DIR")
+    p.add_argument("--dev", default="cluener/dev.json", help="relative to the data root")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="default: torch's thread count")
+    p.add_argument("--batch1-texts", type=int, default=None, help="texts at batch 1 (default all)")
+    p.add_argument("--report", action="store_true", help="only write PREDICT.md from the JSON")
+    args = p.parse_args()
+    if args.report:
+        REPORT.write_text(report(json.loads(RESULTS.read_text(encoding="utf-8"))))
+        return 0
+    if not args.model:
+        p.error("give at least one --model NAME=DIR")
+    import onnxruntime
+
+    from gpner.data.paths import resolve
+    from gpner.data.readers import read
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
+    dev_path = resolve(args.dev)
+    dev = read(dev_path)
+    data = {
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # model directories by name only: where they were trained is no part of the result
+        "command": "python3 benchmarks/speed/bench_predict.py "
+        + " ".join(
+            a.split("=")[0] + "=DIR" if a.count("=") == 1 and "/" in a else a for a in sys.argv[1:]
+        ),  # fmt: skip
+        "load_avg_start": _load_avg(),
+        "environment": {
+            **measure.machine(),
+            "threads": args.threads,
+            "onnxruntime": onnxruntime.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            **{k: v for k, v in measure.source_state().items() if k != "gpner_path"},
+        },
+        "dev": args.dev,
+        "dev_texts": len(dev),
+        "repeats": args.repeats,
+        "models": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for item in args.model:
+            name, _, directory = item.partition("=")
+            data["models"].append(bench_model(name, directory, dev, args, Path(tmp)))
+    data["load_avg_end"] = _load_avg()
+    data["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    REPORT.write_text(report(data), encoding="utf-8")
+    print(f"wrote {RESULTS} and {REPORT}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""ONNX export of a trained model: encoder + head, token ids to span logits.
+
+The graph takes ``input_ids`` and ``attention_mask`` (B, L) int64 and returns ``logits``
+(B, C, L, L), or (B, C, L, W) for a head with ``max_width``, with dynamic B and L; invalid cells
+hold float32's lowest finite value, as in the torch model. Everything else prediction needs
+(labels, config, tokenizer) is stored in the file's metadata as ``gpner.json``, so the .onnx file
+alone is a deployable model (:class:`gpner.ort.OnnxModel`). Needs ``pip install gpner[onnx]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gpner import functional as F
+from gpner.model import NERModel
+
+__all__ = ["export_onnx", "quantize_onnx", "band_logits", "METADATA_KEY"]
+
+METADATA_KEY = "gpner.json"
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "logits"
+OPSET = 18
+
+
+def band_logits(f: F.SpanFactors) -> Tensor:
+    """The band logits (B, C, L, W) of ``f``, as plain tensor operations that export can trace.
+
+    Same values as :func:`gpner.functional.factors_to_logits`, whose fast path loops over blocks
+    in Python (the loop depends on L, so a traced graph would fix L). Here the W end positions of
+    every start are gathered at once: O(B * C * L * W * D) memory, fine for prediction.
+    """
+    width = f.max_width
+    k = torch.nn.functional.pad(f.k, (0, 0, 0, width - 1))  # (B, C or 1, L + W - 1, D)
+    ends = k.unfold(2, width, 1)  # (B, C or 1, L, D, W): ends[..., i, :, w] = k[..., i + w, :]
+    logits = (f.q.unsqueeze(-2) @ ends).squeeze(-2)  # (B, C or 1, L, W)
+    if f.start_bias is not None:
+        end = torch.nn.functional.pad(f.end_bias, (0, width - 1)).unfold(-1, width, 1)
+        logits = logits + f.start_bias[..., :, None] + end  # (B, C, L, W)
+    else:
+        logits = logits.expand(-1, f.num_types, -1, -1)
+    mask = f.attention_mask
+    if mask is None:
+        mask = torch.ones(logits.shape[0], logits.shape[2], dtype=torch.bool, device=k.device)
+    valid = F.band_mask(mask, width)  # (B, 1, L, W)
+    return logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
+
+
+class LogitsGraph(nn.Module):
+    """What is exported: (input_ids, attention_mask) int64 (B, L) -> logits, as float32."""
+
+    def __init__(self, model: NERModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        factors = self.model.span_factors(input_ids, attention_mask.bool())
+        if factors.max_width is None:
+            return F.factors_to_logits(factors)
+        return band_logits(factors)
+
+
+def _max_length(model: NERModel) -> int:
+    """The most tokens the encoder takes (its position table), for the exported L axis."""
+    spec = model.encoder.spec()
+    if spec["kind"] == "char_transformer":
+        return int(spec["max_positions"])
+    return int(spec["config"].get("max_position_embeddings") or 512)
+
+
+def model_metadata(model: NERModel) -> dict[str, Any]:
+    """gpner.json for the ONNX file: the model directory's metadata with the tokenizer inline."""
+    from gpner.checkpoints import model_payload
+
+    meta = model_payload(model)
+    del meta["state_dict"]
+    meta["format"] = "gpner-onnx"
+    return meta
+
+
+def export_onnx(model: NERModel, path: str | Path, quantize: str | None = None) -> Path:
+    """Write ``model`` as an ONNX graph to ``path``, checked with ``onnx.checker``.
+
+    ``quantize="int8"`` also applies :func:`quantize_onnx`.
+    """
+    import onnx
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = copy.deepcopy(model).float()
+    was_training = model.training
+    graph = LogitsGraph(model.eval())
+    # A sample batch of 2 x min(8, L_max) tokens, the second one padded; both axes stay dynamic.
+    max_length = _max_length(model)
+    size = min(8, max_length)
+    example = torch.arange(2, 2 + size).repeat(2, 1) % model.tokenizer.vocab_size
+    mask = torch.ones_like(example)
+    mask[1, size - 2 :] = 0
+    batch = torch.export.Dim("batch")
+    length = torch.export.Dim("length", max=max_length)
+    axes = {0: batch, 1: length}
+    try:
+        program = _export(graph, example, mask, axes)
+    finally:
+        model.train(was_training)
+    proto = program.model_proto
+    _set_metadata(proto, model_metadata(model))
+    onnx.checker.check_model(proto, full_check=True)
+    if quantize is None:
+        onnx.save_model(proto, str(path))
+        return path
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save_model(proto, str(Path(tmp) / "fp32.onnx"))
+        return quantize_onnx(Path(tmp) / "fp32.onnx", path)
+
+
+def _export(graph: nn.Module, example: Tensor, mask: Tensor, axes: dict):
+    """torch.export (dynamo) to ONNX: it keeps B and L symbolic where the old tracer fixed them
+    (e.g. in ``nn.MultiheadAttention``'s reshapes). Both inputs share the same two axes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        return torch.onnx.export(
+            graph,
+            (example, mask),
+            dynamo=True,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=(axes, axes),
+            opset_version=OPSET,
+            verbose=False,
+        )
+
+
+def _set_metadata(proto, meta: dict[str, Any]) -> None:
+    for entry in list(proto.metadata_props):
+        if entry.key == METADATA_KEY:
+            proto.metadata_props.remove(entry)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta, ensure_ascii=False)
+
+
+def quantize_onnx(source: str | Path, target: str | Path) -> Path:
+    """Dynamic int8 quantisation of an exported model: the weights of the matrix multiplications
+    become int8, activations are quantised on the fly per call (onnxruntime's
+    ``quantize_dynamic``). The gpner metadata is kept; ``target`` is checked like an export."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = Path(source), Path(target)
+    meta = {p.key: p.value for p in onnx.load_model(str(source), load_external_data=False)
+            .metadata_props}  # fmt: skip
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{source}: no {METADATA_KEY} metadata; not exported by gpner")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    proto = onnx.load_model(str(target))
+    _set_metadata(proto, json.loads(meta[METADATA_KEY]))
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save_model(proto, str(target))
+    return target

@@ -1,0 +1,87 @@
+"""The onnxruntime backend: an exported .onnx file as a prediction model.
+
+:class:`OnnxModel` carries the ``tokenizer``, ``labels`` and ``config`` read from the file's
+metadata and maps ``(input_ids, attention_mask)`` to logits with an onnxruntime session; the
+tokenization, windowing, batching and decoding of :mod:`gpner.inference` are shared with the
+torch model. Needs ``pip install gpner[onnx]``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gpner.config import Config, config_from_dict
+from gpner.data.tokenizers import Tokenizer, tokenizer_from_state
+
+__all__ = ["OnnxModel", "load_onnx"]
+
+ONNX_FILE = "model.onnx"  # the file looked for when a directory is given
+
+
+class OnnxModel:
+    """A model exported by :func:`gpner.export.export_onnx`, run by onnxruntime on the CPU.
+
+    ``threads``: onnxruntime's intra-op threads (default: torch's thread count, so the two
+    backends compare on equal terms).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        from gpner.checkpoints import CheckpointError
+        from gpner.export import METADATA_KEY
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / ONNX_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no ONNX model {path}; write one with: gpner export MODEL_DIR {path}"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime's own error types (invalid protobuf, ...)
+            raise CheckpointError(
+                f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:200]})"
+            ) from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise CheckpointError(f"{path}: no {METADATA_KEY} metadata; not exported by gpner")
+        meta: dict[str, Any] = json.loads(raw)
+        self.path = path
+        self.labels: list[str] = list(meta["labels"])
+        self.config: Config = config_from_dict(meta["config"])
+        self.tokenizer: Tokenizer = tokenizer_from_state(meta["tokenizer"])
+        self.gpner_version = meta.get("gpner_version")
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, L) ids and mask -> logits (B, C, L, L) or (B, C, L, W), float32."""
+        feed = {
+            "input_ids": input_ids.cpu().numpy().astype("int64", copy=False),
+            "attention_mask": attention_mask.cpu().numpy().astype("int64"),
+        }
+        (logits,) = self.session.run(None, feed)
+        return torch.from_numpy(logits)
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({str(self.path)!r}, labels={self.labels})"
+
+
+def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
+    """An exported .onnx file (or a directory holding ``model.onnx``) as a prediction model."""
+    return OnnxModel(path, threads)

@@ -1,0 +1,197 @@
+"""ONNX export and the onnxruntime backend: parity with the torch model, on tiny random models.
+
+Both encoders (the char Transformer, a tiny BERT) and both heads are exported once per module;
+each of the two layouts (full (B, C, L, L), band (B, C, L, W)) is covered by both heads.
+"""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install gpner[onnx])")
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+
+import onnx  # noqa: E402
+
+import gpner  # noqa: E402
+from gpner.config import load_config  # noqa: E402
+from gpner.data.batching import collate, encode_examples  # noqa: E402
+from gpner.data.spans import Example  # noqa: E402
+from gpner.export import export_onnx, quantize_onnx  # noqa: E402
+from gpner.inference import predict_examples  # noqa: E402
+from gpner.model import build_model, build_tokenizer  # noqa: E402
+from gpner.ort import OnnxModel  # noqa: E402
+from tests.conftest import _synthetic_examples, write_tiny_hf_model  # noqa: E402
+
+# (encoder, head, max_width): both heads per encoder, both layouts per head
+CASES = [
+    ("char", "global_pointer", None),
+    ("char", "efficient_global_pointer", 5),
+    ("hf", "global_pointer", 5),
+    ("hf", "efficient_global_pointer", None),
+]
+LABELS = ["LOC", "ORG", "PER"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def export_case(tmp_path_factory):
+    """case -> (torch model, OnnxModel, .onnx path) of a tiny random model, each exported once."""
+    done = {}
+
+    def get(case):
+        if case not in done:
+            done[case] = _export(case, tmp_path_factory.mktemp("onnx"))
+        return done[case]
+
+    return get
+
+
+@pytest.fixture(params=CASES, ids=["-".join(map(str, c)) for c in CASES])
+def exported(request, export_case):
+    return export_case(request.param)
+
+
+def _export(case, root):
+    encoder, head, width = case
+    sets = {
+        "data.max_length": 32,
+        "head.kind": f'"{head}"',
+        "head.head_size": 8,
+        "encoder.hidden_size": 32,
+        "encoder.num_layers": 1,
+        "encoder.num_heads": 2,
+        "encoder.ffn_size": 64,
+    }
+    if width:
+        sets["head.max_width"] = width
+    if encoder == "hf":
+        sets["encoder.kind"] = '"hf"'
+        sets["encoder.path"] = f'"{write_tiny_hf_model(root / "bert")}"'
+    config = load_config(None, [f"{k}={v}" for k, v in sets.items()])
+    torch.manual_seed(0)
+    texts = [ex.text for ex in _synthetic_examples(64, seed=3)]
+    model = build_model(config, LABELS, build_tokenizer(config, texts)).eval()
+    path = export_onnx(model, root / "model.onnx")
+    return model, OnnxModel(path, threads=1), path
+
+
+def _examples(shared: bool) -> list[Example]:
+    if not shared:
+        return _synthetic_examples(40, seed=4)
+    from gpner.data.paths import data_root
+    from gpner.data.readers import read
+
+    path = data_root() / "cluener" / "dev.json"
+    if not path.is_file():
+        pytest.skip(f"CLUENER dev not found at {path} (set GPNER_DATA to point at it)")
+    return read(path)[:300]
+
+
+def _assert_same_logits(model, runtime, examples):
+    features, _ = encode_examples(
+        [Example(ex.text, []) for ex in examples],
+        model.tokenizer,
+        model.label2id,
+        model.config.data.max_length,
+        model.config.data.stride,
+    )
+    features.sort(key=lambda f: len(f.input_ids))
+    for start in range(0, len(features), 16):
+        batch = collate(features[start : start + 16], model.tokenizer.pad_id)
+        with torch.no_grad():
+            expected = model(batch.input_ids, batch.attention_mask)
+        got = runtime(batch.input_ids, batch.attention_mask)
+        assert got.shape == expected.shape and got.dtype == torch.float32
+        low = torch.finfo(torch.float32).min
+        valid = expected > low
+        assert torch.equal(got > low, valid)  # the same cells are masked
+        torch.testing.assert_close(got[valid], expected[valid], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["synthetic", "cluener-dev"])
+def test_onnxruntime_matches_torch(exported, shared):
+    model, runtime, _ = exported
+    examples = _examples(shared)
+    _assert_same_logits(model, runtime, examples)
+    # the same pipeline around either backend: identical spans, scores within 1e-4
+    for flat in (False, True):
+        expected = predict_examples(model, examples, batch_size=16, flat=flat)
+        got = predict_examples(runtime, examples, batch_size=16, flat=flat)
+        assert [[s for s, _ in x] for x in got] == [[s for s, _ in x] for x in expected]
+        scores = [abs(a - b) for x, y in zip(got, expected) for (_, a), (_, b) in zip(x, y)]
+        assert max(scores, default=0.0) <= 1e-4
+    assert sum(len(x) for x in expected) > 0  # a random model still predicts something
+
+
+def test_export_has_dynamic_axes_and_carries_the_model(exported):
+    model, runtime, path = exported
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    for graph_input in proto.graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        assert [d.dim_param != "" for d in dims] == [True, True]  # B and L are symbolic
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["gpner.json"])
+    assert meta["labels"] == LABELS and meta["format"] == "gpner-onnx"
+    assert runtime.labels == model.labels and runtime.config == model.config
+    assert runtime.tokenizer.state_dict() == model.tokenizer.state_dict()
+    # one token, and the longest input the encoder takes
+    for batch, length in ((1, 1), (3, model.config.data.max_length)):
+        ids = torch.randint(4, runtime.tokenizer.vocab_size, (batch, length))
+        mask = torch.ones(batch, length, dtype=torch.bool)
+        with torch.no_grad():
+            expected = model(ids, mask)
+        torch.testing.assert_close(runtime(ids, mask), expected, atol=1e-4, rtol=0)
+
+
+def test_int8_quantisation_keeps_the_model_close(export_case, tmp_path):
+    model, runtime, path = export_case(CASES[0])  # the char model, full layout
+    target = quantize_onnx(path, tmp_path / "int8.onnx")
+    ops = {node.op_type for node in onnx.load(str(target)).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops, ops
+    int8 = gpner.load(target, backend="onnxruntime")
+    assert int8.labels == LABELS
+    examples = _examples(False)
+    batch = collate(
+        encode_examples(examples, model.tokenizer, model.label2id, 32, 16)[0][:8],
+        model.tokenizer.pad_id,
+    )
+    fp32 = runtime(batch.input_ids, batch.attention_mask)
+    quantised = int8(batch.input_ids, batch.attention_mask)
+    valid = fp32 > torch.finfo(torch.float32).min
+    error = (quantised[valid] - fp32[valid]).abs().max()
+    assert 0 < error < 0.1 * fp32[valid].abs().max()  # changed, but only a little
+
+
+def test_cli_export_then_predict_and_evaluate_with_onnxruntime(tiny_checkpoint, tmp_path, capsys):
+    from gpner.cli import main
+
+    checkpoint, data = tiny_checkpoint
+    target = tmp_path / "tiny.onnx"
+    assert main(["export", str(checkpoint), str(target)]) == 0
+    assert "wrote the ONNX model" in capsys.readouterr().err
+    dev = str(data / "dev.jsonl")
+    outputs = {}
+    for backend, model in (("torch", checkpoint), ("onnxruntime", target)):
+        out = tmp_path / f"{backend}.jsonl"
+        assert main(["predict", str(model), dev, "-o", str(out), "--backend", backend]) == 0
+        outputs[backend] = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+        assert main(["evaluate", str(model), dev, "--backend", backend]) == 0
+        outputs[backend + "-metrics"] = json.loads(capsys.readouterr().out)["micro"]
+    spans = {k: [[(s["start"], s["end"], s["label"]) for s in r["spans"]] for r in v]
+             for k, v in outputs.items() if "metrics" not in k}  # fmt: skip
+    assert spans["onnxruntime"] == spans["torch"] and any(spans["torch"])
+    assert outputs["onnxruntime-metrics"] == outputs["torch-metrics"]
+    # a model directory is not an .onnx file, and the reverse
+    assert main(["predict", str(target), dev, "--backend", "torch"]) == 2
+    assert main(["predict", str(checkpoint), dev, "--backend", "onnxruntime"]) == 2
+    assert "gpner export" in capsys.readouterr().err
