@@ -47,6 +47,12 @@ class OnnxModel:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Every batch has its own (B, L): a memory plan kept for one shape is replanned for the
+        # next (slower with it on CLUENER dev batches). Idle threads sleep instead of spinning,
+        # like torch's OpenMP threads under OMP_WAIT_POLICY=PASSIVE, so that the two backends
+        # share a busy CPU alike.
+        options.enable_mem_pattern = False
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
