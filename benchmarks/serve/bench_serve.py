@@ -2,15 +2,17 @@
 
 Two `gpner serve` processes run the same model on 127.0.0.1: one micro-batching (`--max-batch
 32`), one answering request by request (`--max-batch 1 --max-wait-ms 0`). For each number of
-concurrent clients (1, 8, 32) and each repeat, both are loaded in turn by the same asyncio
-httpx client: every client sends one request after another, each with `--texts-per-request`
-texts from CLUENER dev (cycled), until `--seconds` have passed or `--max-requests` are sent.
-Every answer is checked afterwards against offline `gpner.predict` on the same texts: a request
-that fails or gets no answer is *lost*, one whose spans differ is *wrong* (scores may differ in
-the last digits because batches pad differently; a span within 2e-3 of the threshold may fall
-either side). Loopback only; bounded in time and requests; stops by itself.
+concurrent clients (1, 8, 32) the two are loaded in alternating slices of `--slice-seconds`
+(`--slices` each, order flipped every slice) so that both see the same background load; every
+client keeps one connection and sends its next request (`--texts-per-request` CLUENER dev texts,
+cycled) when the last is answered. Throughput counts the answers within the slices' windows;
+every answer, in flight at a slice's end or not, is checked against offline `gpner.predict` on
+the same texts: a request that fails or gets no answer is *lost*, one whose spans differ is
+*wrong* (scores may differ in the last digits because batches pad differently; a span within
+2e-3 of the threshold may fall either side). Loopback only; bounded in time and requests
+(`--max-requests` per slice); stops by itself.
 
-    python3 benchmarks/serve/bench_serve.py MODEL [--seconds 15] [--repeats 3]
+    python3 benchmarks/serve/bench_serve.py MODEL [--repeats 3] [--slices 6]
     python3 benchmarks/serve/make_results.py        # RESULTS.md from results/serve.json
 """
 
@@ -46,13 +48,12 @@ MODES = {
 TOLERANCE = 2e-3
 
 
-def load_texts(limit: int) -> tuple[list[str], str]:
+def load_dev():
+    """CLUENER dev examples (their gold spans give the model's dev F1, measured here)."""
     from gpner.data.paths import resolve
     from gpner.data.readers import read
 
-    path = resolve("cluener/dev.json")
-    texts = [ex.text for ex in read(path)][:limit]
-    return texts, "CLUENER dev (cluener/dev.json)"
+    return read(resolve("cluener/dev.json")), "CLUENER dev (cluener/dev.json)"
 
 
 def start_server(model: str, mode_args: list[str], threads: int) -> tuple[subprocess.Popen, str]:
@@ -111,16 +112,16 @@ async def _post(reader, writer, host: str, body: bytes) -> tuple[int, bytes]:
 
 
 async def load(url, clients, per_request, texts, seconds, max_requests):
-    """Run ``clients`` request loops, one kept-alive connection each, for ``seconds`` or until
-    ``max_requests`` are sent; returns (elapsed, [(first_text_index, status, body, s)]).
+    """Run ``clients`` request loops, one kept-alive connection each, sending until ``seconds``
+    have passed or ``max_requests`` are sent; returns (stop, [(first_text_index, status, body,
+    latency, finished_at)]). Requests in flight at the stop still finish and are checked.
 
     A plain HTTP/1.1 client on asyncio streams rather than httpx: httpx cost more CPU per
     request than the server did, on the same two cores, and would have measured the client."""
     host, port = url.removeprefix("http://").split(":")
     done: list = []
     counter = {"next": 0}
-    start = time.perf_counter()
-    stop = start + seconds
+    stop = time.perf_counter() + seconds
 
     async def loop():
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -135,14 +136,16 @@ async def load(url, clients, per_request, texts, seconds, max_requests):
                 try:
                     status, answer = await _post(reader, writer, f"{host}:{port}", body)
                 except (OSError, asyncio.IncompleteReadError, ValueError) as error:
-                    done.append((first, None, repr(error).encode(), time.perf_counter() - sent))
+                    status, answer = None, repr(error).encode()
+                now = time.perf_counter()
+                done.append((first, status, answer, now - sent, now))
+                if status is None:
                     return
-                done.append((first, status, answer, time.perf_counter() - sent))
         finally:
             writer.close()
 
     await asyncio.gather(*[loop() for _ in range(clients)])
-    return time.perf_counter() - start, done
+    return stop, done
 
 
 def cpu_seconds(pid: int) -> float:
@@ -151,42 +154,69 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(server, clients, per_request, texts, expected, threshold, seconds, max_requests):
+def run_slice(server, clients, per_request, texts, seconds, max_requests) -> dict:
+    """One stretch of load on one server, with its CPU time and model calls."""
     process, url = server
     before = httpx.get(f"{url}/health").json()
     cpu_before, own_before = cpu_seconds(process.pid), time.process_time()
-    elapsed, done = asyncio.run(load(url, clients, per_request, texts, seconds, max_requests))
+    start = time.perf_counter()
+    stop, done = asyncio.run(load(url, clients, per_request, texts, seconds, max_requests))
     server_cpu = cpu_seconds(process.pid) - cpu_before
     client_cpu = time.process_time() - own_before
     after = httpx.get(f"{url}/health").json()
-    lost = wrong = 0
-    for first, status, body, _ in done:
-        if status != 200:
-            lost += 1
-            continue
-        results = json.loads(body)["results"]
-        want = [expected[(first + j) % len(texts)] for j in range(per_request)]
-        if len(results) != per_request or not all(
-            same(g, w, threshold) for g, w in zip(results, want)
-        ):
-            wrong += 1
-    latencies = numpy.array([d[3] for d in done]) * 1000
-    answered = len(done) - lost
-    calls = after["batches"] - before["batches"]
     return {
-        "model_calls": calls,
-        "texts_per_call": (after["texts"] - before["texts"]) / max(calls, 1),
-        "server_cpu_ms_per_text": 1000 * server_cpu / max(answered * per_request, 1),
-        "client_cpu_ms_per_request": 1000 * client_cpu / max(len(done), 1),
-        "requests": len(done),
+        "window": stop - start,
+        "stop": stop,
+        "done": done,
+        "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
+        "calls": after["batches"] - before["batches"],
+        "texts": after["texts"] - before["texts"],
+    }
+
+
+def summarize(slices, per_request, texts, expected, threshold) -> dict:
+    """Throughput and latency over the slices' windows; every answer checked for correctness."""
+    lost = wrong = 0
+    answered = 0
+    in_window = []
+    for piece in slices:
+        for first, status, body, latency, finished in piece["done"]:
+            if status != 200:
+                lost += 1
+                continue
+            answered += 1
+            results = json.loads(body)["results"]
+            want = [expected[(first + j) % len(texts)] for j in range(per_request)]
+            if len(results) != per_request or not all(
+                same(g, w, threshold) for g, w in zip(results, want)
+            ):
+                wrong += 1
+            if finished <= piece["stop"]:
+                in_window.append(latency)
+    window = sum(piece["window"] for piece in slices)
+    latencies = numpy.array(in_window) * 1000
+    calls = sum(piece["calls"] for piece in slices)
+    requests = sum(len(piece["done"]) for piece in slices)
+    return {
+        "slices": len(slices),
+        "seconds": window,
+        "requests": requests,
         "lost": lost,
         "wrong": wrong,
-        "seconds": elapsed,
-        "requests_per_s": answered / elapsed,
-        "texts_per_s": answered * per_request / elapsed,
+        "requests_per_s": len(in_window) / window,
+        "texts_per_s": len(in_window) * per_request / window,
         "p50_ms": float(numpy.percentile(latencies, 50)),
         "p95_ms": float(numpy.percentile(latencies, 95)),
         "p99_ms": float(numpy.percentile(latencies, 99)),
+        "model_calls": calls,
+        "texts_per_call": sum(piece["texts"] for piece in slices) / max(calls, 1),
+        "server_cpu_ms_per_text": 1000
+        * sum(piece["server_cpu"] for piece in slices)
+        / max(answered * per_request, 1),
+        "client_cpu_ms_per_request": 1000
+        * sum(piece["client_cpu"] for piece in slices)
+        / max(requests, 1),
     }
 
 
@@ -201,8 +231,9 @@ def main() -> None:
     parser.add_argument("model", help="a trained model (what gpner.load reads)")
     parser.add_argument("--model-note", default="", help="how the model was trained (reported)")
     parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--seconds", type=float, default=15.0, help="per measurement")
-    parser.add_argument("--max-requests", type=int, default=5000, help="per measurement")
+    parser.add_argument("--slice-seconds", type=float, default=3.0, help="per slice")
+    parser.add_argument("--slices", type=int, default=6, help="per mode, client count, repeat")
+    parser.add_argument("--max-requests", type=int, default=2000, help="per slice")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--texts", type=int, default=1000, help="distinct texts cycled")
@@ -213,29 +244,44 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    texts, source = load_texts(args.texts)
+    from gpner.metrics import SpanMetrics
+
+    examples, source = load_dev()
     model = gpner.load(args.model)
     threshold = model.config.train.threshold
-    expected = [prediction_record(t, s) for t, s in zip(texts, gpner.predict(model, texts))]
+    predicted = gpner.predict(model, [ex.text for ex in examples])
+    metrics = SpanMetrics()
+    metrics.update([[s for s, _ in p] for p in predicted], [ex.spans for ex in examples])
+    dev_f1 = metrics.compute()["micro"]["f1"]
+    texts = [ex.text for ex in examples][: args.texts]
+    expected = [prediction_record(t, p) for t, p in zip(texts, predicted)]
     levels = [int(c) for c in args.clients.split(",")]
     load_before = os.getloadavg()
     servers = {name: start_server(args.model, extra, args.threads) for name, extra in MODES.items()}
     runs = []
     try:
         for server in servers.values():  # warm-up: first calls allocate, fill caches
-            measure(server, 4, args.texts_per_request, texts, expected, threshold, 2.0, 200)
+            run_slice(server, 4, args.texts_per_request, texts, 2.0, 200)
         for repeat in range(args.repeats):
             for clients in levels:
-                for name, server in servers.items():  # the two modes side by side
-                    result = measure(
-                        server,
-                        clients,
-                        args.texts_per_request,
-                        texts,
-                        expected,
-                        threshold,
-                        args.seconds,
-                        args.max_requests,
+                # the two modes in alternating slices, so that both see the same background load
+                slices = {name: [] for name in servers}
+                for k in range(args.slices):
+                    order = list(servers) if k % 2 == 0 else list(servers)[::-1]
+                    for name in order:
+                        slices[name].append(
+                            run_slice(
+                                servers[name],
+                                clients,
+                                args.texts_per_request,
+                                texts,
+                                args.slice_seconds,
+                                args.max_requests,
+                            )
+                        )
+                for name in servers:
+                    result = summarize(
+                        slices[name], args.texts_per_request, texts, expected, threshold
                     )
                     result.update(mode=name, clients=clients, repeat=repeat, load=os.getloadavg())
                     runs.append(result)
@@ -274,11 +320,13 @@ def main() -> None:
             "head": cfg.head.kind,
             "max_length": cfg.data.max_length,
             "labels": len(model.labels),
+            "dev_micro_f1": dev_f1,
         },
         "texts": {"source": source, "distinct": len(texts), "per_request": args.texts_per_request},
         "mean_text_chars": sum(map(len, texts)) / len(texts),
         "settings": {
-            "seconds": args.seconds,
+            "slice_seconds": args.slice_seconds,
+            "slices": args.slices,
             "max_requests": args.max_requests,
             "repeats": args.repeats,
             "threads": args.threads,
