@@ -110,3 +110,27 @@ def test_queue_limit_and_settings():
         MicroBatcher(Recorder(), max_batch=0)
     with pytest.raises(RuntimeError, match="not running"):
         run(MicroBatcher(Recorder()).submit(["a"]))
+
+
+def test_the_window_is_waited_only_for_announced_requests():
+    recorder = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(recorder, max_batch=8, max_wait=0.5)
+        await batcher.start()
+        try:
+            start = time.perf_counter()
+            await batcher.submit(["alone"])  # nobody else on the way: no wait
+            alone = time.perf_counter() - start
+            with batcher.arriving():  # another request is being parsed
+                first = batcher.enqueue(["a"])
+                await asyncio.sleep(0.05)
+                second = batcher.enqueue(["b"])
+            await asyncio.gather(first, second)
+            return alone
+        finally:
+            await batcher.stop()
+
+    alone = run(main())
+    assert alone < 0.25
+    assert recorder.calls == [["alone"], ["a", "b"]]  # the gatherer waited for "b"

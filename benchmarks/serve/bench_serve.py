@@ -41,10 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import gpner  # noqa: E402
 from gpner.data.writers import prediction_record  # noqa: E402
 
-MODES = {
-    "micro-batched": ["--max-batch", "32", "--max-wait-ms", "2"],
-    "batch-size-1": ["--max-batch", "1", "--max-wait-ms", "0"],
-}
+BASELINE = ["--max-batch", "1", "--max-wait-ms", "0"]
 TOLERANCE = 2e-3
 
 
@@ -238,6 +235,11 @@ def main() -> None:
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--texts", type=int, default=1000, help="distinct texts cycled")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per server")
+    parser.add_argument(
+        "--batched",
+        default="--max-batch 32 --max-wait-ms 2",
+        help="gpner serve options of the micro-batched server",
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "serve.json"))
     args = parser.parse_args()
 
@@ -257,7 +259,8 @@ def main() -> None:
     expected = [prediction_record(t, p) for t, p in zip(texts, predicted)]
     levels = [int(c) for c in args.clients.split(",")]
     load_before = os.getloadavg()
-    servers = {name: start_server(args.model, extra, args.threads) for name, extra in MODES.items()}
+    modes = {"micro-batched": args.batched.split(), "batch-size-1": BASELINE}
+    servers = {name: start_server(args.model, extra, args.threads) for name, extra in modes.items()}
     runs = []
     try:
         for server in servers.values():  # warm-up: first calls allocate, fill caches
@@ -330,7 +333,7 @@ def main() -> None:
             "max_requests": args.max_requests,
             "repeats": args.repeats,
             "threads": args.threads,
-            "modes": {name: " ".join(extra) for name, extra in MODES.items()},
+            "modes": {name: " ".join(extra) for name, extra in modes.items()},
         },
         "server_batches": health,
         # the model's path is this machine's: MODEL stands for it

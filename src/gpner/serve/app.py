@@ -193,12 +193,13 @@ def create_app(
         return _error(ApiError(500, "internal_error", f"{type(error).__name__} (see server log)"))
 
     async def predictions(request: Request) -> tuple[PredictRequest, list]:
-        parsed = parse_predict_request(await request.body(), limits)
-        try:
-            spans = await batcher.submit(parsed.texts, parsed.threshold, parsed.flat)
-        except QueueFull as error:
-            raise ApiError(503, "busy", str(error), limit="max_queue") from None
-        return parsed, spans
+        with batcher.arriving():  # a batch being gathered waits for this one
+            parsed = parse_predict_request(await request.body(), limits)
+            try:
+                job = batcher.enqueue(parsed.texts, parsed.threshold, parsed.flat)
+            except QueueFull as error:
+                raise ApiError(503, "busy", str(error), limit="max_queue") from None
+        return parsed, await job
 
     @app.post(
         "/predict",

@@ -4,8 +4,11 @@ Requests put their texts on a queue. One worker task takes the first waiting req
 more for at most ``max_wait`` seconds or until ``max_batch`` texts are in hand, and runs the
 prediction function for all of them in a single-thread executor, so the event loop keeps
 answering (health checks, new requests queueing up) while the model computes. Under load the
-queue fills while the model runs, so batches grow with the number of concurrent clients; with
-one client a request waits at most ``max_wait`` before it runs.
+queue fills while the model runs, so batches grow with the number of concurrent clients.
+
+The window is only waited for while another request is on its way (announced with
+:meth:`MicroBatcher.arriving`, e.g. while its body is read and parsed): a lone request runs at
+once instead of paying the window.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class MicroBatcher:
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job] | None = None
         self._waiting = 0  # texts queued, not yet taken by the worker
+        self._arriving = 0  # requests announced, not yet submitted
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -106,10 +110,20 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_exception(RuntimeError("server shutting down"))
 
-    async def submit(
+    @contextlib.contextmanager
+    def arriving(self):
+        """Announce a request that will (probably) :meth:`submit` soon, e.g. while its body is
+        read and parsed, so that a batch being gathered waits for it."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+
+    def enqueue(
         self, texts: Sequence[str], threshold: float | None = None, flat: bool | None = None
-    ) -> list:
-        """The predictions for ``texts``, computed in some batch with other requests' texts."""
+    ) -> asyncio.Future:
+        """Queue ``texts`` now; the future gets their predictions, computed in some batch."""
         if not self.alive:
             raise RuntimeError("the batching worker is not running")
         if self._waiting + len(texts) > self.max_queue:
@@ -117,7 +131,13 @@ class MicroBatcher:
         future = asyncio.get_running_loop().create_future()
         self._waiting += len(texts)
         self._queue.put_nowait(_Job(list(texts), threshold, flat, future))
-        return await future
+        return future
+
+    async def submit(
+        self, texts: Sequence[str], threshold: float | None = None, flat: bool | None = None
+    ) -> list:
+        """The predictions for ``texts``, computed in some batch with other requests' texts."""
+        return await self.enqueue(texts, threshold, flat)
 
     async def _gather(self) -> list[_Job]:
         jobs = [await self._queue.get()]
@@ -127,7 +147,7 @@ class MicroBatcher:
         while count < self.max_batch:
             if self._queue.empty():
                 left = deadline - loop.time()
-                if left <= 0:
+                if left <= 0 or not self._arriving:  # nobody else on the way: run now
                     break
                 try:
                     job = await asyncio.wait_for(self._queue.get(), left)
