@@ -127,10 +127,13 @@ def test_the_window_is_waited_only_for_announced_requests():
                 await asyncio.sleep(0.05)
                 second = batcher.enqueue(["b"])
             await asyncio.gather(first, second)
-            return alone
+            # the last batch held two requests (load): the next one waits for company
+            start = time.perf_counter()
+            await batcher.submit(["after"])
+            return alone, time.perf_counter() - start
         finally:
             await batcher.stop()
 
-    alone = run(main())
-    assert alone < 0.25
-    assert recorder.calls == [["alone"], ["a", "b"]]  # the gatherer waited for "b"
+    alone, after = run(main())
+    assert alone < 0.25 and after >= 0.45
+    assert recorder.calls == [["alone"], ["a", "b"], ["after"]]  # the gatherer waited for "b"

@@ -6,9 +6,10 @@ prediction function for all of them in a single-thread executor, so the event lo
 answering (health checks, new requests queueing up) while the model computes. Under load the
 queue fills while the model runs, so batches grow with the number of concurrent clients.
 
-The window is only waited for while another request is on its way (announced with
-:meth:`MicroBatcher.arriving`, e.g. while its body is read and parsed): a lone request runs at
-once instead of paying the window.
+The window is waited for only when more requests are likely: while another request is on its
+way (announced with :meth:`MicroBatcher.arriving`, e.g. while its body is read and parsed), or
+when the last batch held more than one request (the server is under load). A lone client's
+request runs at once instead of paying the window.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._waiting = 0  # texts queued, not yet taken by the worker
         self._arriving = 0  # requests announced, not yet submitted
+        self._last_jobs = 0  # requests in the last batch
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -147,7 +149,8 @@ class MicroBatcher:
         while count < self.max_batch:
             if self._queue.empty():
                 left = deadline - loop.time()
-                if left <= 0 or not self._arriving:  # nobody else on the way: run now
+                busy = self._arriving or self._last_jobs > 1
+                if left <= 0 or not busy:  # nobody else on the way: run now
                     break
                 try:
                     job = await asyncio.wait_for(self._queue.get(), left)
@@ -158,6 +161,7 @@ class MicroBatcher:
             jobs.append(job)
             count += len(job.texts)
         self._waiting -= count
+        self._last_jobs = len(jobs)
         return jobs
 
     async def _run(self) -> None:
