@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -338,7 +339,7 @@ def main() -> None:
         "server_batches": health,
         # the model's path is this machine's: MODEL stands for it
         "command": "python3 benchmarks/serve/bench_serve.py "
-        + " ".join("MODEL" if a == args.model else a for a in sys.argv[1:]),
+        + shlex.join("MODEL" if a == args.model else a for a in sys.argv[1:]),
         "runs": runs,
     }
     out = Path(args.out)
