@@ -212,3 +212,28 @@ def test_predict_reads_any_data_format(tiny_checkpoint, tmp_path):
     out = tmp_path / "out.jsonl"
     assert main(["predict", checkpoint, str(brat), "-o", str(out)]) == 0
     assert [r["text"] for r in _records(out)] == [ex.text for ex in gold]
+
+
+def test_streaming_and_resume_with_the_onnxruntime_backend(tiny_checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="pip install gpner[onnx]")
+    pytest.importorskip("onnx", reason="pip install gpner[onnx]")
+    checkpoint, _ = tiny_checkpoint
+    onnx_model = tmp_path / "model.onnx"
+    assert main(["export", checkpoint, str(onnx_model)]) == 0
+    source = _write_lines(tmp_path / "in.txt", LINES * 3)
+    torch_out, ort_out = tmp_path / "torch.jsonl", tmp_path / "ort.jsonl"
+    args = ["--threshold", "-1", "--chunk-size", "4"]
+    assert main(["predict", checkpoint, str(source), "-o", str(torch_out), *args]) == 0
+    ort = ["predict", str(onnx_model), str(source), "-o", str(ort_out), "--backend", "onnxruntime"]
+    assert main([*ort, *args]) == 0
+    spans = [[(s["start"], s["end"], s["label"]) for s in r["spans"]] for r in _records(ort_out)]
+    assert spans == [
+        [(s["start"], s["end"], s["label"]) for s in r["spans"]] for r in _records(torch_out)
+    ]
+    # killed after 7 records (one torn): the onnxruntime run resumes like the torch one
+    whole = ort_out.read_bytes()
+    cut = whole.split(b"\n")
+    ort_out.write_bytes(b"\n".join(cut[:7]) + b"\n" + cut[7][:5])
+    assert main([*ort, *args, "--resume"]) == 0
+    assert ort_out.read_bytes() == whole
+    assert "after the 7 already there" in capsys.readouterr().err
