@@ -154,7 +154,8 @@ def run_config(cfg: Config, impls: tuple[str, ...], args) -> list[dict]:
         start = time.perf_counter()
         step()
         first[name] = time.perf_counter() - start
-    times = measure.time_side_by_side(steps, args.repeats, args.warmup)
+    cpu: dict[str, list[float]] = {}
+    times = measure.time_side_by_side(steps, args.repeats, args.warmup, cpu)
     del steps
     gemm_rate = None
     if "gemm" in times:
@@ -171,6 +172,7 @@ def run_config(cfg: Config, impls: tuple[str, ...], args) -> list[dict]:
         row["loadavg"] = os.getloadavg()[0]
         row["unit_bytes"] = cfg.cells_bytes
         row.update(measure.summary(times[name]))
+        row["cpu"] = measure.summary(cpu[name])
         row["first_call_s"] = first[name]
         if gemm_rate:
             row["gemm_flops_per_s"] = gemm_rate

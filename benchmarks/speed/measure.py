@@ -57,20 +57,32 @@ def peak_step_bytes(step: Callable[[], object], warmup: int = 2) -> dict:
 
 
 def time_side_by_side(
-    steps: dict[str, Callable[[], object]], repeats: int, warmup: int
+    steps: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """Per-step wall times of each implementation, interleaved with a rotating order."""
+    """Per-step wall times of each implementation, interleaved with a rotating order.
+
+    ``cpu``, when given, receives the per-step CPU times of this process (all its threads) in
+    the same order: less disturbed than wall time by other jobs on a shared machine, though
+    blind to how well a step uses its threads.
+    """
     names = list(steps)
     for name in names:
         for _ in range(warmup):
             steps[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
+    if cpu is not None:
+        cpu.update({name: [] for name in names})
     for rep in range(repeats):
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             steps[name]()
             times[name].append(time.perf_counter() - start)
+            if cpu is not None:
+                cpu[name].append(time.process_time() - start_cpu)
     return times
 
 
