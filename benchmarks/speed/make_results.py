@@ -74,7 +74,10 @@ def roofline_section(data: dict, ix: dict) -> list[str]:
         "6 D V; EGP 6 D V / C + 4 V), cross-entropy 7 V; per R-Drop step the divergence 16 V. "
         "Recomputation, RoPE, dropout and the gold cells are not counted.",
         "- Floor = necessary FLOPs / rate; *x floor* = measured step / floor (1.0 would be every "
-        "FLOP at matmul speed and nothing else).",
+        "FLOP at matmul speed and nothing else). In parentheses the same from CPU time: the "
+        "GEMM's FLOPs per CPU-second of the process, and the step's CPU time over its necessary "
+        "FLOPs' CPU time at that rate (robust to other jobs on the machine; blind to how well a "
+        "step uses its threads).",
     ]
     if baseline:
         out.append(
@@ -84,8 +87,10 @@ def roofline_section(data: dict, ix: dict) -> list[str]:
         )
     out += [
         "",
-        "| head | mode | H | L | GEMM rate (GFLOP/s) | necessary GFLOP (projection share) "
-        "| floor (ms) | " + " | ".join(f"{NAMES[i]}: ms, x floor" for i in impls) + " |",
+        "| head | mode | H | L | GEMM rate, GFLOP/s (per CPU-s) | necessary GFLOP (projection "
+        "share) | floor (ms) | "
+        + " | ".join(f"{NAMES[i]}: ms, x floor (CPU)" for i in impls)
+        + " |",
         "|---|---|---|---|---|---|---|" + "---|" * len(impls),
     ]
     seen = set()
@@ -97,13 +102,27 @@ def roofline_section(data: dict, ix: dict) -> list[str]:
         seen.add(key)
         f = r["flops"]
         cells = []
+        gemm = ix.get((*key, "gemm"))
+        cpu_rate = None
+        if gemm and "cpu" in gemm:
+            n = c["batch"] * c["length"] * c["hidden"] * 2 * c["types"] * c["head_size"]
+            cpu_rate = 6 * n / gemm["cpu"]["median_s"]
         for impl in impls:
             x = ix.get((*key, impl))
-            cells.append(f"{x['median_s'] * 1e3:.0f}, {x['x_floor']:.2f}" if x else "")
+            if not x:
+                cells.append("")
+                continue
+            cell = f"{x['median_s'] * 1e3:.0f}, {x['x_floor']:.2f}"
+            if cpu_rate and "cpu" in x:
+                cell += f" ({x['cpu']['median_s'] * cpu_rate / f['total']:.2f})"
+            cells.append(cell)
         width = f" W={c['max_width']}" if c["max_width"] else ""
+        rate = f"{r['gemm_flops_per_s'] / 1e9:.0f}"
+        if cpu_rate:
+            rate += f" ({cpu_rate / 1e9:.0f})"
         out.append(
             f"| {HEADS[c['head']]}{width} | {c['mode']} | {c['hidden']} | {c['length']} "
-            f"| {r['gemm_flops_per_s'] / 1e9:.0f} | {f['total'] / 1e9:.2f} "
+            f"| {rate} | {f['total'] / 1e9:.2f} "
             f"({100 * f['projection'] / f['total']:.0f} %) | {r['floor_s'] * 1e3:.1f} | "
             + " | ".join(cells)
             + " |"
@@ -401,9 +420,9 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
         "*x floor*: the step's time over its floor (its necessary FLOPs at the GEMM rate "
         "measured in the same rounds, see the roofline above).",
         "",
-        "| head | mode | H | L | W | implementation | step (s) | peak memory | speed-up vs "
-        "reference | memory vs reference | x floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| head | mode | H | L | W | implementation | step (s) | CPU time (s) | peak memory "
+        "| speed-up vs reference (CPU time) | memory vs reference | x floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["impl"] == "gemm":
@@ -413,11 +432,14 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
         sp = mm = ""
         if ref and r is not ref:
             sp = f"{ref['median_s'] / r['median_s']:.1f}x"
+            if "cpu" in r and "cpu" in ref:
+                sp += f" ({cpu_ratio(ref, r)})"
             if "peak_bytes" in r and "peak_bytes" in ref:
                 mm = f"{r['peak_bytes'] / ref['peak_bytes']:.2f}"
         out.append(
             f"| {HEADS[c['head']]} | {c['mode']} | {c['hidden']} | {c['length']} "
-            f"| {c['max_width'] or '-'} | {NAMES[r['impl']]} | {fmt_s(r)} | {fmt_mem(r)} "
+            f"| {c['max_width'] or '-'} | {NAMES[r['impl']]} | {fmt_s(r)} "
+            f"| {fmt_s(r['cpu']) if 'cpu' in r else ''} | {fmt_mem(r)} "
             f"| {sp} | {mm} | {fmt_floor(r)} |"
         )
     out.append("")
