@@ -525,9 +525,9 @@ def step_section(data: dict) -> list[str]:
         "uncut step's median time.",
         "",
         "| model | objective | batches (B, L) | step (s) | encoder fwd + bwd | head fwd + bwd "
-        "| optimizer | counted GFLOP / step (encoder, head) | achieved GFLOP/s | GEMM rate "
-        "GFLOP/s | achieved / rate | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| optimizer | parts' sum / step | counted GFLOP / step (encoder, head) | achieved "
+        "GFLOP/s | GEMM rate GFLOP/s | achieved / rate | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in data["configs"]:
         shapes = c["batch_shapes"]
@@ -546,6 +546,7 @@ def step_section(data: dict) -> list[str]:
                 f"| {c['model']} ({c['parameters'] / 1e6:.1f} M) | {kind} | {batch} "
                 f"| {fmt_s(r['step'])} | {share('encoder_forward', 'encoder_backward')} "
                 f"| {share('head_forward', 'head_backward')} | {share('optimizer')} "
+                f"| {total / r['step']['median_s']:.2f} "
                 f"| {(enc + head) / 1e9:.2f} ({enc / 1e9:.2f}, {head / 1e9:.2f}) "
                 f"| {r['achieved_flops_per_s'] / 1e9:.1f} | {c['gemm_flops_per_s'] / 1e9:.0f} "
                 f"({' x '.join(map(str, c['gemm_shape']))}) | {100 * r['share_of_rate']:.0f} % "
@@ -553,9 +554,9 @@ def step_section(data: dict) -> list[str]:
             )
     out += [
         "",
-        "Shares are of the cut step's parts (their sum is within a few percent of the uncut "
-        "step, which the step column gives in seconds, median [interquartile range]). *load* is "
-        "the 1-minute load average at the end of each model's rounds, on "
+        "Shares are of the cut step's parts (medians); *parts' sum / step* compares their sum "
+        "with the uncut step (median [interquartile range] in the step column, seconds). *load* "
+        "is the 1-minute load average at the end of each model's rounds, on "
         f"{m['cores']} cores.",
         "",
     ]
@@ -614,6 +615,46 @@ def parallel_section(data: dict) -> list[str]:
     return out
 
 
+PROFILE_KINDS = ("projection GEMMs", "dropout mask", "cell matmuls", "other")
+
+
+def profile_section(summary: dict) -> list[str]:
+    """Self CPU time by kind of work, from benchmarks/speed/profiles/summary.json."""
+    entries = sorted(summary.values(), key=lambda e: (e["config"], e["impl"]))
+    if not entries:
+        return []
+    commands = sorted({e["command"] for e in entries})
+    out = [
+        "### Where a step's time goes (torch profiler, benchmarks/speed/profiles/)",
+        "",
+        "Self CPU time of every operator over the profiled steps, summed by kind of work: the "
+        "projections are the only mm/addmm of a head step, the cells' matmuls (scores, dq, dk; "
+        "the reference's einsum) its only bmm, dropout's random mask is bernoulli_; *other* is "
+        "every elementwise pass, RoPE, mask, reduction and bookkeeping. The full operator "
+        "tables are the text files next to the summary. Command"
+        + ("s" if len(commands) > 1 else "")
+        + ": "
+        + ", ".join(f"`{c}`" for c in commands)
+        + ".",
+        "",
+        "| configuration | implementation (commit) | step outside the profiler (ms) | "
+        + " | ".join(PROFILE_KINDS)
+        + " | load |",
+        "|---|---|---|" + "---|" * len(PROFILE_KINDS) + "---|",
+    ]
+    for e in entries:
+        sums = e["self_cpu_s"]
+        total = sums["total"]
+        shares = " | ".join(f"{100 * sums.get(k, 0.0) / total:.0f} %" for k in PROFILE_KINDS)
+        name = NAMES.get(e["impl"], e["impl"])
+        out.append(
+            f"| {e['config']} | {name} ({e['commit']}) | {sums['median_step_s'] * 1e3:.0f} "
+            f"| {shares} | {e['loadavg']:.1f} |"
+        )
+    out += ["", f"{entries[0]['threads']} threads; *load*: 1-minute load average.", ""]
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--head", type=Path, default=HERE / "results" / "head.json")
@@ -621,6 +662,7 @@ def main(argv=None) -> None:
     p.add_argument("--divergence", type=Path, default=HERE / "results" / "divergence.json")
     p.add_argument("--step", type=Path, default=HERE / "results" / "step.json")
     p.add_argument("--parallel", type=Path, default=HERE / "results" / "parallel.json")
+    p.add_argument("--profiles", type=Path, default=HERE / "profiles" / "summary.json")
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = p.parse_args(argv)
     lines = [
@@ -633,6 +675,8 @@ def main(argv=None) -> None:
     div = json.loads(args.divergence.read_text()) if args.divergence.exists() else None
     if args.head.exists():
         lines += head_section(json.loads(args.head.read_text()), div)
+    if args.profiles.exists():
+        lines += profile_section(json.loads(args.profiles.read_text()))
     if div:
         lines += divergence_section(div)
     if args.train.exists():
