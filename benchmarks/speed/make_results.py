@@ -31,6 +31,11 @@ def fmt_mem(row: dict) -> str:
     return f"{row['peak_bytes'] / 2**20:.0f} MB ({row['peak_units']:.2f})"
 
 
+def tree(src: dict) -> str:
+    """`` (src/gpner tree T)`` when recorded: names the code across rebases."""
+    return f" (src/gpner tree {src['src_tree']})" if src.get("src_tree") else ""
+
+
 def fmt_floor(row: dict | None) -> str:
     return f"{row['x_floor']:.2f}" if row and "x_floor" in row else ""
 
@@ -250,7 +255,7 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; torch {m['torch']} "
         f"({m['cpu_capability']}), {m['torch_threads']} intra-op threads, "
         f"OMP_WAIT_POLICY={data.get('omp_wait_policy')}; Python {m['python']}.",
-        f"- Code: commit {src.get('commit', '?')}"
+        f"- Code: commit {src.get('commit', '?')}{tree(src)}"
         + (" with uncommitted src changes" if src.get("src_dirty") else "")
         + f"; run {data['started']} to {data.get('finished', '?')}.",
         f"- Command: `{data['command']}`",
@@ -454,7 +459,7 @@ def train_section(data: dict) -> list[str]:
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, "
         f"{m['torch_threads']} threads, OMP_WAIT_POLICY={data.get('omp_wait_policy')}.",
-        f"- Code: commit {src.get('commit', '?')}"
+        f"- Code: commit {src.get('commit', '?')}{tree(src)}"
         + (" with uncommitted src changes" if src.get("src_dirty") else "")
         + f"; run {data['started']} to {data.get('finished', '?')}.",
         f"- Command: `{data['command']}`",
@@ -510,7 +515,7 @@ def step_section(data: dict) -> list[str]:
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, {m['torch_threads']} "
         f"threads, OMP_WAIT_POLICY={data.get('omp_wait_policy')}.",
-        f"- Code: commit {src.get('commit', '?')}"
+        f"- Code: commit {src.get('commit', '?')}{tree(src)}"
         + (" with uncommitted src changes" if src.get("src_dirty") else "")
         + f"; run {data['started']} to {data.get('finished', '?')}.",
         f"- Command: `{data['command']}`",
@@ -575,7 +580,7 @@ def parallel_section(data: dict) -> list[str]:
         "## One process with 2 threads or 2 processes with 1 thread (bench_step.py parallel)",
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}.",
-        f"- Code: commit {src.get('commit', '?')}"
+        f"- Code: commit {src.get('commit', '?')}{tree(src)}"
         + (" with uncommitted src changes" if src.get("src_dirty") else "")
         + f"; run {data['started']} to {data.get('finished', '?')}.",
         f"- Command: `{data['command']}`",

@@ -141,6 +141,11 @@ def source_state() -> dict:
         out["commit"] = subprocess.check_output(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], text=True
         ).strip()
+        # The tree of src/gpner names the measured code across rebases (commit ids change when
+        # a branch lands; the tree id stays while the sources do).
+        out["src_tree"] = subprocess.check_output(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD:src/gpner"], text=True
+        ).strip()
         diff = subprocess.check_output(
             ["git", "-C", str(root), "diff", "--stat", "HEAD", "--", "src"], text=True
         )
