@@ -48,6 +48,11 @@ EXPLORE: dict[str, tuple[tuple[str, ...], str]] = {
     "lstm-256x1-bigram64": (_LSTM + _BIGRAMS + _NARROW, "BiLSTM + 64-wide char bigrams"),
     "lstm-256x1-lr5e-3": (_LSTM + ("train.lr=5e-3",), "BiLSTM, learning rate 5e-3"),
     "lstm-256x1-b16": (_LSTM + ("train.batch_size=16",), "BiLSTM, batch 16 (twice the steps)"),
+    "lstm-256x1-lr1e-2": (_LSTM + ("train.lr=1e-2",), "BiLSTM, learning rate 1e-2"),
+    "lstm-256x1-bigram64-lr5e-3": (
+        _LSTM + _BIGRAMS + _NARROW + ("train.lr=5e-3",),
+        "BiLSTM + 64-wide bigrams, learning rate 5e-3",
+    ),
     "lstm-256x2": (("encoder.kind=bilstm", "encoder.num_layers=2"), "BiLSTM, 2 layers"),
     "lstm-512x1": (_LSTM + ("encoder.hidden_size=512",), "BiLSTM, twice as wide"),
     "tf-128x2": (_TF + ("encoder.hidden_size=128", "encoder.ffn_size=256"), "narrower"),
