@@ -53,8 +53,14 @@ EXPLORE: dict[str, tuple[tuple[str, ...], str]] = {
         _LSTM + _BIGRAMS + _NARROW + ("train.lr=5e-3",),
         "BiLSTM + 64-wide bigrams, learning rate 5e-3",
     ),
-    "lstm-256x2": (("encoder.kind=bilstm", "encoder.num_layers=2"), "BiLSTM, 2 layers"),
-    "lstm-512x1": (_LSTM + ("encoder.hidden_size=512",), "BiLSTM, twice as wide"),
+    "lstm-256x2-lr5e-3": (
+        ("encoder.kind=bilstm", "encoder.num_layers=2", "train.lr=5e-3"),
+        "BiLSTM, 2 layers, learning rate 5e-3",
+    ),
+    "lstm-512x1-lr5e-3": (
+        _LSTM + ("encoder.hidden_size=512", "train.lr=5e-3"),
+        "BiLSTM, twice as wide, learning rate 5e-3",
+    ),
     "tf-128x2": (_TF + ("encoder.hidden_size=128", "encoder.ffn_size=256"), "narrower"),
     "tf-256x4": (_TF + ("encoder.num_layers=4",), "deeper"),
     "tf-256x1": (_TF + ("encoder.num_layers=1",), "shallower"),
