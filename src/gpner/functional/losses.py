@@ -148,18 +148,7 @@ def softmax_kl(
         reduction: "none" -> (B, C), "mean", "sum".
     """
     check_reduction(reduction)
-    s, t = to_accumulation(s), to_accumulation(t)
-    valid = valid_mask(mask, max_width)
-    if valid is not None:
-        # The lowest finite value gets probability exactly 0 next to any real logit, and
-        # min - min = 0, so masked cells add nothing and no NaN can arise.
-        low = torch.finfo(s.dtype).min
-        s = s.masked_fill(~valid, low)
-        t = t.masked_fill(~valid, low)
-    p = torch.softmax(s.flatten(-2), dim=-1)
-    q = torch.softmax(t.flatten(-2), dim=-1)
-    per_pair = ((p - q) * (s - t).flatten(-2)).sum(-1)
-    return reduce(per_pair, reduction)
+    return reduce(_symmetric_softmax_kl(s, t, mask, max_width, start_dim=-2), reduction)
 
 
 def softmax_kl_all(
@@ -185,18 +174,23 @@ def softmax_kl_all(
             (over examples), "sum".
     """
     check_reduction(reduction)
+    return reduce(_symmetric_softmax_kl(s, t, mask, max_width, start_dim=1), reduction)
+
+
+def _symmetric_softmax_kl(s, t, mask, max_width, start_dim: int) -> Tensor:
+    """``<p - q, s - t>`` with ``p``, ``q`` the softmaxes over the valid cells of dims
+    ``start_dim:`` (-2: per (example, type), (B, C); 1: per example, (B,))."""
     s, t = to_accumulation(s), to_accumulation(t)
     valid = valid_mask(mask, max_width)
     if valid is not None:
-        # As in softmax_kl: the lowest finite value gets probability exactly 0 next to any real
-        # logit, and min - min = 0, so masked cells add nothing and no NaN can arise.
+        # The lowest finite value gets probability exactly 0 next to any real logit, and
+        # min - min = 0, so masked cells add nothing and no NaN can arise.
         low = torch.finfo(s.dtype).min
         s = s.masked_fill(~valid, low)
         t = t.masked_fill(~valid, low)
-    p = torch.softmax(s.flatten(1), dim=-1)  # (B, C * L * L)
-    q = torch.softmax(t.flatten(1), dim=-1)
-    per_example = ((p - q) * (s - t).flatten(1)).sum(-1)  # (B,)
-    return reduce(per_example, reduction)
+    p = torch.softmax(s.flatten(start_dim), dim=-1)
+    q = torch.softmax(t.flatten(start_dim), dim=-1)
+    return ((p - q) * (s - t).flatten(start_dim)).sum(-1)
 
 
 # ----------------------------------------------------------------------------- fused from factors

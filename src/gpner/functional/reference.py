@@ -105,14 +105,7 @@ def softmax_kl(
 ) -> Tensor:
     """``KL(p || q) + KL(q || p)`` with ``p``, ``q`` the softmax of ``s``, ``t`` over the valid
     cells of each (example, type), written as the two KLs; 0 where there are no valid cells."""
-    s, t = to_accumulation(s), to_accumulation(t)
-    valid = _valid(mask, s, max_width)
-    low = torch.finfo(s.dtype).min  # exp(low - anything real) == 0: no probability, no NaN
-    log_p = torch.log_softmax(torch.where(valid, s, low).flatten(-2), -1)
-    log_q = torch.log_softmax(torch.where(valid, t, low).flatten(-2), -1)
-    p, q = log_p.exp(), log_q.exp()
-    cells = p * (log_p - log_q) + q * (log_q - log_p)
-    return reduce(torch.where(valid.flatten(-2), cells, 0.0).sum(-1), reduction)
+    return reduce(_symmetric_softmax_kl(s, t, mask, max_width, start_dim=-2), reduction)
 
 
 def softmax_kl_all(
@@ -125,11 +118,16 @@ def softmax_kl_all(
 ) -> Tensor:
     """``KL(p || q) + KL(q || p)`` with ``p``, ``q`` the softmax of ``s``, ``t`` over the valid
     cells of all types of each example, written as the two KLs; (B,) with "none"."""
+    return reduce(_symmetric_softmax_kl(s, t, mask, max_width, start_dim=1), reduction)
+
+
+def _symmetric_softmax_kl(s, t, mask, max_width, start_dim: int) -> Tensor:
+    """The two KLs of the softmaxes over the valid cells of dims ``start_dim:``, summed there."""
     s, t = to_accumulation(s), to_accumulation(t)
     valid = _valid(mask, s, max_width)
-    low = torch.finfo(s.dtype).min
-    log_p = torch.log_softmax(torch.where(valid, s, low).flatten(1), -1)
-    log_q = torch.log_softmax(torch.where(valid, t, low).flatten(1), -1)
+    low = torch.finfo(s.dtype).min  # exp(low - anything real) == 0: no probability, no NaN
+    log_p = torch.log_softmax(torch.where(valid, s, low).flatten(start_dim), -1)
+    log_q = torch.log_softmax(torch.where(valid, t, low).flatten(start_dim), -1)
     p, q = log_p.exp(), log_q.exp()
     cells = p * (log_p - log_q) + q * (log_q - log_p)
-    return reduce(torch.where(valid.flatten(1), cells, 0.0).sum(-1), reduction)
+    return torch.where(valid.flatten(start_dim), cells, 0.0).sum(-1)
