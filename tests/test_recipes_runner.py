@@ -80,7 +80,7 @@ def test_a_cell_trains_once_and_the_reports_show_it(tmp_path, tiny_data, monkeyp
         G, "EXPLORE", {"tiny": (("encoder.bigrams=true",), "a tiny BiLSTM with bigrams")}
     )
     results = tmp_path / "results"
-    first = run.run_grid(["explore"], results, threads=1)
+    first = run.run_grid(["explore"], results, threads=1, machine="idle: a test")
     assert first["ran"] == ["explore/tiny"] and not first["failed"]
     second = run.run_grid(["explore"], results, threads=1)
     assert second["ran"] == [] and second["left"] == []
@@ -92,6 +92,8 @@ def test_a_cell_trains_once_and_the_reports_show_it(tmp_path, tiny_data, monkeyp
     text = report.explore_report([entry])
     assert "`tiny`" in text and f"{r['validation']['f1']:.4f}" in text
     assert "Not run yet" not in text
+    # what else ran on the machine is recorded and shown beside the minutes
+    assert r["machine"] == "idle: a test" and "idle: a test" in text
 
 
 def test_recipes_report_lists_missing_cells_and_quotes_anchors(tmp_path):

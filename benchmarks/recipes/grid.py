@@ -53,6 +53,10 @@ EXPLORE: dict[str, tuple[tuple[str, ...], str]] = {
         _LSTM + _BIGRAMS + _NARROW + ("train.lr=5e-3",),
         "BiLSTM + 64-wide bigrams, learning rate 5e-3",
     ),
+    "lstm-256x1-bigram64-lr1e-2": (
+        _LSTM + _BIGRAMS + _NARROW + ("train.lr=1e-2",),
+        "BiLSTM + 64-wide bigrams, learning rate 1e-2",
+    ),
     "lstm-256x2-lr5e-3": (
         ("encoder.kind=bilstm", "encoder.num_layers=2", "train.lr=5e-3"),
         "BiLSTM, 2 layers, learning rate 5e-3",

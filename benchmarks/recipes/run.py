@@ -38,7 +38,11 @@ def parameter_count(best_path: Path) -> int:
 
 
 def build_result(
-    entry: G.PlanEntry, result: Any, sitting: CR.Sitting, env: dict[str, Any] | None
+    entry: G.PlanEntry,
+    result: Any,
+    sitting: CR.Sitting,
+    env: dict[str, Any] | None,
+    machine: str | None = None,
 ) -> dict[str, Any]:
     """The result JSON of a finished cell, from the trainer's ``TrainResult``."""
     from gpner.config import config_to_dict
@@ -72,14 +76,21 @@ def build_result(
         "timing": CR.timing(history, sitting),
         "encode": result.info.get("encode"),
         "environment": CR.run_environment(env),
+        # what else ran on the machine meanwhile (--machine), since it changes the minutes
+        "machine": machine,
         "started_at": sitting.started_at,
         "finished_at": CR.now(),
     }
 
 
-def run_cell(entry: G.PlanEntry, results_dir: Path, env: dict[str, Any] | None = None) -> dict:
+def run_cell(
+    entry: G.PlanEntry,
+    results_dir: Path,
+    env: dict[str, Any] | None = None,
+    machine: str | None = None,
+) -> dict:
     def build(result: Any, sitting: CR.Sitting) -> dict[str, Any]:
-        return build_result(entry, result, sitting, env)
+        return build_result(entry, result, sitting, env, machine)
 
     return CR.train_cell(entry.cell.id, entry.cell.stem, entry.config, results_dir, build)
 
@@ -109,12 +120,13 @@ def run_grid(
     max_cells: int | None = None,
     overrides: Sequence[str] = (),
     threads: int | None = None,
+    machine: str | None = None,
 ) -> dict[str, list[str]]:
     results_dir = Path(results_dir)
     return CR.run_cells(
         lambda: G.plan(kinds, results_dir, overrides=overrides, threads=threads),
         results_dir,
-        lambda entry, fresh, env: run_cell(entry, results_dir, env),
+        lambda entry, fresh, env: run_cell(entry, results_dir, env, machine),
         selected=lambda entries: CR.selected_ids(entries, only),
         max_cells=max_cells,
         describe=describe,
@@ -131,6 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=("explore", "recipe"),
         help="which cells (repeatable; default: recipe)",
     )
+    parser.add_argument(
+        "--machine",
+        default=None,
+        metavar="TEXT",
+        help="what else ran on the machine meanwhile, recorded in each result JSON and shown "
+        "beside its minutes (e.g. 'idle: nothing else ran')",
+    )
     args = parser.parse_args(argv)
     kinds = args.kind or ["recipe"]
     threads = CR.threads_of(args)
@@ -145,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.workers > 1:
         extra = [x for kind in kinds for x in ("--kind", kind)]
+        extra += ["--machine", args.machine] if args.machine else []
         return CR.spawn_workers(__file__, CR.worker_argv(args, threads, extra), args.workers)
     CR.log(f"results in {args.results}; threads {threads}; kinds {kinds}")
     outcome = run_grid(
@@ -154,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_cells=args.max_cells,
         overrides=args.overrides,
         threads=threads,
+        machine=args.machine,
     )
     return 1 if outcome["failed"] else 0
 
