@@ -120,7 +120,7 @@ RECIPES: tuple[Recipe, ...] = (
         "cluener-char",
         "configs/cluener_char.toml",
         "CLUENER",
-        "char BiLSTM/Transformer (from scratch)",
+        "char BiLSTM + bigrams (from scratch)",
         "dev",
         "CLUENER dev (the test labels are not public); dev also picks the best epoch",
         anchors=_CLUENER_ANCHORS[3:],
