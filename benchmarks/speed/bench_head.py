@@ -243,9 +243,19 @@ def main(argv=None) -> None:
         "(results/divergence.json; no memory)",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "head.json")
+    p.add_argument(
+        "--fill-memory",
+        metavar="JSON",
+        type=Path,
+        help="measure again the peak memory of the rows of a results file whose memory "
+        "subprocess failed (same procedure; the file records which rows and when)",
+    )
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.fill_memory:
+        fill_memory(args.fill_memory, args)
         return
     if args.divergence:
         args.no_memory = True
@@ -270,6 +280,44 @@ def main(argv=None) -> None:
             data["baseline"] = measure.export_source(args.baseline, Path(tmp))
             args.baseline = data["baseline"]["src"]
         run_plan(args, data)
+
+
+def fill_memory(path: Path, args) -> None:
+    """Peak memory of the rows whose memory subprocess failed, measured as run_config does."""
+    data = json.loads(path.read_text())
+    with contextlib.ExitStack() as stack:
+        baseline = None
+        if data.get("baseline"):
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="gpner-baseline-"))
+            baseline = measure.export_source(data["baseline"]["commit"], Path(tmp))["src"]
+        filled = []
+        for row in data["rows"]:
+            if "error" not in row or row["impl"] == "gemm":
+                continue
+            payload = {
+                "config": row["config"],
+                "impl": row["impl"],
+                "threads": data["machine"]["torch_threads"],
+                "baseline": baseline,
+            }
+            mem = measure.run_child("bench_head", payload)
+            if "peak_bytes" not in mem:
+                print(f"{row['key']} {row['impl']}: {mem}", flush=True)
+                continue
+            del row["error"]
+            row.update(mem)
+            row["peak_units"] = mem["peak_bytes"] / Config(**row["config"]).cells_bytes
+            row["memory_filled"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            filled.append(f"{row['key']} {row['impl']}")
+            print(f"{row['key']} {row['impl']}: {row['peak_units']:.2f} units", flush=True)
+    if filled:
+        data.setdefault("notes", []).append(
+            f"Peak memory of {len(filled)} rows measured again on "
+            f"{time.strftime('%Y-%m-%d %H:%M')} (their first memory subprocess had failed): "
+            + "; ".join(filled)
+            + f"; command: `{measure.run_header('head')['command']}`."
+        )
+        measure.write_json(path, data)
 
 
 def run_plan(args, data: dict) -> None:

@@ -291,8 +291,9 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
         out += [
             f"- 1-minute load average during the run: {min(loads):.1f} to {max(loads):.1f} on "
             f"{m['cores']} cores ({why}).",
-            "",
         ]
+    out += [f"- {note}" for note in data.get("notes", [])]
+    out.append("")
     # ---- targets at the longest full length
     lengths = sorted({r["config"]["length"] for r in rows if r["config"]["max_width"] is None})
     full_lengths = [
@@ -339,7 +340,7 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
                 log = get["rdrop", "logits"]
                 logs = ""
                 if log:
-                    logm = log.get("peak_bytes", float("nan")) / ref["peak_bytes"]
+                    logm = log.get("peak_bytes", float("nan")) / ref.get("peak_bytes", float("nan"))
                     logs = f"{ref['median_s'] / log['median_s']:.1f}x, {logm:.2f}"
                 out.append(
                     f"| {HEADS[head]} | {hidden} | {ref['median_s']:.3f} s "
