@@ -7,7 +7,9 @@ can all walk the cells in blocks ``[b0, b1) x [r0, r1) x [c0, M)``: a block of
 materialised logits) into a fresh buffer, used in place, and dropped. Backward recomputes the
 block and turns its gradient into dq/dk (factors) or writes it into the logits' gradient. Small
 problems (up to ``engine.KEEP_CELLS`` kept cells, e.g. a batch of short sentences) instead keep
-the parts of each block's gradient from forward, so backward only weights them.
+the parts of each block's gradient from forward, so backward only weights them; up to
+``BlockLayout.SINGLE`` blocks' worth of cells they are one block (one matmul per source, no
+per-block bookkeeping).
 
 Two facts of CPU kernels shape the arithmetic: masked_fill with a broadcast mask is several
 times slower than adding a broadcast 0/-inf bias or multiplying by a 0/1 mask, and exp is much

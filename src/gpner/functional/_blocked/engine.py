@@ -274,7 +274,7 @@ def _forward_block_eager(
 # that backward neither recomputes the blocks nor repeats their elementwise passes: it only
 # weights them and turns them into dq/dk. Above this many kept cells (4 bytes each in float32)
 # backward recomputes instead, and memory stays O(one block).
-KEEP_CELLS = 1 << 23
+KEEP_CELLS = 1 << 24
 
 
 def _keeps(job: Job, wants: list[bool]) -> bool:

@@ -110,7 +110,7 @@ class FactorSource:
         if self.shared:
             g = g.sum(1, keepdim=True)
         if dq is not None:
-            torch.matmul(g, kb, out=dq[b0:b1, :, r0:r1])
+            _matmul_into(g, kb, dq[b0:b1, :, r0:r1])
         if dk is not None:
             if first:
                 torch.matmul(g.transpose(-1, -2), qb, out=dk[b0:b1])
@@ -123,6 +123,16 @@ class FactorSource:
         out = [None if g is None else g.to(t.dtype) for g, t in zip((dq, dk, dsb, deb), originals)]
         self.grads = None
         return out
+
+
+def _matmul_into(a: Tensor, b: Tensor, out: Tensor) -> None:
+    """``out[...] = a @ b``. Into a strided view (the rows of one row band) torch's batched
+    matmul falls back to one small product per matrix, several times slower than computing
+    the block's product and copying it."""
+    if out.is_contiguous():
+        torch.matmul(a, b, out=out)
+    else:
+        out.copy_(torch.matmul(a, b))
 
 
 class DenseSource:
