@@ -244,6 +244,13 @@ def main(argv=None) -> None:
     )
     p.add_argument("--out", type=Path, default=RESULTS / "head.json")
     p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add this run to an existing --out file: its rows replace the rows of the same "
+        "configurations, the others are kept; the file lists every run "
+        "(command, code, times) and each row names its run (split a long benchmark into runs)",
+    )
+    p.add_argument(
         "--fill-memory",
         metavar="JSON",
         type=Path,
@@ -279,7 +286,26 @@ def main(argv=None) -> None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="gpner-baseline-"))
             data["baseline"] = measure.export_source(args.baseline, Path(tmp))
             args.baseline = data["baseline"]["src"]
+        if args.merge and args.out.exists():
+            data = merge_start(json.loads(args.out.read_text()), data)
         run_plan(args, data)
+
+
+RUN_FIELDS = ("command", "source", "started", "finished", "baseline", "repeats", "warmup")
+
+
+def merge_start(old: dict, new: dict) -> dict:
+    """The file's data with ``new`` (a fresh run header, no rows yet) as its latest run."""
+    if old.get("machine") != new["machine"]:
+        raise SystemExit(f"--merge: results measured on another machine: {old.get('machine')}")
+    if "runs" not in old:  # a single-run file: its header is run 0
+        old["runs"] = [{k: old[k] for k in RUN_FIELDS if k in old}]
+        for row in old["rows"]:
+            row["run"] = 0
+    run = {k: new[k] for k in RUN_FIELDS if k in new}
+    old["runs"].append(run)
+    old.update({k: v for k, v in run.items() if k != "finished"})
+    return old
 
 
 def fill_memory(path: Path, args) -> None:
@@ -324,6 +350,13 @@ def run_plan(args, data: dict) -> None:
     for cfg, impls in divergence_plan(args) if args.divergence else plan(args):
         start = time.perf_counter()
         rows = run_config(cfg, impls, args)
+        if "runs" in data:  # --merge: these rows replace the earlier runs' of the same config
+            run = len(data["runs"]) - 1
+            for row in rows:
+                row["run"] = run
+            new = {r["key"] for r in rows}
+            data["rows"] = [r for r in data["rows"] if r["key"] not in new]
+            data["runs"][-1]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         data["rows"].extend(rows)
         data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         measure.write_json(args.out, data)

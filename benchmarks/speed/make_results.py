@@ -242,23 +242,43 @@ def divergence_section(data: dict) -> list[str]:
     return out
 
 
+def run_lines(data: dict) -> list[str]:
+    """Code and command of a results file, one line per run when runs were merged
+    (``bench_head.py --merge``): every row names its run."""
+    runs = data.get("runs") or [data]
+    out = []
+    for i, run in enumerate(runs):
+        src = run.get("source", {})
+        code = (
+            f"commit {src.get('commit', '?')}{tree(src)}"
+            + (" with uncommitted src changes" if src.get("src_dirty") else "")
+            + f"; run {run['started']} to {run.get('finished', '?')}"
+        )
+        if len(runs) == 1:
+            out += [f"- Code: {code}.", f"- Command: `{run['command']}`"]
+        else:
+            out.append(f"- Run {i + 1}: `{run['command']}`; {code}.")
+    if len(runs) > 1:
+        out.append(
+            f"- The {len(runs)} runs' rows were merged into one file; ratios are only formed "
+            "within a run (every row of a configuration comes from the same run)."
+        )
+    return out
+
+
 def head_section(data: dict, div_data: dict | None = None) -> list[str]:
     rows = data["rows"]
     ix = index(rows)
     div = divergence_costs(div_data)
     out = []
     m = data["machine"]
-    src = data.get("source", {})
     out += [
         "## Head, loss and divergence (benchmarks/speed/bench_head.py)",
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; torch {m['torch']} "
         f"({m['cpu_capability']}), {m['torch_threads']} intra-op threads, "
         f"OMP_WAIT_POLICY={data.get('omp_wait_policy')}; Python {m['python']}.",
-        f"- Code: commit {src.get('commit', '?')}{tree(src)}"
-        + (" with uncommitted src changes" if src.get("src_dirty") else "")
-        + f"; run {data['started']} to {data.get('finished', '?')}.",
-        f"- Command: `{data['command']}`",
+        *run_lines(data),
         f"- Timing: {data['warmup']} warm-up steps, then {data['repeats']} repeats per "
         "implementation, interleaved with a rotating order in one process; median "
         "[interquartile range] of the wall time of one step (forward + backward), in seconds.",
