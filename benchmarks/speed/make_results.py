@@ -282,9 +282,9 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
         f"- Timing: {data['warmup']} warm-up steps, then {data['repeats']} repeats per "
         "implementation, interleaved with a rotating order in one process; median "
         "[interquartile range] of the wall time of one step (forward + backward), in seconds.",
-        "- Memory: peak RSS of one step above the RSS just before it (VmHWM after a reset, in a "
-        "fresh process per cell, after warm-up and malloc_trim); in parentheses, in units of one "
-        "(B, C, L, L) float32 tensor.",
+        "- Memory (where measured; n/a where a run used --no-memory): peak RSS of one step above "
+        "the RSS just before it (VmHWM after a reset, in a fresh process per cell, after warm-up "
+        "and malloc_trim); in parentheses, in units of one (B, C, L, L) float32 tensor.",
         "- Shapes: B=16, C=10, D=64; hidden states (B, L, H) require grad (the step includes the "
         "gradient into the encoder); 1/4 of the batch padded by up to L/4 tokens; L/16 gold spans "
         "per example, 1-16 tokens long. `rdrop` = two head passes over two dropouts (p=0.1) of "
@@ -362,10 +362,12 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
                 if log:
                     logm = log.get("peak_bytes", float("nan")) / ref.get("peak_bytes", float("nan"))
                     logs = f"{ref['median_s'] / log['median_s']:.1f}x, {logm:.2f}"
+                # mem != mem: a NaN, this run measured no memory (--no-memory)
+                mem_cell = "not measured" if mem != mem else f"{mem:.3f} {mark(mem <= 0.35)}"
                 out.append(
                     f"| {HEADS[head]} | {hidden} | {ref['median_s']:.3f} s "
                     f"| {fus['median_s']:.3f} s | {speed:.1f}x {mark(speed >= 3)} "
-                    f"| {mem:.3f} {mark(mem <= 0.35)} | {adds('fused')} | {logs} |"
+                    f"| {mem_cell} | {adds('fused')} | {logs} |"
                 )
                 comp = get["rdrop", "fused_compiled"]
                 if comp:
