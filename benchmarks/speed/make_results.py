@@ -134,17 +134,33 @@ def roofline_section(data: dict, ix: dict) -> list[str]:
         )
     out.append("")
     # ---- targets at short lengths and no regression at long ones
-    targets = []
+    targets, bounds = [], []
     for length, want in ((128, 3.0), (64, 2.5)):
         for head in HEADS:
             ref = ix.get((head, "rdrop", 768, length, None, "reference"))
             fus = ix.get((head, "rdrop", 768, length, None, "fused"))
+            gemm = ix.get((head, "rdrop", 768, length, None, "gemm"))
             if ref and fus:
                 speed = ref["median_s"] / fus["median_s"]
                 targets.append(
                     f"| fused R-Drop vs reference, {HEADS[head]}, H=768, L={length} "
                     f"| {speed:.2f}x | {cpu_ratio(ref, fus)} | >= {want}x {mark(speed >= want)} |"
                 )
+                if speed < want and gemm:
+                    # What bounds it: the two passes' projection GEMMs (timed in the same
+                    # rounds) are work every implementation does; the rest is the head's own.
+                    proj = 2 * gemm["median_s"]
+                    allowed = ref["median_s"] / want
+                    bounds.append(
+                        f"- {HEADS[head]}, H=768, L={length}: the reference takes "
+                        f"{ref['median_s'] * 1e3:.0f} ms, so {want}x allows "
+                        f"{allowed * 1e3:.0f} ms. The two passes' projection GEMMs alone (forward "
+                        f"and both gradients, the GEMM row of the same rounds, twice) take "
+                        f"{proj * 1e3:.0f} ms, which leaves {(allowed - proj) * 1e3:.0f} ms for "
+                        f"dropout, RoPE, the cells, losses and divergence; the fused step spends "
+                        f"{(fus['median_s'] - proj) * 1e3:.0f} ms on them "
+                        f"({fus['median_s'] * 1e3:.0f} ms in all; the profiles below split it)."
+                    )
     fus = ix.get(("global_pointer", "rdrop", 768, 128, None, "fused"))
     if fus and "x_floor" in fus:
         targets.append(
@@ -181,6 +197,8 @@ def roofline_section(data: dict, ix: dict) -> list[str]:
             *targets,
             "",
         ]
+        if bounds:
+            out += ["What bounds the short-length targets that miss:", "", *bounds, ""]
     return out
 
 
