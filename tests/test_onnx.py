@@ -1,7 +1,9 @@
 """ONNX export and the onnxruntime backend: parity with the torch model, on tiny random models.
 
-Both encoders (the char Transformer, a tiny BERT) and both heads are exported once per module;
-each of the two layouts (full (B, C, L, L), band (B, C, L, W)) is covered by both heads.
+The cases come from the registries: every encoder kind of ``ENCODERS``, with and without char
+bigrams where its config accepts them, so a new kind or option is exported here or fails here;
+every head of ``HEADS`` in both layouts (full (B, C, L, L), band (B, C, L, W)) for the char
+encoders and for the HF one. Each case is exported once per module.
 """
 
 import json
@@ -16,23 +18,77 @@ pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
 import onnx  # noqa: E402
 
 import gpner  # noqa: E402
-from gpner.config import load_config  # noqa: E402
+from gpner.config import ConfigError, load_config  # noqa: E402
 from gpner.data.batching import collate, encode_examples  # noqa: E402
 from gpner.data.spans import Example  # noqa: E402
+from gpner.encoders import ENCODERS  # noqa: E402
 from gpner.export import export_onnx, quantize_onnx  # noqa: E402
+from gpner.heads import HEADS  # noqa: E402
 from gpner.inference import predict_examples  # noqa: E402
 from gpner.model import build_model, build_tokenizer  # noqa: E402
 from gpner.ort import OnnxModel  # noqa: E402
 from tests.conftest import _synthetic_examples, write_tiny_hf_model  # noqa: E402
 
-# (encoder, head, max_width): both heads per encoder, both layouts per head
-CASES = [
-    ("char", "global_pointer", None),
-    ("char", "efficient_global_pointer", 5),
-    ("hf", "global_pointer", 5),
-    ("hf", "efficient_global_pointer", None),
-]
+TINY = {
+    "data.max_length": 32,
+    "head.head_size": 8,
+    "encoder.hidden_size": 32,
+    "encoder.num_layers": 1,
+    "encoder.num_heads": 2,
+    "encoder.ffn_size": 64,
+    "encoder.min_bigram_freq": 1,
+}
+# What a variant needs beyond TINY (the HF path is filled in when the tiny model is written),
+# and the options worth a path of their own in the graph: two BiLSTM layers, a narrow bigram
+# table projected up.
+EXTRA = {
+    ("hf", False): {"encoder.path": '"tiny-bert"'},
+    ("bilstm", False): {"encoder.num_layers": 2},
+    ("char_transformer", True): {"encoder.bigram_size": 8},
+}
+
+
+def _settings(kind: str, bigrams: bool) -> dict:
+    sets = {**TINY, "encoder.kind": f'"{kind}"', "encoder.bigrams": str(bigrams).lower()}
+    return {**sets, **EXTRA.get((kind, bigrams), {})}
+
+
+def _variants() -> list[tuple[str, bool]]:
+    """(kind, bigrams) for every registered encoder and every bigram setting its config takes."""
+    out = []
+    for kind in ENCODERS:
+        for bigrams in (False, True):
+            try:
+                load_config(None, [f"{k}={v}" for k, v in _settings(kind, bigrams).items()])
+            except ConfigError:
+                if not bigrams:
+                    raise  # every kind is exported without bigrams
+                continue
+            out.append((kind, bigrams))
+    return out
+
+
+LAYOUTS = [(head, width) for head in HEADS for width in (None, 5)]
+VARIANTS = _variants()
+# (encoder kind, bigrams, head, max_width): the variants take the head layouts in turn; the HF
+# encoder gets every head layout the turn did not give it (at least both heads)
+CASES = [(*v, *LAYOUTS[i % len(LAYOUTS)]) for i, v in enumerate(VARIANTS)]
+CASES += [
+    (kind, bigrams, head, width)
+    for kind, bigrams in VARIANTS
+    if kind == "hf"
+    for head, width in LAYOUTS
+    if head not in {c[2] for c in CASES if c[0] == "hf"}
+][:1]
 LABELS = ["LOC", "ORG", "PER"]
+
+
+def test_every_registered_encoder_option_and_head_layout_is_exported():
+    assert {c[0] for c in CASES} == set(ENCODERS)
+    assert {(c[0], c[1]) for c in CASES} == set(VARIANTS)
+    assert any(c[1] for c in CASES)  # the bigram option reaches the graph
+    assert {c[2:] for c in CASES} == set(LAYOUTS)
+    assert {c[2] for c in CASES if c[0] == "hf"} == set(HEADS)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -62,25 +118,16 @@ def exported(request, export_case):
 
 
 def _export(case, root):
-    encoder, head, width = case
-    sets = {
-        "data.max_length": 32,
-        "head.kind": f'"{head}"',
-        "head.head_size": 8,
-        "encoder.hidden_size": 32,
-        "encoder.num_layers": 1,
-        "encoder.num_heads": 2,
-        "encoder.ffn_size": 64,
-    }
+    kind, bigrams, head, width = case
+    sets = {**_settings(kind, bigrams), "head.kind": f'"{head}"'}
     if width:
         sets["head.max_width"] = width
-    if encoder == "hf":
-        sets["encoder.kind"] = '"hf"'
+    if kind == "hf":
         sets["encoder.path"] = f'"{write_tiny_hf_model(root / "bert")}"'
     config = load_config(None, [f"{k}={v}" for k, v in sets.items()])
     torch.manual_seed(0)
     texts = [ex.text for ex in _synthetic_examples(64, seed=3)]
-    model = build_model(config, LABELS, build_tokenizer(config, texts)).eval()
+    model = build_model(config, LABELS, build_tokenizer(config, texts), texts).eval()
     path = export_onnx(model, root / "model.onnx")
     return model, OnnxModel(path, threads=1), path
 
@@ -144,8 +191,9 @@ def test_export_has_dynamic_axes_and_carries_the_model(exported):
     assert meta["labels"] == LABELS and meta["format"] == "gpner-onnx"
     assert runtime.labels == model.labels and runtime.config == model.config
     assert runtime.tokenizer.state_dict() == model.tokenizer.state_dict()
-    # one token, and the longest input the encoder takes
-    for batch, length in ((1, 1), (3, model.config.data.max_length)):
+    # one token, the window length, and the longest input the encoder takes (if it has a limit)
+    lengths = {1, model.config.data.max_length, model.encoder.max_length or 2 * 32}
+    for batch, length in zip((1, 3, 2), sorted(lengths)):
         ids = torch.randint(4, runtime.tokenizer.vocab_size, (batch, length))
         mask = torch.ones(batch, length, dtype=torch.bool)
         with torch.no_grad():

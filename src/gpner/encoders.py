@@ -8,10 +8,17 @@ Every encoder exposes the same small interface, which is what the model and VAT 
 - ``spec()``: a JSON-serialisable dict from which :func:`encoder_from_spec` rebuilds the same
   architecture (randomly initialised; weights come from the checkpoint's state dict), so a
   checkpoint never needs the original model directory.
+- ``max_length``: the most tokens one input may have (a position table's size), or None.
+
+Under ``torch.export`` (ONNX export, :mod:`gpner.export`) the from-scratch encoders trace a
+formulation of the same function without data-dependent shapes: the bigram lookup as a fixed
+number of gathers (:func:`sorted_lookup`), each BiLSTM layer as one op (:func:`bilstm_layer`)
+that export writes as ONNX ``LSTM`` with the row lengths.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from gpner.registry import Registry
 
@@ -37,6 +44,8 @@ __all__ = [
     "HFEncoder",
     "bigram_keys",
     "encoder_from_spec",
+    "bilstm_layer",
+    "sorted_lookup",
     "resolve_model_dir",
 ]
 
@@ -55,6 +64,24 @@ def bigram_keys(
             a * vocab_size + b for a, b in zip(ids, ids[1:]) if a != pad_id and b != pad_id
         )
     return torch.tensor(sorted(k for k, n in counts.items() if n >= min_freq), dtype=torch.long)
+
+
+def sorted_lookup(keys: Tensor, query: Tensor) -> Tensor:
+    """``torch.searchsorted(keys, query)`` of sorted ``keys`` (K,), clamped to K - 1, as plain
+    tensor operations: a branchless binary search of ceil(log2(K + 1)) gathers, which export
+    traces (searchsorted has no ONNX operator). Any shape of ``query``; same shape out.
+    """
+    size = keys.numel()
+    # at = the number of keys < query, found bit by bit from the highest power of two down
+    at = torch.zeros_like(query)
+    step = 1 << max(size.bit_length() - 1, 0)
+    while step:
+        probe = at + (step - 1)  # the last key of the next block of ``step`` keys
+        inside = probe < size
+        below = keys[probe.clamp(max=max(size - 1, 0))] < query
+        at = torch.where(inside & below, at + step, at)
+        step >>= 1
+    return at.clamp(max=max(size - 1, 0))
 
 
 class BigramEmbedding(nn.Module):
@@ -89,7 +116,10 @@ class BigramEmbedding(nn.Module):
         a, b = input_ids[:, :-1], input_ids[:, 1:]
         key = a * self.vocab_size + b
         if self.keys.numel():
-            at = torch.searchsorted(self.keys, key).clamp_(max=self.keys.numel() - 1)
+            if torch.compiler.is_exporting():  # searchsorted has no ONNX operator
+                at = sorted_lookup(self.keys, key)
+            else:
+                at = torch.searchsorted(self.keys, key).clamp_(max=self.keys.numel() - 1)
             ids = torch.where(self.keys[at] == key, at + 2, 1)
         else:
             ids = torch.ones_like(key)
@@ -173,6 +203,7 @@ class CharTransformerEncoder(_CharEmbedder):
             **_bigram_spec(num_bigrams, bigram_size),
         }
         self.hidden_size = hidden_size
+        self.max_length = max_positions
         self._init_embeddings(vocab_size, hidden_size, pad_id, num_bigrams, bigram_size)
         self.positions = nn.Embedding(max_positions, hidden_size)
         self.dropout = nn.Dropout(dropout)
@@ -241,6 +272,7 @@ class BiLSTMEncoder(_CharEmbedder):
             **_bigram_spec(num_bigrams, bigram_size),
         }
         self.hidden_size = hidden_size
+        self.max_length = None
         self._init_embeddings(vocab_size, hidden_size, pad_id, num_bigrams, bigram_size)
         self.dropout = nn.Dropout(dropout)
         self.lstm = nn.LSTM(
@@ -260,6 +292,8 @@ class BiLSTMEncoder(_CharEmbedder):
     ) -> Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)
+        if torch.compiler.is_exporting():  # packing has data-dependent shapes
+            return self.dropout(self.exportable(self.dropout(inputs_embeds), attention_mask))
         length = inputs_embeds.shape[1]
         # Real tokens come first in every row (collate pads on the right); an empty row keeps
         # one step so that packing accepts it, and its output is masked downstream anyway.
@@ -270,6 +304,70 @@ class BiLSTMEncoder(_CharEmbedder):
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
         return self.dropout(out)
+
+    def exportable(self, x: Tensor, attention_mask: Tensor) -> Tensor:
+        """The LSTM layers as :func:`bilstm_layer` ops: (B, L, H) -> (B, L, H), the same values
+        as the packed run. What export traces: packing has data-dependent shapes, and the op
+        becomes one ONNX ``LSTM`` per layer, which takes the row lengths itself."""
+        lengths = attention_mask.sum(1).clamp(min=1)  # (B,), as in forward
+        lstm, op = self.lstm, bilstm_layer()
+        for layer in range(lstm.num_layers):
+            if layer:
+                x = nn.functional.dropout(x, lstm.dropout, self.training)
+            weights = [
+                getattr(lstm, f"{name}_l{layer}{suffix}")
+                for suffix in ("", "_reverse")
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            ]
+            x = op(x, lengths, *weights)
+        return x
+
+
+@functools.cache
+def bilstm_layer():
+    """The op ``gpner::bilstm_layer(x, lengths, 8 weights)``: one bidirectional LSTM layer over
+    right-padded rows (B, L, H_in) of the given lengths (B,) -> (B, L, 2 H), zeros on padding.
+
+    Its weights are those of one layer of ``nn.LSTM`` (``weight_ih, weight_hh, bias_ih,
+    bias_hh``, forward direction then reverse). Run eagerly it packs the rows and calls
+    ``torch.lstm``; under ``torch.export`` it is one opaque node with a known output shape,
+    which :mod:`gpner.export` writes as ONNX ``LSTM`` with ``sequence_lens``. Registered on first
+    use (no work at import time).
+    """
+
+    @torch.library.custom_op("gpner::bilstm_layer", mutates_args=())
+    def op(
+        x: Tensor,
+        lengths: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor,
+        b_hh: Tensor,
+        w_ih_reverse: Tensor,
+        w_hh_reverse: Tensor,
+        b_ih_reverse: Tensor,
+        b_hh_reverse: Tensor,
+    ) -> Tensor:
+        weights = [w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse]
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        state = x.new_zeros(2, x.shape[0], w_hh.shape[1])
+        # packed torch.lstm: (data, batch_sizes, hx, params, has_biases, layers, dropout,
+        # train, bidirectional); zero states need no reordering by sorted_indices
+        out, _, _ = torch.lstm(
+            packed.data, packed.batch_sizes, (state, state), weights, True, 1, 0.0, False, True
+        )
+        out, _ = pad_packed_sequence(
+            PackedSequence(out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+            batch_first=True,
+            total_length=x.shape[1],
+        )
+        return out
+
+    @op.register_fake
+    def _(x, lengths, w_ih, w_hh, *rest):
+        return x.new_empty(x.shape[0], x.shape[1], 2 * w_hh.shape[1])
+
+    return op
 
 
 class HFEncoder(nn.Module):
@@ -284,6 +382,7 @@ class HFEncoder(nn.Module):
         super().__init__()
         self.model = model
         self.hidden_size = int(model.config.hidden_size)
+        self.max_length = int(getattr(model.config, "max_position_embeddings", 0) or 512)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path) -> HFEncoder:

@@ -67,14 +67,6 @@ class LogitsGraph(nn.Module):
         return band_logits(factors)
 
 
-def _max_length(model: NERModel) -> int:
-    """The most tokens the encoder takes (its position table), for the exported L axis."""
-    spec = model.encoder.spec()
-    if spec["kind"] == "char_transformer":
-        return int(spec["max_positions"])
-    return int(spec["config"].get("max_position_embeddings") or 512)
-
-
 def model_metadata(model: NERModel) -> dict[str, Any]:
     """gpner.json for the ONNX file: the model directory's metadata with the tokenizer inline."""
     from gpner.checkpoints import model_payload
@@ -100,14 +92,17 @@ def export_onnx(model: NERModel, path: str | Path, quantize: str | None = None) 
         model = copy.deepcopy(model).float()
     was_training = model.training
     graph = LogitsGraph(model.eval())
-    # A sample batch of 2 x min(8, L_max) tokens, the second one padded; both axes stay dynamic.
-    max_length = _max_length(model)
-    size = min(8, max_length)
+    # A sample batch of 2 x min(8, L_max) tokens, the second one padded; both axes stay dynamic,
+    # L up to the most tokens the encoder takes (its position table), if it has such a limit.
+    max_length = model.encoder.max_length
+    size = min(8, max_length or 8)
     example = torch.arange(2, 2 + size).repeat(2, 1) % model.tokenizer.vocab_size
     mask = torch.ones_like(example)
     mask[1, size - 2 :] = 0
     batch = torch.export.Dim("batch")
-    length = torch.export.Dim("length", max=max_length)
+    length = (
+        torch.export.Dim("length", max=max_length) if max_length else torch.export.Dim("length")
+    )
     axes = {0: batch, 1: length}
     try:
         program = _export(graph, example, mask, axes)
@@ -126,7 +121,10 @@ def export_onnx(model: NERModel, path: str | Path, quantize: str | None = None) 
 
 def _export(graph: nn.Module, example: Tensor, mask: Tensor, axes: dict):
     """torch.export (dynamo) to ONNX: it keeps B and L symbolic where the old tracer fixed them
-    (e.g. in ``nn.MultiheadAttention``'s reshapes). Both inputs share the same two axes."""
+    (e.g. in ``nn.MultiheadAttention``'s reshapes). Both inputs share the same two axes. gpner's
+    own ops (:func:`gpner.encoders.bilstm_layer`) are written by their translations here."""
+    from gpner.encoders import bilstm_layer
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         return torch.onnx.export(
@@ -138,7 +136,38 @@ def _export(graph: nn.Module, example: Tensor, mask: Tensor, axes: dict):
             dynamic_shapes=(axes, axes),
             opset_version=OPSET,
             verbose=False,
+            custom_translation_table={bilstm_layer()._opoverload: _onnx_bilstm_layer},
         )
+
+
+def _onnx_bilstm_layer(x, lengths, *weights):
+    """``gpner::bilstm_layer`` as one ONNX ``LSTM`` (bidirectional, with ``sequence_lens``, so
+    that each row's backward direction starts at its own last token, as packing does)."""
+    from onnxscript import opset18 as op
+
+    hidden = weights[1].shape[1]  # weight_hh: (4 H, H)
+
+    def gates(w):  # torch's gate order i, f, g, o along dim 0 -> ONNX's i, o, f, g (c)
+        i, f, g, o = (op.Slice(w, [k * hidden], [(k + 1) * hidden], [0]) for k in range(4))
+        return op.Concat(i, o, f, g, axis=0)
+
+    def both(fn):  # (forward, reverse) stacked on a leading direction axis
+        return op.Concat(*(op.Unsqueeze(fn(weights[d : d + 4]), [0]) for d in (0, 4)), axis=0)
+
+    w = both(lambda p: gates(p[0]))  # (2, 4 H, H_in)
+    r = both(lambda p: gates(p[1]))  # (2, 4 H, H)
+    b = both(lambda p: op.Concat(gates(p[2]), gates(p[3]), axis=0))  # (2, 8 H)
+    steps = op.Transpose(x, perm=[1, 0, 2])  # (L, B, H_in)
+    y, _, _ = op.LSTM(
+        steps,
+        w,
+        r,
+        b,
+        op.Cast(lengths, to=6),  # int32 sequence_lens
+        direction="bidirectional",
+        hidden_size=hidden,
+    )  # (L, 2, B, H)
+    return op.Reshape(op.Transpose(y, perm=[2, 0, 1, 3]), [0, 0, -1])  # (B, L, 2 H)
 
 
 def _set_metadata(proto, meta: dict[str, Any]) -> None:
