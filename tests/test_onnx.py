@@ -201,6 +201,22 @@ def test_export_has_dynamic_axes_and_carries_the_model(exported):
         torch.testing.assert_close(runtime(ids, mask), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "policy, spinning, expected",
+    [(None, None, "0"), ("PASSIVE", None, "0"), ("active", None, "1"), ("PASSIVE", True, "1")],
+)
+def test_idle_threads_spin_only_when_torch_s_would(
+    export_case, monkeypatch, policy, spinning, expected
+):
+    path = export_case(CASES[0])[2]
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    options = OnnxModel(path, threads=1, spinning=spinning).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+
+
 def test_int8_quantisation_keeps_the_model_close(export_case, tmp_path):
     model, runtime, path = export_case(CASES[0])  # the char model, full layout
     target = quantize_onnx(path, tmp_path / "int8.onnx")

@@ -72,7 +72,7 @@ def _batches(model, examples, batch_size: int):
     return out, tokens
 
 
-def parity(torch_model, runtime, examples) -> dict:
+def parity(torch_model, runtime, examples, expected=None) -> dict:
     """Largest logit difference on valid cells, masks equal, spans identical per text."""
     from gpner.inference import predict_examples
 
@@ -87,7 +87,7 @@ def parity(torch_model, runtime, examples) -> dict:
         masks_equal &= bool(torch.equal(got > low, valid))
         cells += int(valid.sum())
         worst = max(worst, float((got[valid] - expected[valid]).abs().max()))
-    a = predict_examples(torch_model, examples, 32)
+    a = expected if expected is not None else predict_examples(torch_model, examples, 32)
     b = predict_examples(runtime, examples, 32)
     differ = sum([s for s, _ in x] != [s for s, _ in y] for x, y in zip(a, b))
     return {
@@ -149,7 +149,7 @@ def speed(models: dict, examples, batch_size: int, repeats: int) -> dict:
 def bench_model(name: str, directory: str, dev, args, work: Path) -> dict:
     import gpner
     from gpner.export import export_onnx, quantize_onnx
-    from gpner.inference import evaluate
+    from gpner.inference import evaluate, predict_examples
     from gpner.ort import OnnxModel
 
     print(f"[{name}] loading {directory}", file=sys.stderr, flush=True)
@@ -177,11 +177,15 @@ def bench_model(name: str, directory: str, dev, args, work: Path) -> dict:
         "onnxruntime-int8": OnnxModel(int8, threads=args.threads),
     }
     print(f"[{name}] parity and F1", file=sys.stderr, flush=True)
-    result["parity_fp32"] = parity(model, models["onnxruntime"], dev)
-    result["parity_int8"] = parity(model, models["onnxruntime-int8"], dev)
+    expected = predict_examples(model, dev, 32)
+    result["parity_fp32"] = parity(model, models["onnxruntime"], dev, expected)
+    result["parity_int8"] = parity(model, models["onnxruntime-int8"], dev, expected)
     result["dev_f1"] = {k: evaluate(m, dev, 32)["micro"]["f1"] for k, m in models.items()}
     result["speed"] = []
-    for batch_size, count in ((32, len(dev)), (1, args.batch1_texts or len(dev))):
+    for batch_size, count in (
+        (32, args.batch32_texts or len(dev)),
+        (1, args.batch1_texts or len(dev)),
+    ):
         print(f"[{name}] speed at batch size {batch_size}", file=sys.stderr, flush=True)
         row = speed(models, dev[:count], batch_size, args.repeats)
         row["load_avg_after"] = _load_avg()
@@ -208,15 +212,24 @@ def report(data: dict) -> str:
         "",
         f"Machine: {env['cpu']}, {env['cores']} cores, {env['threads']} intra-op threads for "
         f"both backends, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
-        f"OMP_WAIT_POLICY={env['omp_wait_policy']}. The CPU was shared with other jobs (load "
-        "averages below: 1, 5, 15 min), so absolute rates are low and noisy; the ratios are "
-        "measured side by side (backends interleaved repeat by repeat) and are what counts.",
+        f"OMP_WAIT_POLICY={env['omp_wait_policy']} (onnxruntime's idle threads "
+        f"{'spin' if env.get('onnxruntime_spinning') else 'sleep'} alike). "
+        + (
+            "The run had the machine to itself (the other jobs waited on a lock; load averages "
+            "below: 1, 5, 15 min). "
+            if data.get("exclusive")
+            else "The CPU was shared with other jobs (load averages below: 1, 5, 15 min), so "
+            "absolute rates are low and noisy. "
+        )
+        + "The ratios are measured side by side (backends interleaved repeat by repeat).",
         "",
         f"Data: {data['dev']} ({data['dev_texts']} texts). `predict` is the whole pipeline "
         "(`gpner.inference.predict_examples`: tokenization, windowing, batching by length, the "
         "model, decoding); `model call` is the backend alone on the same batches. Medians over "
-        f"{data['repeats']} repeats; per-text latency at batch size 1 is ms/text, measured on "
-        f"the first {data.get('batch1_texts', data['dev_texts'])} texts.",
+        f"{data['repeats']} repeats; speed at batch size 32 on the first "
+        f"{data.get('batch32_texts', data['dev_texts'])} texts, per-text latency at batch size 1 "
+        f"(ms/text) on the first {data.get('batch1_texts', data['dev_texts'])}; parity and F1 on "
+        "all of them.",
         "",
     ]
     for m in data["models"]:
@@ -300,6 +313,14 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="default: torch's thread count")
     p.add_argument("--batch1-texts", type=int, default=None, help="texts at batch 1 (default all)")
+    p.add_argument(
+        "--batch32-texts", type=int, default=None, help="texts timed at batch 32 (default all)"
+    )
+    p.add_argument(
+        "--exclusive",
+        action="store_true",
+        help="record that the run had the machine to itself (other jobs waited on a lock)",
+    )
     p.add_argument("--report", action="store_true", help="only write PREDICT.md from the JSON")
     p.add_argument(
         "--merge",
@@ -336,12 +357,16 @@ def main() -> int:
             "threads": args.threads,
             "onnxruntime": onnxruntime.__version__,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            # OnnxModel's default: its idle threads spin exactly when torch's do (ACTIVE)
+            "onnxruntime_spinning": os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE",
             **{k: v for k, v in measure.source_state().items() if k != "gpner_path"},
         },
         "dev": args.dev,
         "dev_texts": len(dev),
         "repeats": args.repeats,
         "batch1_texts": args.batch1_texts or len(dev),
+        "batch32_texts": args.batch32_texts or len(dev),
+        "exclusive": args.exclusive,
         "models": [],
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,6 +9,7 @@ torch model. Needs ``pip install gpner[onnx]``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,13 @@ class OnnxModel:
     """A model exported by :func:`gpner.export.export_onnx`, run by onnxruntime on the CPU.
 
     ``threads``: onnxruntime's intra-op threads (default: torch's thread count, so the two
-    backends compare on equal terms).
+    backends compare on equal terms). ``spinning``: whether idle intra-op threads spin-wait for
+    the next op (lower latency on an otherwise idle CPU) or sleep (kinder to a shared one);
+    default: spin only under ``OMP_WAIT_POLICY=ACTIVE``, the setting that makes torch's OpenMP
+    threads spin, so that both backends wait alike.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, spinning: bool | None = None):
         import onnxruntime as ort
 
         from gpner.checkpoints import CheckpointError
@@ -48,11 +52,11 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Every batch has its own (B, L): a memory plan kept for one shape is replanned for the
-        # next (slower with it on CLUENER dev batches). Idle threads sleep instead of spinning,
-        # like torch's OpenMP threads under OMP_WAIT_POLICY=PASSIVE, so that the two backends
-        # share a busy CPU alike.
+        # next (slower with it on CLUENER dev batches).
         options.enable_mem_pattern = False
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if spinning is None:
+            spinning = os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
@@ -88,6 +92,8 @@ class OnnxModel:
         return f"OnnxModel({str(self.path)!r}, labels={self.labels})"
 
 
-def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
+def load_onnx(
+    path: str | Path, threads: int | None = None, spinning: bool | None = None
+) -> OnnxModel:
     """An exported .onnx file (or a directory holding ``model.onnx``) as a prediction model."""
-    return OnnxModel(path, threads)
+    return OnnxModel(path, threads, spinning)
