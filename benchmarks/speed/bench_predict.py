@@ -72,8 +72,9 @@ def _batches(model, examples, batch_size: int):
     return out, tokens
 
 
-def parity(torch_model, runtime, examples, expected=None) -> dict:
-    """Largest logit difference on valid cells, masks equal, spans identical per text."""
+def parity(torch_model, runtime, examples, predictions=None) -> dict:
+    """Largest logit difference on valid cells, masks equal, spans identical per text
+    (``predictions``: the torch model's on ``examples``, if already computed)."""
     from gpner.inference import predict_examples
 
     low = torch.finfo(torch.float32).min
@@ -87,7 +88,7 @@ def parity(torch_model, runtime, examples, expected=None) -> dict:
         masks_equal &= bool(torch.equal(got > low, valid))
         cells += int(valid.sum())
         worst = max(worst, float((got[valid] - expected[valid]).abs().max()))
-    a = expected if expected is not None else predict_examples(torch_model, examples, 32)
+    a = predictions if predictions is not None else predict_examples(torch_model, examples, 32)
     b = predict_examples(runtime, examples, 32)
     differ = sum([s for s, _ in x] != [s for s, _ in y] for x, y in zip(a, b))
     return {
@@ -146,6 +147,16 @@ def speed(models: dict, examples, batch_size: int, repeats: int) -> dict:
     return out
 
 
+def epochs_run(directory: str | Path) -> int | None:
+    """Epochs the training run of a model directory completed, from the run's metrics.jsonl
+    beside it (None when there is none): a run cut short differs from its config's epochs."""
+    metrics = Path(directory).resolve().parent / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    return max((json.loads(line).get("epoch", 0) for line in lines if line.strip()), default=0)
+
+
 def bench_model(name: str, directory: str, dev, args, work: Path) -> dict:
     import gpner
     from gpner.export import export_onnx, quantize_onnx
@@ -162,6 +173,7 @@ def bench_model(name: str, directory: str, dev, args, work: Path) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "trained": model.config.train.__dict__
         | {"data.train_limit": model.config.data.train_limit},
+        "epochs_run": epochs_run(directory),
     }
     fp32, int8 = work / f"{name}.onnx", work / f"{name}.int8.onnx"
     start = time.perf_counter()
@@ -239,7 +251,14 @@ def report(data: dict) -> str:
             + (f" `{m['encoder_path']}`" if m["encoder_path"] else "")
             + f", {m['head']} head, {m['parameters']:,} parameters",
             "",
-            f"Trained for this benchmark: {t['epochs']} epoch(s), batch {t['batch_size']}, lr "
+            "Trained for this benchmark: "
+            + (
+                f"{m['epochs_run']} of the config's {t['epochs']} epochs (cut short; the learning "
+                "rate schedule is the config's)"
+                if m.get("epochs_run") is not None and m["epochs_run"] < t["epochs"]
+                else f"{t['epochs']} epoch(s)"
+            )
+            + f", batch {t['batch_size']}, lr "
             f"{t['lr']}"
             + (f", encoder lr {t['encoder_lr']}" if t.get("encoder_lr") else "")
             + (
