@@ -275,7 +275,12 @@ def run_lines(data: dict) -> list[str]:
         if len(runs) == 1:
             out += [f"- Code: {code}.", f"- Command: `{run['command']}`"]
         else:
-            out.append(f"- Run {i + 1}: `{run['command']}`; {code}.")
+            reps = (
+                f"; {run['warmup']} warm-up steps, {run['repeats']} repeats"
+                if "repeats" in run
+                else ""
+            )
+            out.append(f"- Run {i + 1}: `{run['command']}`; {code}{reps}.")
     if len(runs) > 1:
         out.append(
             f"- The {len(runs)} runs' rows were merged into one file; ratios are only formed "
@@ -297,8 +302,12 @@ def head_section(data: dict, div_data: dict | None = None) -> list[str]:
         f"({m['cpu_capability']}), {m['torch_threads']} intra-op threads, "
         f"OMP_WAIT_POLICY={data.get('omp_wait_policy')}; Python {m['python']}.",
         *run_lines(data),
-        f"- Timing: {data['warmup']} warm-up steps, then {data['repeats']} repeats per "
-        "implementation, interleaved with a rotating order in one process; median "
+        (
+            "- Timing: warm-up steps, then repeats (as listed per run) per "
+            if len(data.get("runs") or []) > 1
+            else f"- Timing: {data['warmup']} warm-up steps, then {data['repeats']} repeats per "
+        )
+        + "implementation, interleaved with a rotating order in one process; median "
         "[interquartile range] of the wall time of one step (forward + backward), in seconds.",
         "- Memory (where measured; n/a where a run used --no-memory): peak RSS of one step above "
         "the RSS just before it (VmHWM after a reset, in a fresh process per cell, after warm-up "
