@@ -137,3 +137,25 @@ def test_the_window_is_waited_only_for_announced_requests():
     alone, after = run(main())
     assert alone < 0.25 and after >= 0.45
     assert recorder.calls == [["alone"], ["a", "b"], ["after"]]  # the gatherer waited for "b"
+
+
+def test_a_backlog_runs_at_once_without_the_window():
+    recorder = Recorder(delay=0.2)
+
+    async def main():
+        batcher = MicroBatcher(recorder, max_batch=8, max_wait=5.0)
+        await batcher.start()
+        try:
+            first = batcher.enqueue(["a"])  # nobody else on the way: runs at once
+            await asyncio.sleep(0.05)  # the model is busy with "a"
+            with batcher.arriving():  # and yet another request is announced
+                queued = [batcher.enqueue(["b"]), batcher.enqueue(["c"])]
+                start = time.perf_counter()
+                await asyncio.gather(first, *queued)
+                return time.perf_counter() - start
+        finally:
+            await batcher.stop()
+
+    # what queued while the model ran is the next batch as it stands: no 5 s window for more
+    assert run(main()) < 3.0
+    assert recorder.calls == [["a"], ["b", "c"]]

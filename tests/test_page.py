@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from gpner.cli import main  # noqa: E402
 from gpner.serve.app import create_app  # noqa: E402
-from tests.serve_helpers import running_server  # noqa: E402
+from tests.serve_helpers import REQUEST_SECONDS, running_server  # noqa: E402
 
 TEXTS = ["北京大学的张三来了", "张三在上海工作。"]
 
@@ -99,10 +99,12 @@ def test_page_highlights_what_the_api_predicts(browser, served_model, tmp_path):
         box = browser.find_element(By.ID, "input")
         box.send_keys("\n".join(TEXTS))
         browser.find_element(By.ID, "run").click()
-        WebDriverWait(browser, 30).until(
+        WebDriverWait(browser, REQUEST_SECONDS).until(
             lambda b: b.find_element(By.ID, "output").get_attribute("data-state") == "done"
         )
-        expected = httpx.post(f"{url}/predict", json={"texts": TEXTS}).json()["results"]
+        expected = httpx.post(
+            f"{url}/predict", json={"texts": TEXTS}, timeout=REQUEST_SECONDS
+        ).json()["results"]
         shown = shown_spans(browser)
         assert [text for text, _ in shown] == TEXTS
         assert [spans for _, spans in shown] == [

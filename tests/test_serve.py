@@ -4,9 +4,7 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,7 +15,11 @@ import gpner  # noqa: E402
 from gpner.data.writers import prediction_record  # noqa: E402
 from gpner.serve.app import create_app  # noqa: E402
 from gpner.serve.limits import Limits  # noqa: E402
-from tests.serve_helpers import running_server  # noqa: E402
+from tests.serve_helpers import (  # noqa: E402
+    REQUEST_SECONDS,
+    ServeProcess,
+    running_server,
+)
 
 TEXTS = [
     "北京大学的张三来了",
@@ -29,6 +31,14 @@ TEXTS = [
     "🇨🇳👩\u200d👩\u200d👧张三",  # a flag and a ZWJ sequence
     "  昨天赵敏说杭州很好  ",
 ]
+
+
+def get(url, **kwargs):
+    return httpx.get(url, timeout=REQUEST_SECONDS, **kwargs)
+
+
+def post(url, **kwargs):
+    return httpx.post(url, timeout=REQUEST_SECONDS, **kwargs)
 
 
 def offline(model, texts, **kwargs):
@@ -64,25 +74,25 @@ def server(served_model):
 
 def test_health_info_and_docs(server, model):
     url, _ = server
-    health = httpx.get(f"{url}/health")
+    health = get(f"{url}/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    info = httpx.get(f"{url}/info").json()
+    info = get(f"{url}/info").json()
     assert info["labels"] == model.labels
     assert info["gpner_version"] == gpner.__version__
     assert info["max_length"] == model.config.data.max_length == 24
     assert info["encoder"]["kind"] == "char_transformer"
     assert info["head"]["kind"] == "global_pointer"
     assert info["limits"] == {"max_texts": 8, "max_chars": 400, "max_request_bytes": 8192}
-    schema = httpx.get(f"{url}/openapi.json").json()
+    schema = get(f"{url}/openapi.json").json()
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     assert set(body["schema"]["properties"]) == {"texts", "threshold", "flat"}
     assert "413" in schema["paths"]["/predict"]["post"]["responses"]
-    assert httpx.get(f"{url}/docs").status_code == 200
+    assert get(f"{url}/docs").status_code == 200
 
 
 def test_predict_matches_offline_predict(server, model):
     url, _ = server
-    response = httpx.post(f"{url}/predict", json={"texts": TEXTS})
+    response = post(f"{url}/predict", json={"texts": TEXTS})
     assert response.status_code == 200
     served = response.json()["results"]
     assert_same_predictions(served, offline(model, TEXTS))
@@ -108,7 +118,7 @@ def test_threshold_and_flat(server, model):
         ({"threshold": 1.0}, {"threshold": 1.0}),
         ({"threshold": -0.5, "flat": True}, {"threshold": -0.5, "flat": True}),
     ]:
-        served = httpx.post(f"{url}/predict", json={"texts": TEXTS, **body}).json()["results"]
+        served = post(f"{url}/predict", json={"texts": TEXTS, **body}).json()["results"]
         assert_same_predictions(served, offline(model, TEXTS, **kwargs), kwargs["threshold"])
         if kwargs.get("flat"):
             for record in served:
@@ -126,12 +136,12 @@ def test_limits_answer_413_naming_the_limit(server):
         ({"texts": ["张" * 400] * 8}, "request_too_large", "max_request_bytes"),
     ]
     for body, code, limit in cases:
-        response = httpx.post(f"{url}/predict", json=body)
+        response = post(f"{url}/predict", json=body)
         assert response.status_code == 413, response.text
         error = response.json()
         assert error["error"] == code and error["limit"] == limit
         assert limit in error["detail"]
-    assert httpx.post(f"{url}/predict", json={"texts": ["张三", "x" * 401]}).json()["index"] == 1
+    assert post(f"{url}/predict", json={"texts": ["张三", "x" * 401]}).json()["index"] == 1
 
     # a chunked body (no Content-Length) is cut off at the limit too
     def chunks():
@@ -140,10 +150,10 @@ def test_limits_answer_413_naming_the_limit(server):
             yield "张三在上海工作。".encode() * 8
         yield b'"]}'
 
-    response = httpx.post(f"{url}/predict", content=chunks())
+    response = post(f"{url}/predict", content=chunks())
     assert response.status_code == 413 and response.json()["limit"] == "max_request_bytes"
     # right at the limits is fine
-    ok = httpx.post(f"{url}/predict", json={"texts": ["李四" * 165] * 8})  # 7.9 kB
+    ok = post(f"{url}/predict", json={"texts": ["李四" * 165] * 8})  # 7.9 kB
     assert ok.status_code == 200, ok.text
 
 
@@ -214,7 +224,7 @@ def test_concurrent_clients_get_their_own_answers(served_model, model):
     expected = {t: r for t, r in zip(sum(requests, []), offline(model, sum(requests, [])))}
 
     async def clients(url):
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=REQUEST_SECONDS) as client:
             return await asyncio.gather(
                 *[client.post("/predict", json={"texts": t}) for t in requests]
             )
@@ -246,27 +256,27 @@ def test_a_failing_model_call_fails_its_request_not_the_server(served_model):
     model.forward = flaky
     app = create_app(model)
     with running_server(app) as url:
-        first = httpx.post(f"{url}/predict", json={"texts": ["张三在上海工作。"]})
+        first = post(f"{url}/predict", json={"texts": ["张三在上海工作。"]})
         assert first.status_code == 500 and first.json()["error"] == "internal_error"
-        second = httpx.post(f"{url}/predict", json={"texts": ["张三在上海工作。"]})
+        second = post(f"{url}/predict", json={"texts": ["张三在上海工作。"]})
         assert second.status_code == 200 and second.json()["results"][0]["spans"]
-        assert httpx.get(f"{url}/health").json()["status"] == "ok"
+        assert get(f"{url}/health").json()["status"] == "ok"
 
 
 def test_render_endpoint_returns_the_offline_markup(server, model):
     from gpner.render import label_colors, render_text
 
     url, _ = server
-    body = httpx.post(f"{url}/render", json={"texts": TEXTS[:2]}).json()
+    body = post(f"{url}/render", json={"texts": TEXTS[:2]}).json()
     expected = gpner.predict(model, TEXTS[:2])
     assert body["results"] == offline(model, TEXTS[:2])
     colors = label_colors(model.labels)
     assert body["html"] == "\n".join(render_text(t, p, colors) for t, p in zip(TEXTS, expected))
-    page = httpx.get(f"{url}/")
+    page = get(f"{url}/")
     assert page.status_code == 200 and 'src="static/page.js"' in page.text
     assert "http" not in re.sub(r"<footer>.*</footer>", "", page.text, flags=re.S)  # no CDN
-    assert httpx.get(f"{url}/static/page.js").headers["content-type"].startswith("text/javascript")
-    assert ".gpner-line" in httpx.get(f"{url}/static/render.css").text
+    assert get(f"{url}/static/page.js").headers["content-type"].startswith("text/javascript")
+    assert ".gpner-line" in get(f"{url}/static/render.css").text
 
 
 def test_gpner_serve_command(served_model, tmp_path):
@@ -286,29 +296,18 @@ def test_gpner_serve_command(served_model, tmp_path):
         "--max-texts",
         "2",
     ]
-    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    server = ServeProcess(cmd, env)
     try:
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if not line and process.poll() is not None:
-                break
-            match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
-        assert url, "gpner serve did not report its address"
-        assert httpx.get(f"{url}/health").json()["status"] == "ok"
-        response = httpx.post(f"{url}/predict", json={"texts": ["北京大学的张三来了"]})
+        url = server.wait_ready()
+        assert get(f"{url}/health").json()["status"] == "ok"
+        response = post(f"{url}/predict", json={"texts": ["北京大学的张三来了"]})
         assert response.status_code == 200 and response.json()["results"][0]["spans"]
-        assert (
-            httpx.post(f"{url}/predict", json={"texts": ["a"] * 3}).json()["limit"] == "max_texts"
-        )
+        assert post(f"{url}/predict", json={"texts": ["a"] * 3}).json()["limit"] == "max_texts"
     finally:
-        process.terminate()
-        _, log = process.communicate(timeout=30)
+        server.stop()
     # uvicorn shuts down cleanly on SIGTERM, then re-raises the signal
-    assert "Application shutdown complete" in log
-    assert process.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log
+    assert server.process.returncode in (0, -signal.SIGTERM)
 
 
 def test_serve_and_render_errors_are_one_line(tmp_path, capsys, served_model):

@@ -228,6 +228,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a trained model (what gpner.load reads)")
     parser.add_argument("--model-note", default="", help="how the model was trained (reported)")
+    parser.add_argument(
+        "--machine-note",
+        default="",
+        help="what else ran on the machine meanwhile (reported), e.g. that the run held it alone",
+    )
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--slice-seconds", type=float, default=3.0, help="per slice")
     parser.add_argument("--slices", type=int, default=6, help="per mode, client count, repeat")
@@ -314,6 +319,7 @@ def main() -> None:
         # what uvicorn picks up when installed (the serve extra installs both)
         "uvicorn_http": "httptools" if _importable("httptools") else "h11",
         "uvicorn_loop": "uvloop" if _importable("uvloop") else "asyncio",
+        "machine_note": args.machine_note,
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "model": {

@@ -16,6 +16,19 @@ def _median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+def _machine(data: dict) -> str:
+    load = (
+        f"load average {data['load_before'][0]:.1f} before and {data['load_after'][0]:.1f} "
+        f"after (1-minute), for {data['cpus']} CPUs"
+    )
+    if data.get("machine_note"):
+        return f"The machine: {data['machine_note']} ({load})."
+    return (
+        f"The CPU was shared with other jobs: {load}, so absolute rates are low and noisy; the "
+        "ratio measured side by side is what counts."
+    )
+
+
 def render(data: dict) -> str:
     runs = data["runs"]
     modes = list(data["settings"]["modes"])
@@ -55,9 +68,7 @@ def render(data: dict) -> str:
         f"uvicorn ran with {data['uvicorn_http']} and {data['uvicorn_loop']}. Server CPU is the "
         "server process's user + system time over the measurement, per text answered.",
         "",
-        f"The CPU was shared with other jobs: load average {data['load_before'][0]:.1f} before "
-        f"and {data['load_after'][0]:.1f} after (1-minute), for {data['cpus']} CPUs, so absolute "
-        "rates are low and noisy; the ratio measured side by side is what counts.",
+        _machine(data),
         "",
         "| mode | clients | requests/s | texts/s | p50 ms | p95 ms | p99 ms | texts per model "
         "call | server CPU ms per text | requests | lost | wrong |",

@@ -9,7 +9,9 @@ queue fills while the model runs, so batches grow with the number of concurrent 
 The window is waited for only when more requests are likely: while another request is on its
 way (announced with :meth:`MicroBatcher.arriving`, e.g. while its body is read and parsed), or
 when the last batch held more than one request (the server is under load). A lone client's
-request runs at once instead of paying the window.
+request runs at once instead of paying the window. Nor is it waited for when requests queued
+while the model ran (a backlog): the model is the bottleneck then, so it starts on them at once,
+and computes while the event loop writes the last batch's answers.
 """
 
 from __future__ import annotations
@@ -142,12 +144,18 @@ class MicroBatcher:
         return await self.enqueue(texts, threshold, flat)
 
     async def _gather(self) -> list[_Job]:
+        # A backlog (requests queued while the model ran) is the next batch as it stands: waiting
+        # for more would idle the model, and stall it behind the answers of the last batch, which
+        # the event loop writes as soon as this task yields.
+        backlog = not self._queue.empty()
         jobs = [await self._queue.get()]
         count = len(jobs[0].texts)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
         while count < self.max_batch:
             if self._queue.empty():
+                if backlog:
+                    break
                 left = deadline - loop.time()
                 busy = self._arriving or self._last_jobs > 1
                 if left <= 0 or not busy:  # nobody else on the way: run now
