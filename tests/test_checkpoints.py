@@ -15,8 +15,9 @@ import torch
 import gpner
 from gpner import checkpoints
 from gpner.cli import main
-from gpner.config import config_to_dict, load_config
+from gpner.config import ConfigError, config_to_dict, load_config
 from gpner.data.readers import read
+from gpner.decoding import decode
 from gpner.model import NERModel, build_model, build_tokenizer
 from gpner.training import train
 from tests.conftest import tiny_config_overrides
@@ -251,3 +252,16 @@ def test_resume_state_is_plain_tensors_and_containers(tmp_path, tiny_data):
     assert state["format"] == "gpner-train-state"
     assert {"optimizer", "scheduler", "rng", "history", "state_dict"} <= set(state)
     assert _same_outputs(checkpoints.model_from_payload(state), gpner.load(out / "best"))
+
+
+def test_a_saved_max_width_of_zero_never_reaches_inference(tmp_path, tiny_data):
+    # The old bug: 0 meant "no limit" to the model builder but was passed on to decoding. A model
+    # directory that says 0 is now refused at load, naming the file and the field.
+    path = gpner.save(_model(tiny_data, tmp_path), tmp_path / "m")
+    meta = json.loads((path / "gpner.json").read_text())
+    meta["config"]["head"]["max_width"] = 0
+    (path / "gpner.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"gpner\.json.*head\.max_width: must be >= 1, got 0"):
+        gpner.load(path)
+    with pytest.raises(ValueError, match="max_width"):
+        decode(torch.zeros(1, 1, 4, 4), 0.0, False, torch.ones(1, 4, dtype=torch.bool), max_width=0)

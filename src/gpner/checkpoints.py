@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpner._version import __version__
 from gpner.atomic import atomic_save
-from gpner.config import config_to_dict
+from gpner.config import ConfigError, config_to_dict
 
 if TYPE_CHECKING:
     import torch
@@ -224,7 +224,10 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> NER
 
     directory = Path(directory)
     meta = read_metadata(directory)
-    model = model_from_parts(meta["config"], meta["labels"], meta["tokenizer"], meta["encoder"])
+    try:
+        model = model_from_parts(meta["config"], meta["labels"], meta["tokenizer"], meta["encoder"])
+    except ConfigError as error:  # a saved config is checked as strictly as a TOML file
+        raise ConfigError(f"{directory / METADATA_FILE}: {error}") from None
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")

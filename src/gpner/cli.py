@@ -577,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FORMAT",
         help=f"input format: text, {formats}; detected when omitted",
     )
-    p.add_argument("--scheme", help="tag scheme of column formats (IOB1, IOB2, BIOES, BMES)")
+    p.add_argument("--scheme", help=f"tag scheme of column formats ({schemes})")
     p.add_argument("--lenient", action="store_true", help="skip bad data items")
     p.add_argument("--threshold", type=float, default=None, help="default: the model's")
     p.add_argument("--flat", action="store_true", default=None, help="no overlapping spans")

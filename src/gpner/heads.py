@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from gpner import functional as F
@@ -126,17 +128,22 @@ def build_head(
     return HEADS[kind](hidden_size, num_types, head_size, max_width=max_width)
 
 
-class MultilabelCrossEntropy(nn.Module):
-    """Multi-label categorical cross-entropy; sparse span targets when ``spans`` is given.
-
-    ``max_width``: the logits are in the band layout (B, C, L, W) of a head built with the same
-    ``max_width``; ``spans`` stay ``[b, c, i, j]``, dense ``targets`` share the logits' layout.
-    """
+class _LossShell(nn.Module):
+    """Holds a loss's ``reduction`` and ``max_width`` (the band layout of a head built with the
+    same ``max_width``)."""
 
     def __init__(self, reduction: str = "mean", max_width: int | None = None):
         super().__init__()
         self.reduction = reduction
         self.max_width = max_width
+
+
+class MultilabelCrossEntropy(_LossShell):
+    """Multi-label categorical cross-entropy; sparse span targets when ``spans`` is given.
+
+    ``max_width``: the logits are in the band layout (B, C, L, W) of a head built with the same
+    ``max_width``; ``spans`` stay ``[b, c, i, j]``, dense ``targets`` share the logits' layout.
+    """
 
     def forward(
         self,
@@ -157,37 +164,28 @@ class MultilabelCrossEntropy(nn.Module):
         )
 
 
-class GlobalPointerKL(nn.Module):
+class _DivergenceShell(_LossShell):
+    """``forward(s, t, mask)``: the divergence :attr:`function` of two logits tensors."""
+
+    function: Callable[..., Tensor]  # a divergence of gpner.functional, set by each subclass
+
+    def forward(self, s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.function(s, t, mask, self.reduction, max_width=self.max_width)
+
+
+class GlobalPointerKL(_DivergenceShell):
     """``D(s, t) = sum_valid (sigmoid(s) - sigmoid(t)) (s - t)``."""
 
-    def __init__(self, reduction: str = "mean", max_width: int | None = None):
-        super().__init__()
-        self.reduction = reduction
-        self.max_width = max_width
-
-    def forward(self, s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
-        return F.global_pointer_kl(s, t, mask, self.reduction, max_width=self.max_width)
+    function = staticmethod(F.global_pointer_kl)
 
 
-class SoftmaxKL(nn.Module):
+class SoftmaxKL(_DivergenceShell):
     """Symmetric softmax KL over each (example, type)'s valid cells (the baseline divergence)."""
 
-    def __init__(self, reduction: str = "mean", max_width: int | None = None):
-        super().__init__()
-        self.reduction = reduction
-        self.max_width = max_width
-
-    def forward(self, s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
-        return F.softmax_kl(s, t, mask, self.reduction, max_width=self.max_width)
+    function = staticmethod(F.softmax_kl)
 
 
-class SoftmaxKLAll(nn.Module):
+class SoftmaxKLAll(_DivergenceShell):
     """Symmetric softmax KL with one distribution per example over all types' valid cells."""
 
-    def __init__(self, reduction: str = "mean", max_width: int | None = None):
-        super().__init__()
-        self.reduction = reduction
-        self.max_width = max_width
-
-    def forward(self, s: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
-        return F.softmax_kl_all(s, t, mask, self.reduction, max_width=self.max_width)
+    function = staticmethod(F.softmax_kl_all)

@@ -184,6 +184,7 @@ def select_cells(
         ``index`` (K, 4) long rows ``[b, c, i, j]`` in span coordinates, ordered by
         ``(b, i, j, c)``, and ``scores`` (K,) float32, in the same order.
     """
+    check_width(max_width)
     logits = logits.detach()
     batch, _, length, cols = logits.shape
     am = attention_mask if attention_mask is not None else logits.new_ones(batch, length)
