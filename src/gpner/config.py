@@ -118,7 +118,7 @@ _PROBABILITY = Bounds(0, 1, high_open=True)  # dropout, shares: [0, 1)
 @dataclass
 class DataConfig:
     # relative paths resolve against the data root (GPNER_DATA); ``file.json[:4000]`` reads a
-    # slice of the examples (see gpner.data.corpus)
+    # slice of the examples (see gpner.corpus)
     train: str = "cluener/train.json"
     dev: str | None = "cluener/dev.json"  # evaluated every epoch; the best epoch is kept
     test: str | None = None  # evaluated once with the best checkpoint, if given
