@@ -1,6 +1,6 @@
 """Where a whole training step's time goes, and how best to use this machine's cores.
 
-``breakdown``: for each config (default: the char Transformer of configs/quickstart.toml and
+``breakdown``: for each config (default: the char BiLSTM of configs/quickstart.toml and
 m3e-small of configs/cluener_m3e.toml, both at their batch size 32 on CLUENER), one training step
 per batch (objective, backward, clipping, AdamW) is cut into encoder forward, head forward
 (factors + fused losses), head backward, encoder backward and optimizer (zero_grad, gradient
@@ -131,11 +131,17 @@ def cut_step(model, objective, optimizer, batch, clock: dict, flops: dict | None
 
 
 def largest_linear(module: nn.Module) -> tuple[int, int]:
-    """(out, in) of the encoder's largest linear layer."""
-    best = max(
-        (m for m in module.modules() if isinstance(m, nn.Linear)), key=lambda m: m.weight.numel()
-    )
-    return best.out_features, best.in_features
+    """(out, in) of the encoder's largest linear map: an ``nn.Linear``, or an LSTM's input
+    projection (``weight_ih_l*``: all gates of all time steps in one matmul, the LSTM's one
+    GEMM of the batch's shape; its recurrent matmuls are one small product per step)."""
+    shapes = [tuple(m.weight.shape) for m in module.modules() if isinstance(m, nn.Linear)]
+    for m in module.modules():
+        if isinstance(m, nn.LSTM):
+            shapes += [tuple(w.shape) for n, w in m.named_parameters() if n.startswith("weight_ih")]
+    if not shapes:
+        raise ValueError(f"{type(module).__name__} has no linear layer to time as its GEMM")
+    out_features, in_features = max(shapes, key=lambda s: s[0] * s[1])
+    return out_features, in_features
 
 
 def gemm_step(rows: int, out_features: int, in_features: int):
@@ -216,7 +222,7 @@ def breakdown(args) -> dict:
                     samples["gemm"].append(gemm_s)
         gemm_rate = gemm_flops / statistics.median(samples["gemm"])
         enc = config.encoder
-        name = enc.path if enc.kind == "hf" else f"char_transformer H={enc.hidden_size}"
+        name = enc.path if enc.kind == "hf" else f"char_{enc.kind} H={enc.hidden_size}"
         entry = {
             "config": path,
             "model": name,
