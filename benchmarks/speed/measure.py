@@ -136,7 +136,10 @@ def source_state() -> dict:
     import gpner
 
     root = HERE.parent.parent
-    out = {"gpner_path": str(Path(gpner.__file__).parent)}
+    path = Path(gpner.__file__).parent
+    if path.is_relative_to(root):  # this checkout's tree: say which, not where it lives
+        path = path.relative_to(root)
+    out = {"gpner_path": str(path)}
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         out["commit"] = subprocess.check_output(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], text=True
