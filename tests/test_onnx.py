@@ -22,7 +22,7 @@ from gpner.config import ConfigError, load_config  # noqa: E402
 from gpner.data.batching import collate, encode_examples  # noqa: E402
 from gpner.data.spans import Example  # noqa: E402
 from gpner.encoders import ENCODERS  # noqa: E402
-from gpner.export import export_onnx, quantize_onnx  # noqa: E402
+from gpner.export import export_onnx, fuse_onnx, quantize_onnx  # noqa: E402
 from gpner.heads import HEADS  # noqa: E402
 from gpner.inference import predict_examples  # noqa: E402
 from gpner.model import build_model, build_tokenizer  # noqa: E402
@@ -217,6 +217,24 @@ def test_idle_threads_spin_only_when_torch_s_would(
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
 
 
+def _ops(path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_fused_export_matches_torch_and_fuses_the_transformers(exported, tmp_path):
+    model, _, path = exported
+    fused = tmp_path / "fused.onnx"
+    onnx.save_model(fuse_onnx(onnx.load(str(path))), str(fused))
+    proto = onnx.load(str(fused))
+    onnx.checker.check_model(proto, full_check=True)
+    assert "gpner.json" in {p.key for p in proto.metadata_props}
+    if model.config.encoder.kind in ("hf", "char_transformer"):
+        # residual + LayerNorm became onnxruntime's fused kernel (a BiLSTM has none to fuse)
+        assert "SkipLayerNormalization" in _ops(fused), _ops(fused)
+        assert "com.microsoft" in {entry.domain for entry in proto.opset_import}
+    _assert_same_logits(model, OnnxModel(fused, threads=1), _examples(False))
+
+
 def test_int8_quantisation_keeps_the_model_close(export_case, tmp_path):
     model, runtime, path = export_case(CASES[0])  # the char model, full layout
     target = quantize_onnx(path, tmp_path / "int8.onnx")
@@ -236,6 +254,30 @@ def test_int8_quantisation_keeps_the_model_close(export_case, tmp_path):
     assert 0 < error < 0.1 * fp32[valid].abs().max()  # changed, but only a little
 
 
+def _weight_scales(path) -> list[tuple[int, ...]]:
+    """Shapes of the weight scales quantize_dynamic wrote (one per quantised matrix)."""
+    proto = onnx.load(str(path))
+    return [tuple(t.dims) for t in proto.graph.initializer if t.name.endswith("_scale")]
+
+
+def test_int8_is_per_channel_and_fused_by_default(export_case, tmp_path):
+    hf = next(c for c in CASES if c[0] == "hf")
+    model, runtime, path = export_case(hf)
+    default = quantize_onnx(path, tmp_path / "default.onnx")
+    plain = quantize_onnx(path, tmp_path / "plain.onnx", per_channel=False, fuse=False)
+    # per channel: a scale per output column (a vector); per tensor: one scale (a scalar)
+    assert any(len(shape) == 1 and shape[0] > 1 for shape in _weight_scales(default))
+    assert _weight_scales(plain) and all(shape in ((), (1,)) for shape in _weight_scales(plain))
+    assert "SkipLayerNormalization" in _ops(default)
+    assert "SkipLayerNormalization" not in _ops(plain)
+    ids = torch.randint(4, model.tokenizer.vocab_size, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    fp32 = runtime(ids, mask)
+    for target in (default, plain):
+        got = gpner.load(target, backend="onnxruntime")(ids, mask)
+        assert (got - fp32).abs().max() < 0.1 * fp32.abs().max()
+
+
 def test_cli_export_then_predict_and_evaluate_with_onnxruntime(tiny_checkpoint, tmp_path, capsys):
     from gpner.cli import main
 
@@ -243,6 +285,11 @@ def test_cli_export_then_predict_and_evaluate_with_onnxruntime(tiny_checkpoint, 
     target = tmp_path / "tiny.onnx"
     assert main(["export", str(checkpoint), str(target)]) == 0
     assert "wrote the ONNX model" in capsys.readouterr().err
+    # the default export is standard ONNX; --fuse writes onnxruntime's own operators
+    assert {e.domain for e in onnx.load(str(target)).opset_import} <= {"", "ai.onnx"}
+    fused = tmp_path / "fused.onnx"
+    assert main(["export", str(checkpoint), str(fused), "--fuse"]) == 0
+    assert "wrote the fused ONNX model" in capsys.readouterr().err
     dev = str(data / "dev.jsonl")
     outputs = {}
     for backend, model in (("torch", checkpoint), ("onnxruntime", target)):

@@ -362,8 +362,9 @@ def _export(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise CLIError(f"export needs: pip install gpner[onnx] ({error})") from None
     model = _load_model(args.checkpoint)
-    path = export_onnx(model, args.output, quantize="int8" if args.int8 else None)
-    kind = "int8-quantised " if args.int8 else ""
+    path = export_onnx(model, args.output, quantize="int8" if args.int8 else None, fuse=args.fuse)
+    fused = args.int8 if args.fuse is None else args.fuse
+    kind = ("int8-quantised " if args.int8 else "") + ("fused " if fused else "")
     print(
         f"wrote the {kind}ONNX model {path} ({path.stat().st_size / 2**20:.1f} MiB)",
         file=sys.stderr,
@@ -594,7 +595,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="dynamic int8 quantisation of the weights (smaller, faster on CPU; check the F1)",
+        help="dynamic int8 quantisation of the weights, per output channel, after --fuse "
+        "(smaller, faster on CPU; check the F1)",
+    )
+    p.add_argument(
+        "--fuse",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply onnxruntime's transformer fusions (LayerNorm, GELU, attention): faster, "
+        "but the file then runs on onnxruntime only (default: with --int8 only)",
     )
     p.set_defaults(func=_export)
 

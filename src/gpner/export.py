@@ -9,8 +9,10 @@ alone is a deployable model (:class:`gpner.ort.OnnxModel`). Needs ``pip install 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 from gpner import functional as F
 from gpner.model import NERModel
 
-__all__ = ["export_onnx", "quantize_onnx", "band_logits", "METADATA_KEY"]
+__all__ = ["export_onnx", "fuse_onnx", "quantize_onnx", "band_logits", "METADATA_KEY"]
 
 METADATA_KEY = "gpner.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -77,15 +79,21 @@ def model_metadata(model: NERModel) -> dict[str, Any]:
     return meta
 
 
-def export_onnx(model: NERModel, path: str | Path, quantize: str | None = None) -> Path:
+def export_onnx(
+    model: NERModel, path: str | Path, quantize: str | None = None, fuse: bool | None = None
+) -> Path:
     """Write ``model`` as an ONNX graph to ``path``, checked with ``onnx.checker``.
 
-    ``quantize="int8"`` also applies :func:`quantize_onnx`.
+    ``quantize="int8"`` also applies :func:`quantize_onnx`. ``fuse`` applies :func:`fuse_onnx`
+    (the file then runs on onnxruntime only); default: only for int8, whose file is for
+    onnxruntime anyway, so that a plain fp32 export stays standard ONNX.
     """
     import onnx
 
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if fuse is None:
+        fuse = quantize is not None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if any(p.dtype != torch.float32 for p in model.parameters()):
@@ -112,11 +120,11 @@ def export_onnx(model: NERModel, path: str | Path, quantize: str | None = None) 
     _set_metadata(proto, model_metadata(model))
     onnx.checker.check_model(proto, full_check=True)
     if quantize is None:
-        onnx.save_model(proto, str(path))
+        onnx.save_model(fuse_onnx(proto) if fuse else proto, str(path))
         return path
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save_model(proto, str(Path(tmp) / "fp32.onnx"))
-        return quantize_onnx(Path(tmp) / "fp32.onnx", path)
+        return quantize_onnx(Path(tmp) / "fp32.onnx", path, fuse=fuse)
 
 
 def _export(graph: nn.Module, example: Tensor, mask: Tensor, axes: dict):
@@ -178,20 +186,71 @@ def _set_metadata(proto, meta: dict[str, Any]) -> None:
     entry.key, entry.value = METADATA_KEY, json.dumps(meta, ensure_ascii=False)
 
 
-def quantize_onnx(source: str | Path, target: str | Path) -> Path:
+def fuse_onnx(proto):
+    """``proto`` (an exported ``onnx.ModelProto``) with onnxruntime's transformer graph fusions
+    applied: a residual add and its LayerNorm become one ``SkipLayerNormalization``, a bias add
+    and its GELU one ``BiasGelu`` (and attention where the pattern matches). They are
+    onnxruntime's own ``com.microsoft`` operators, so the result runs on onnxruntime only; the
+    values stay fp32 and within the export's parity. Fewer, larger kernels matter most once the
+    matrix products are int8 (``benchmarks/speed/PREDICT.md``). A graph with nothing to fuse
+    (e.g. the BiLSTM) comes back unchanged; the gpner metadata is kept.
+    """
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # opt_level=0: only these graph rewrites, no onnxruntime session baking in what the current
+    # CPU supports; num_heads/hidden_size 0: read from the graph.
+    with _quiet("onnxruntime.transformers"):
+        fused = optimize_model(copy.deepcopy(proto), model_type="bert", opt_level=0).model
+    domains = {entry.domain for entry in fused.opset_import}
+    for domain in sorted({node.domain for node in fused.graph.node} - domains - {"ai.onnx"}):
+        fused.opset_import.append(onnx.helper.make_opsetid(domain, 1))  # e.g. com.microsoft
+    onnx.checker.check_model(fused, full_check=True)
+    return fused
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Only errors from logger ``name`` while inside: onnxruntime's tools log routine advice
+    at WARNING, which is not the user's to act on."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def quantize_onnx(
+    source: str | Path, target: str | Path, *, per_channel: bool = True, fuse: bool = True
+) -> Path:
     """Dynamic int8 quantisation of an exported model: the weights of the matrix multiplications
     become int8, activations are quantised on the fly per call (onnxruntime's
-    ``quantize_dynamic``). The gpner metadata is kept; ``target`` is checked like an export."""
+    ``quantize_dynamic``). The gpner metadata is kept; ``target`` is checked like an export.
+
+    ``per_channel``: one scale per output column of each weight instead of one per matrix
+    (columns of very different range keep their precision: fewer changed spans for the same
+    speed). ``fuse``: apply :func:`fuse_onnx` first, so that the int8 products feed fused
+    kernels instead of chains of small fp32 operators.
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, target = Path(source), Path(target)
-    meta = {p.key: p.value for p in onnx.load_model(str(source), load_external_data=False)
-            .metadata_props}  # fmt: skip
+    proto = onnx.load_model(str(source))
+    meta = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in meta:
         raise ValueError(f"{source}: no {METADATA_KEY} metadata; not exported by gpner")
     target.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    with tempfile.TemporaryDirectory() as tmp, _quiet("root"):
+        # (the root logger: quantize_dynamic advises its optional pre-processing there)
+        if fuse:
+            onnx.save_model(fuse_onnx(proto), str(Path(tmp) / "fused.onnx"))
+            source = Path(tmp) / "fused.onnx"
+        quantize_dynamic(
+            str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel
+        )
     proto = onnx.load_model(str(target))
     _set_metadata(proto, json.loads(meta[METADATA_KEY]))
     onnx.checker.check_model(proto, full_check=True)
