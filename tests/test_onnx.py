@@ -229,10 +229,39 @@ def test_fused_export_matches_torch_and_fuses_the_transformers(exported, tmp_pat
     onnx.checker.check_model(proto, full_check=True)
     assert "gpner.json" in {p.key for p in proto.metadata_props}
     if model.config.encoder.kind in ("hf", "char_transformer"):
-        # residual + LayerNorm became onnxruntime's fused kernel (a BiLSTM has none to fuse)
-        assert "SkipLayerNormalization" in _ops(fused), _ops(fused)
+        # bias + GELU became onnxruntime's fused kernel (a BiLSTM has none to fuse)
+        assert "BiasGelu" in _ops(fused), _ops(fused)
         assert "com.microsoft" in {entry.domain for entry in proto.opset_import}
+    assert "SkipLayerNormalization" not in _ops(fused)  # the slow kernel is left out
     _assert_same_logits(model, OnnxModel(fused, threads=1), _examples(False))
+
+
+def test_sessions_do_not_fuse_residual_layernorm(export_case, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from gpner.ort import DISABLED_OPTIMIZERS, session_options
+
+    path = export_case(next(c for c in CASES if c[0] == "hf"))[2]
+    written = {}
+    for name, disabled in (("default", None), ("gpner", list(DISABLED_OPTIMIZERS))):
+        options = session_options(threads=1)
+        options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        ort.InferenceSession(str(path), options, disabled_optimizers=disabled)
+        written[name] = _ops(tmp_path / f"{name}.onnx")
+    # onnxruntime would fuse them (so the setting matters); gpner's sessions keep them apart
+    assert "SkipLayerNormalization" in written["default"]
+    assert "SkipLayerNormalization" not in written["gpner"]
+    assert "LayerNormalization" in written["gpner"]
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("disabled_optimizers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    OnnxModel(path, threads=1)
+    assert seen == [list(DISABLED_OPTIMIZERS)]  # OnnxModel's sessions use the same list
 
 
 def test_int8_quantisation_keeps_the_model_close(export_case, tmp_path):
@@ -268,8 +297,8 @@ def test_int8_is_per_channel_and_fused_by_default(export_case, tmp_path):
     # per channel: a scale per output column (a vector); per tensor: one scale (a scalar)
     assert any(len(shape) == 1 and shape[0] > 1 for shape in _weight_scales(default))
     assert _weight_scales(plain) and all(shape in ((), (1,)) for shape in _weight_scales(plain))
-    assert "SkipLayerNormalization" in _ops(default)
-    assert "SkipLayerNormalization" not in _ops(plain)
+    assert "BiasGelu" in _ops(default)
+    assert "BiasGelu" not in _ops(plain)
     ids = torch.randint(4, model.tokenizer.vocab_size, (3, 12))
     mask = torch.ones(3, 12, dtype=torch.bool)
     fp32 = runtime(ids, mask)

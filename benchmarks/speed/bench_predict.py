@@ -3,12 +3,14 @@
 
 For each trained model given (a model directory), in one run:
 
-1. export it to ONNX (fp32, and int8 by dynamic quantisation) in a temporary directory;
+1. export it to ONNX in a temporary directory: the standard fp32 graph, the same graph with
+   onnxruntime's transformer fusions (``gpner.export.fuse_onnx``), and gpner's int8 (fused,
+   then dynamic quantisation with per-channel weight scales);
 2. parity on the dev set: the largest |logit difference| over valid cells between torch and
-   onnxruntime fp32 (every dev batch), whether every text gets identical spans, and the dev micro
-   F1 of the three backends;
+   each onnxruntime graph (every dev batch), whether every text gets identical spans, and the
+   dev micro F1 of every backend;
 3. speed of :func:`gpner.inference.predict_examples` (tokenization, windowing, model, decoding:
-   the whole pipeline) at batch sizes 32 and 1, the three backends interleaved repeat by repeat
+   the whole pipeline) at batch sizes 32 and 1, the backends interleaved repeat by repeat
    (rotating order, ``measure.time_side_by_side``), medians over repeats, as texts/s and content
    tokens/s; and, to see what bounds the end-to-end ratio, the model call alone on the same
    batches, timed the same way.
@@ -147,6 +149,62 @@ def speed(models: dict, examples, batch_size: int, repeats: int) -> dict:
         row["speedup_predict"] = base["predict"]["median_s"] / row["predict"]["median_s"]
         row["speedup_model_call"] = base["model_call"]["median_s"] / row["model_call"]["median_s"]
     return out
+
+
+def skip_layernorm_check(threads: int, repeats: int, shape=(32, 38, 512)) -> dict:
+    """One residual Add + LayerNormalization, as onnxruntime's fused SkipLayerNormalization
+    kernel and as the two standard operators (sessions with no graph rewrites), timed side by
+    side: why :data:`gpner.ort.DISABLED_OPTIMIZERS` turns that fusion off. ``shape``: a
+    batch of 32 CLUENER texts through m3e-small (B, L, H)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden = shape[-1]
+    params = [
+        numpy_helper.from_array(np.ones(hidden, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(hidden, np.float32), "beta"),
+    ]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(shape)) for n in "xsy"]
+    graphs = {
+        "fused SkipLayerNormalization": [
+            helper.make_node(
+                "SkipLayerNormalization",
+                ["x", "s", "gamma", "beta"],
+                ["y"],
+                domain="com.microsoft",
+                epsilon=1e-12,
+            )
+        ],  # fmt: skip
+        "Add + LayerNormalization": [
+            helper.make_node("Add", ["x", "s"], ["z"]),
+            helper.make_node("LayerNormalization", ["z", "gamma", "beta"], ["y"], epsilon=1e-12),
+        ],
+    }
+    rng = np.random.default_rng(0)
+    feed = {
+        "x": rng.standard_normal(shape, np.float32),
+        "s": rng.standard_normal(shape, np.float32),
+    }
+    steps = {}
+    for name, nodes in graphs.items():
+        graph = helper.make_graph(nodes, "g", io[:2], io[2:], params)
+        proto = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        spin = os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spin)))
+        session = ort.InferenceSession(proto.SerializeToString(), options)
+        steps[name] = lambda session=session: [session.run(None, feed) for _ in range(50)]
+    times = measure.time_side_by_side(steps, repeats, warmup=1)
+    return {
+        "shape": list(shape),
+        "ms": {k: 1000 * measure.summary(v)["median_s"] / 50 for k, v in times.items()},
+    }
 
 
 def epochs_run(directory: str | Path) -> int | None:
@@ -318,6 +376,21 @@ def report(data: dict) -> str:
                     f"{100 * b['model_share']:.0f} % | {b['speedup_model_call']:.2f}x |"
                 )
         lines.append("")
+    if "skip_layernorm" in data:
+        op = data["skip_layernorm"]
+        ms = op["ms"]
+        lines += [
+            "## Why gpner's onnxruntime sessions skip one fusion",
+            "",
+            "onnxruntime fuses a residual Add and its LayerNormalization into one "
+            "SkipLayerNormalization when a session opens. Both forms of that one operation, "
+            f"input {tuple(op['shape'])} (a batch of 32 CLUENER texts in m3e-small), timed side "
+            f"by side in the same run (median ms per call): "
+            + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items())
+            + ". `gpner.ort.DISABLED_OPTIMIZERS` therefore turns that fusion off, and "
+            "`gpner.export.fuse_onnx` leaves it out.",
+            "",
+        ]
     lines += [
         "Targets of issue 18: onnxruntime >= 1.5x torch eager at batch 32 and >= 2x at batch 1 "
         "(per-text latency), F1 unchanged (fp32) or within 0.3 points (int8). A cell says met "
@@ -419,6 +492,7 @@ def main() -> int:
         for item in args.model:
             name, _, directory = item.partition("=")
             data["models"].append(bench_model(name, directory, dev, args, Path(tmp)))
+    data["skip_layernorm"] = skip_layernorm_check(args.threads, args.repeats)
     data["load_avg_end"] = _load_avg()
     data["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if args.merge and RESULTS.is_file():

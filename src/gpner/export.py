@@ -188,20 +188,30 @@ def _set_metadata(proto, meta: dict[str, Any]) -> None:
 
 def fuse_onnx(proto):
     """``proto`` (an exported ``onnx.ModelProto``) with onnxruntime's transformer graph fusions
-    applied: a residual add and its LayerNorm become one ``SkipLayerNormalization``, a bias add
-    and its GELU one ``BiasGelu`` (and attention where the pattern matches). They are
-    onnxruntime's own ``com.microsoft`` operators, so the result runs on onnxruntime only; the
-    values stay fp32 and within the export's parity. Fewer, larger kernels matter most once the
-    matrix products are int8 (``benchmarks/speed/PREDICT.md``). A graph with nothing to fuse
-    (e.g. the BiLSTM) comes back unchanged; the gpner metadata is kept.
+    applied: a bias add and its GELU become one ``BiasGelu`` (the exporter writes GELU in an
+    operand order that onnxruntime's own session-time fusion does not recognise), attention
+    where the pattern matches. They are onnxruntime's ``com.microsoft`` operators, so the result
+    runs on onnxruntime only; the values stay fp32 and within the export's parity. Fewer passes
+    over the (B, L, 4 H) activations matter most once the matrix products are int8
+    (``benchmarks/speed/PREDICT.md``). A graph with nothing to fuse (e.g. the BiLSTM) comes back
+    unchanged; the gpner metadata is kept.
+
+    The residual add + LayerNorm fusion is left out: onnxruntime's ``SkipLayerNormalization``
+    CPU kernel was several times slower than the two operators it replaces (see
+    :data:`gpner.ort.DISABLED_OPTIMIZERS`).
     """
     import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
     # opt_level=0: only these graph rewrites, no onnxruntime session baking in what the current
     # CPU supports; num_heads/hidden_size 0: read from the graph.
     with _quiet("onnxruntime.transformers"):
-        fused = optimize_model(copy.deepcopy(proto), model_type="bert", opt_level=0).model
+        fused = optimize_model(
+            copy.deepcopy(proto), model_type="bert", optimization_options=options, opt_level=0
+        ).model
     domains = {entry.domain for entry in fused.opset_import}
     for domain in sorted({node.domain for node in fused.graph.node} - domains - {"ai.onnx"}):
         fused.opset_import.append(onnx.helper.make_opsetid(domain, 1))  # e.g. com.microsoft

@@ -19,9 +19,33 @@ from torch import Tensor
 from gpner.config import Config, config_from_dict
 from gpner.data.tokenizers import Tokenizer, tokenizer_from_state
 
-__all__ = ["OnnxModel", "load_onnx"]
+__all__ = ["OnnxModel", "load_onnx", "session_options", "DISABLED_OPTIMIZERS"]
 
 ONNX_FILE = "model.onnx"  # the file looked for when a directory is given
+
+# onnxruntime's session-time graph rewrites that gpner turns off. SkipLayerNormFusion turns a
+# residual Add + LayerNormalization into one SkipLayerNormalization, whose CPU kernel ran
+# several times slower than the two operators it replaces at prediction shapes; it was the
+# third-largest cost of m3e-small's int8 model. benchmarks/speed/bench_predict.py measures the
+# operator both ways (PREDICT.md).
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def session_options(threads: int | None = None, spinning: bool | None = None):
+    """The ``onnxruntime.SessionOptions`` of :class:`OnnxModel` (see there)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Every batch has its own (B, L): a memory plan kept for one shape is replanned for the
+    # next (slower with it on CLUENER dev batches).
+    options.enable_mem_pattern = False
+    if spinning is None:
+        spinning = os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+    return options
 
 
 class OnnxModel:
@@ -47,19 +71,13 @@ class OnnxModel:
             raise FileNotFoundError(
                 f"no ONNX model {path}; write one with: gpner export MODEL_DIR {path}"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Every batch has its own (B, L): a memory plan kept for one shape is replanned for the
-        # next (slower with it on CLUENER dev batches).
-        options.enable_mem_pattern = False
-        if spinning is None:
-            spinning = os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
-        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+        options = session_options(threads, spinning)
         try:
             self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
+                str(path),
+                options,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=list(DISABLED_OPTIMIZERS),
             )
         except Exception as error:  # onnxruntime's own error types (invalid protobuf, ...)
             raise CheckpointError(
