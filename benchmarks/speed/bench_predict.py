@@ -207,14 +207,29 @@ def skip_layernorm_check(threads: int, repeats: int, shape=(32, 38, 512)) -> dic
     }
 
 
-def epochs_run(directory: str | Path) -> int | None:
-    """Epochs the training run of a model directory completed, from the run's metrics.jsonl
-    beside it (None when there is none): a run cut short differs from its config's epochs."""
+def _history(directory: str | Path) -> list[dict]:
+    """The per-epoch records of a model directory's training run, from the run's metrics.jsonl
+    beside it (empty when there is none)."""
     metrics = Path(directory).resolve().parent / "metrics.jsonl"
     if not metrics.is_file():
-        return None
+        return []
     lines = metrics.read_text(encoding="utf-8").splitlines()
-    return max((json.loads(line).get("epoch", 0) for line in lines if line.strip()), default=0)
+    return [json.loads(line) for line in lines if line.strip() and "epoch" in json.loads(line)]
+
+
+def epochs_run(directory: str | Path) -> int | None:
+    """Epochs the training run of a model directory completed (None when unknown): a run cut
+    short, or stopped early, differs from its config's epochs."""
+    history = _history(directory)
+    return max(h["epoch"] for h in history) if history else None
+
+
+def best_epoch(directory: str | Path) -> int | None:
+    """The epoch of the run's best dev F1 (the one saved as the model), None when unknown."""
+    scored = [h for h in _history(directory) if isinstance(h.get("dev"), dict)]
+    if not scored:
+        return None
+    return max(scored, key=lambda h: (h["dev"]["micro"]["f1"], -h["epoch"]))["epoch"]
 
 
 def bench_model(name: str, directory: str, dev, args, work: Path) -> dict:
@@ -236,6 +251,7 @@ def bench_model(name: str, directory: str, dev, args, work: Path) -> dict:
         "trained": model.config.train.__dict__
         | {"data.train_limit": model.config.data.train_limit},
         "epochs_run": epochs_run(directory),
+        "best_epoch": best_epoch(directory),
     }
     fp32, int8 = work / f"{name}.onnx", work / f"{name}.int8.onnx"
     fused = work / f"{name}.fused.onnx"
@@ -320,10 +336,17 @@ def report(data: dict) -> str:
             + (f" `{m['encoder_path']}`" if m["encoder_path"] else "")
             + f", {m['head']} head, {m['parameters']:,} parameters",
             "",
-            "Trained for this benchmark: "
+            "Trained: "
             + (
-                f"{m['epochs_run']} of the config's {t['epochs']} epochs (cut short; the learning "
-                "rate schedule is the config's)"
+                f"{m['epochs_run']} of the config's {t['epochs']} epochs ("
+                + (
+                    f"stopped early: {t['patience']} epochs without a dev gain, best epoch kept"
+                    if t.get("patience")
+                    and m.get("best_epoch") is not None
+                    and m["epochs_run"] - m["best_epoch"] >= t["patience"]
+                    else "cut short; the learning rate schedule is the config's"
+                )
+                + ")"
                 if m.get("epochs_run") is not None and m["epochs_run"] < t["epochs"]
                 else f"{t['epochs']} epoch(s)"
             )
