@@ -215,3 +215,19 @@ def test_patience_must_be_positive(tmp_path, tiny_data):
 
     with pytest.raises(ConfigError, match="train.patience"):
         train(_config(tiny_data, tmp_path / "run", **{"train.patience": 0}))
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, tiny_data, capsys, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    config = _config(tiny_data, tmp_path / "a", **{"train.progress": "true", "train.epochs": 1})
+    train(config)  # capsys: stderr is not a terminal, so no bar garbles a log file
+    assert "epoch 1:" not in capsys.readouterr().err
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(_config(tiny_data, tmp_path / "b", **{"train.progress": "true", "train.epochs": 1}))
+    assert "epoch 1:" in terminal.getvalue() and "\r" in terminal.getvalue()

@@ -208,7 +208,7 @@ class TrainConfig:
     # torch intra-op threads; None = torch's default
     num_threads: int | None = _field(None, _POSITIVE)
     max_steps_per_epoch: int | None = _field(None, _POSITIVE)  # cap for smoke tests
-    progress: bool = True  # tqdm progress bars
+    progress: bool = True  # tqdm progress bars, when stderr is a terminal
     # Fuse the loss kernels' block arithmetic with torch.compile (gpner.backends.
     # compiled_kernels, for the training steps only): the first steps compile (seconds to tens
     # of seconds on a CPU, needs a C++ compiler; a failure warns and runs the kernels

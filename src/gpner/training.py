@@ -213,7 +213,8 @@ def run_epoch(state: TrainState) -> dict[str, Any]:
     bar = tqdm(
         batches,
         desc=f"epoch {state.epoch + 1}",
-        disable=not (tcfg.progress and ddp.main),
+        # None: tqdm shows the bar only on a terminal; a log file gets the epoch lines alone
+        disable=None if tcfg.progress and ddp.main else True,
         leave=False,
         dynamic_ncols=True,
     )
