@@ -299,6 +299,18 @@ def test_int8_is_per_channel_and_fused_by_default(export_case, tmp_path):
     assert _weight_scales(plain) and all(shape in ((), (1,)) for shape in _weight_scales(plain))
     assert "BiasGelu" in _ops(default)
     assert "BiasGelu" not in _ops(plain)
+    # the FFN down-projections (they read the GELU) keep fp32 weights; the other products don't
+    graph = onnx.load(str(default)).graph
+    gelu_out = {o for n in graph.node if n.op_type == "BiasGelu" for o in n.output}
+    readers = [n for n in graph.node if gelu_out & set(n.input)]
+    assert readers and {n.op_type for n in readers} == {"MatMul"}, readers
+    assert model.config.encoder.kind == "hf" and len(readers) == 2  # one per layer (tiny BERT)
+    all_int8 = quantize_onnx(path, tmp_path / "all.onnx", fp32_after_gelu=False)
+
+    def int8_products(target) -> int:
+        return sum(n.op_type == "MatMulInteger" for n in onnx.load(str(target)).graph.node)
+
+    assert int8_products(all_int8) == int8_products(default) + 2  # those two, int8 here
     ids = torch.randint(4, model.tokenizer.vocab_size, (3, 12))
     mask = torch.ones(3, 12, dtype=torch.bool)
     fp32 = runtime(ids, mask)

@@ -24,7 +24,14 @@ from torch import Tensor, nn
 from gpner import functional as F
 from gpner.model import NERModel
 
-__all__ = ["export_onnx", "fuse_onnx", "quantize_onnx", "band_logits", "METADATA_KEY"]
+__all__ = [
+    "export_onnx",
+    "fuse_onnx",
+    "quantize_onnx",
+    "after_gelu",
+    "band_logits",
+    "METADATA_KEY",
+]
 
 METADATA_KEY = "gpner.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -232,8 +239,29 @@ def _quiet(name: str):
         logger.setLevel(level)
 
 
+# onnxruntime's fused GELU operators (fuse_onnx writes BiasGelu)
+GELU_OPS = frozenset({"Gelu", "BiasGelu", "FastGelu", "QuickGelu"})
+
+
+def after_gelu(proto) -> list[str]:
+    """Names of the matrix products of ``proto`` that read a fused GELU's output: a transformer
+    FFN's down-projection."""
+    gelu_outputs = {out for node in proto.graph.node if node.op_type in GELU_OPS
+                    for out in node.output}  # fmt: skip
+    return [
+        node.name
+        for node in proto.graph.node
+        if node.op_type in ("MatMul", "Gemm") and node.input[0] in gelu_outputs
+    ]
+
+
 def quantize_onnx(
-    source: str | Path, target: str | Path, *, per_channel: bool = True, fuse: bool = True
+    source: str | Path,
+    target: str | Path,
+    *,
+    per_channel: bool = True,
+    fuse: bool = True,
+    fp32_after_gelu: bool = True,
 ) -> Path:
     """Dynamic int8 quantisation of an exported model: the weights of the matrix multiplications
     become int8, activations are quantised on the fly per call (onnxruntime's
@@ -242,7 +270,11 @@ def quantize_onnx(
     ``per_channel``: one scale per output column of each weight instead of one per matrix
     (columns of very different range keep their precision: fewer changed spans for the same
     speed). ``fuse``: apply :func:`fuse_onnx` first, so that the int8 products feed fused
-    kernels instead of chains of small fp32 operators.
+    kernels instead of chains of small fp32 operators. ``fp32_after_gelu``: keep the products
+    that read a GELU's output (:func:`after_gelu`, found in the fused graph) in fp32. Their
+    input is quantised with one scale per call, and a GELU output is long-tailed: a few large
+    values set the scale and the many small ones lose their precision.
+    ``benchmarks/speed/PREDICT.md`` measures int8 with and without them.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -256,10 +288,15 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory() as tmp, _quiet("root"):
         # (the root logger: quantize_dynamic advises its optional pre-processing there)
         if fuse:
-            onnx.save_model(fuse_onnx(proto), str(Path(tmp) / "fused.onnx"))
+            proto = fuse_onnx(proto)
+            onnx.save_model(proto, str(Path(tmp) / "fused.onnx"))
             source = Path(tmp) / "fused.onnx"
         quantize_dynamic(
-            str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            nodes_to_exclude=after_gelu(proto) if fp32_after_gelu else [],
         )
     proto = onnx.load_model(str(target))
     _set_metadata(proto, json.loads(meta[METADATA_KEY]))
