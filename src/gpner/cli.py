@@ -595,8 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="dynamic int8 quantisation of the weights, per output channel, after --fuse "
-        "(smaller, faster on CPU; check the F1)",
+        help="dynamic int8 quantisation of the weights, per output channel, after --fuse; "
+        "products that read a GELU stay fp32 (smaller, faster on CPU; check the F1)",
     )
     p.add_argument(
         "--fuse",
