@@ -602,8 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fuse",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="apply onnxruntime's transformer fusions (LayerNorm, GELU, attention): faster, "
-        "but the file then runs on onnxruntime only (default: with --int8 only)",
+        help="apply onnxruntime's transformer fusions (bias + GELU; attention where it matches): "
+        "faster, but the file then runs on onnxruntime only (default: with --int8 only)",
     )
     p.set_defaults(func=_export)
 
