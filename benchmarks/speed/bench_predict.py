@@ -169,6 +169,8 @@ def skip_layernorm_check(threads: int, repeats: int, shape=(32, 38, 512)) -> dic
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from gpner.ort import session_options
+
     hidden = shape[-1]
     params = [
         numpy_helper.from_array(np.ones(hidden, np.float32), "gamma"),
@@ -202,11 +204,8 @@ def skip_layernorm_check(threads: int, repeats: int, shape=(32, 38, 512)) -> dic
             graph,
             opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
         )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options = session_options(threads)  # gpner's, but with no graph rewrites at all
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        spin = os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
-        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spin)))
         session = ort.InferenceSession(proto.SerializeToString(), options)
         steps[name] = lambda session=session: [session.run(None, feed) for _ in range(50)]
     times = measure.time_side_by_side(steps, repeats, warmup=1)
@@ -223,7 +222,8 @@ def _history(directory: str | Path) -> list[dict]:
     if not metrics.is_file():
         return []
     lines = metrics.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip() and "epoch" in json.loads(line)]
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [r for r in records if "epoch" in r]
 
 
 def epochs_run(directory: str | Path) -> int | None:
