@@ -22,11 +22,12 @@ from gpner.config import ConfigError, load_config  # noqa: E402
 from gpner.data.batching import collate, encode_examples  # noqa: E402
 from gpner.data.spans import Example  # noqa: E402
 from gpner.encoders import ENCODERS  # noqa: E402
-from gpner.export import export_onnx, fuse_onnx, quantize_onnx  # noqa: E402
+from gpner.export import export_onnx, fuse_onnx  # noqa: E402
 from gpner.heads import HEADS  # noqa: E402
 from gpner.inference import predict_examples  # noqa: E402
 from gpner.model import build_model, build_tokenizer  # noqa: E402
 from gpner.ort import OnnxModel  # noqa: E402
+from gpner.quantize import choose_fp32, quantize_onnx  # noqa: E402
 from tests.conftest import _synthetic_examples, write_tiny_hf_model  # noqa: E402
 
 TINY = {
@@ -347,3 +348,106 @@ def test_cli_export_then_predict_and_evaluate_with_onnxruntime(tiny_checkpoint, 
     assert main(["predict", str(target), dev, "--backend", "torch"]) == 2
     assert main(["predict", str(checkpoint), dev, "--backend", "onnxruntime"]) == 2
     assert "gpner export" in capsys.readouterr().err
+
+
+def _reference_divergence(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> float:
+    """D(s, t) summed over valid cells (i <= j, both tokens real), in float64, written out."""
+    s, t = s.double(), t.double()
+    valid = (mask[:, None, :, None] & mask[:, None, None, :]).expand_as(s)
+    valid = valid & torch.ones_like(s, dtype=torch.bool).triu()
+    return float(((torch.sigmoid(s) - torch.sigmoid(t)) * (s - t))[valid].sum())
+
+
+def _hf_int8(tmp_path, export_case, **options):
+    hf = next(c for c in CASES if c[0] == "hf" and c[3] is None)  # the full layout
+    model, runtime, path = export_case(hf)
+    target = quantize_onnx(path, tmp_path / "int8.onnx", **options)
+    meta = json.loads({p.key: p.value for p in onnx.load(str(target)).metadata_props}["gpner.json"])
+    return model, runtime, path, target, meta["quantization"]
+
+
+def _int8_products(path) -> int:
+    return sum(n.op_type == "MatMulInteger" for n in onnx.load(str(path)).graph.node)
+
+
+def test_calibrated_int8_keeps_fp32_the_product_whose_int8_moves_the_scores_most(
+    export_case, tmp_path
+):
+    from gpner.inference import model_inputs
+
+    texts = [ex.text for ex in _synthetic_examples(24, seed=5)]
+    model, _, path, target, record = _hf_int8(tmp_path, export_case, calibration=texts)
+    (scores,) = record["calibration"]["divergence"]  # one step: budget 1 of the 2 candidates
+    assert len(scores) == 2 and record["calibration"]["texts"] == 24
+    assert record["fp32_products"] == [min(scores, key=scores.get)]
+    assert _int8_products(target) == _int8_products(
+        quantize_onnx(path, tmp_path / "all.onnx", fp32_after_gelu=False)
+    ) - 1
+    # the recorded divergence is that of the written model, by a plain float64 reference
+    fused = tmp_path / "fused.onnx"
+    onnx.save_model(fuse_onnx(onnx.load(str(path))), str(fused))
+    reference, int8 = OnnxModel(fused, threads=1), OnnxModel(target, threads=1)
+    total = sum(
+        _reference_divergence(reference(ids, mask), int8(ids, mask), mask.bool())
+        for ids, mask in model_inputs(model, texts, 32)
+    )
+    assert total > 0
+    assert abs(total - scores[record["fp32_products"][0]]) <= 1e-6 * total
+
+
+def test_fp32_budget_bounds_the_products_kept(export_case, tmp_path):
+    texts = [ex.text for ex in _synthetic_examples(8, seed=6)]
+    *_, none = _hf_int8(tmp_path, export_case, calibration=texts, fp32_budget=0)
+    assert none["fp32_products"] == [] and none["calibration"]["divergence"] == []
+    *_, every = _hf_int8(tmp_path, export_case, calibration=texts, fp32_budget=5)
+    # two steps: the second tries only the candidate the first left
+    steps = every["calibration"]["divergence"]
+    assert len(every["fp32_products"]) == 2 and [len(s) for s in steps] == [2, 1]
+    *_, default = _hf_int8(tmp_path, export_case)  # no calibration: every GELU reader
+    assert sorted(default["fp32_products"]) == sorted(every["fp32_products"])
+    assert "calibration" not in default
+    with pytest.raises(ValueError, match="budget"):
+        choose_fp32(tmp_path / "int8.onnx", ["x"], texts, budget=-1)
+
+
+def test_model_inputs_are_the_batches_predict_feeds(export_case):
+    from gpner.inference import model_inputs
+
+    model, runtime, _ = export_case(CASES[0])
+    texts = [ex.text for ex in _synthetic_examples(20, seed=7)] + ["x" * 80]  # one windowed
+    seen = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(runtime, name)
+
+        def __call__(self, ids, mask):
+            seen.append((ids, mask))
+            return runtime(ids, mask)
+
+    gpner.inference.predict(Spy(), texts, batch_size=8)
+    batches = model_inputs(model, texts, batch_size=8)
+    assert len(batches) == len(seen) > 2
+    for (ids, mask), (want_ids, want_mask) in zip(batches, seen):
+        assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask)
+
+
+def test_cli_export_int8_calibrated(export_case, tmp_path, capsys):
+    from gpner.cli import main
+    from gpner.data.readers import write_jsonl
+
+    hf = next(c for c in CASES if c[0] == "hf" and c[3] is None)
+    model, _, _ = export_case(hf)
+    saved = tmp_path / "model"
+    gpner.save(model, saved)
+    data = tmp_path / "train.jsonl"
+    write_jsonl(_synthetic_examples(30, seed=8), data)
+    target = tmp_path / "int8.onnx"
+    args = ["export", str(saved), str(target), "--int8", "--calibrate", str(data)]
+    assert main([*args, "--calibrate-texts", "12"]) == 0
+    err = capsys.readouterr().err
+    assert "wrote the int8-quantised fused ONNX model" in err
+    assert f"chosen on 12 texts of {data}" in err
+    assert main(["export", str(saved), str(target), "--calibrate", str(data)]) == 2
+    assert "--int8" in capsys.readouterr().err
+    assert main([*args, "--fp32-budget", "-1"]) == 2

@@ -5,7 +5,9 @@ For each trained model given (a model directory), in one run:
 
 1. export it to ONNX in a temporary directory: the standard fp32 graph, the same graph with
    onnxruntime's transformer fusions (``gpner.export.fuse_onnx``), and gpner's int8 (fused,
-   then dynamic quantisation with per-channel weight scales);
+   then dynamic quantisation with per-channel weight scales; ``gpner.quantize``) in three
+   forms: every product that reads a GELU kept fp32, only the one chosen on training texts
+   (``--calibrate``), and none;
 2. parity on the dev set: the largest |logit difference| over valid cells between torch and
    each onnxruntime graph (every dev batch), whether every text gets identical spans, and the
    dev micro F1 of every backend;
@@ -51,11 +53,14 @@ BACKENDS = (
     "onnxruntime",
     "onnxruntime-fused",
     "onnxruntime-int8",
+    "onnxruntime-int8-cal",
     "onnxruntime-int8-all",
 )
 # onnxruntime: the standard-ONNX export; -fused: with onnxruntime's transformer fusions (fp32);
 # -int8: gpner's int8 (fused, then dynamic int8 with per-channel weight scales, the products
-# that read a GELU kept fp32); -int8-all: the same with every product int8
+# that read a GELU kept fp32: `gpner export --int8`); -int8-cal: only --fp32-budget of them,
+# chosen on the --calibrate training texts (`gpner export --int8 --calibrate`); -int8-all:
+# every product int8
 # the F1 condition of each backend's target: fp32 gives every text the same spans, int8 <= 0.3
 FP32 = ("onnxruntime", "onnxruntime-fused")
 
@@ -241,13 +246,14 @@ def best_epoch(directory: str | Path) -> int | None:
     return max(scored, key=lambda h: (h["dev"]["micro"]["f1"], -h["epoch"]))["epoch"]
 
 
-def bench_model(name: str, directory: str, dev, args, work: Path) -> dict:
+def bench_model(name: str, directory: str, dev, calibration, args, work: Path) -> dict:
     import onnx
 
     import gpner
-    from gpner.export import export_onnx, fuse_onnx, quantize_onnx
+    from gpner.export import export_onnx, fuse_onnx
     from gpner.inference import evaluate, predict_examples
     from gpner.ort import OnnxModel
+    from gpner.quantize import quantize_onnx
 
     print(f"[{name}] loading {directory}", file=sys.stderr, flush=True)
     model = gpner.load(directory)
@@ -273,13 +279,22 @@ def bench_model(name: str, directory: str, dev, args, work: Path) -> dict:
     start = time.perf_counter()
     quantize_onnx(fp32, int8)  # gpner's defaults: fused, per channel, fp32 after a GELU
     result["quantize_s"] = time.perf_counter() - start
+    int8_cal = work / f"{name}.int8-cal.onnx"
+    start = time.perf_counter()
+    quantize_onnx(fp32, int8_cal, calibration=calibration, fp32_budget=args.fp32_budget)
+    result["calibrated_quantize_s"] = time.perf_counter() - start
     quantize_onnx(fp32, int8_all, fp32_after_gelu=False)
-    files = {"fp32": fp32, "fused": fused, "int8": int8, "int8-all": int8_all}
+    files = {"fp32": fp32, "fused": fused, "int8": int8, "int8-cal": int8_cal, "int8-all": int8_all}
     result["onnx_mib"] = {k: f.stat().st_size / 2**20 for k, f in files.items()}
     models = {"torch": model} | {
         backend: OnnxModel(path, threads=args.threads)
-        for backend, path in zip(BACKENDS[1:], (fp32, fused, int8, int8_all))
+        for backend, path in zip(BACKENDS[1:], files.values())
     }
+    result["quantization"] = {
+        k: json.loads(models[f"onnxruntime-{k}"].session.get_modelmeta().custom_metadata_map[
+            "gpner.json"])["quantization"]
+        for k in ("int8", "int8-cal", "int8-all")
+    }  # fmt: skip
     print(f"[{name}] parity and F1", file=sys.stderr, flush=True)
     expected = predict_examples(model, dev, 32)
     result["parity"] = {k: parity(model, models[k], dev, expected) for k in BACKENDS[1:]}
@@ -301,6 +316,29 @@ def bench_model(name: str, directory: str, dev, args, work: Path) -> dict:
 
 def _f(x: float, digits: int = 2) -> str:
     return f"{x:,.{digits}f}"
+
+
+def _quantization_lines(m: dict, data: dict) -> list[str]:
+    """What each int8 form kept fp32, and, for the calibrated one, the divergence that chose."""
+    q = m.get("quantization")
+    if not q:
+        return []
+    lines = ["Products kept fp32 by each int8 form:", ""]
+    for k, r in q.items():
+        kept = ", ".join(f"`{n}`" for n in r["fp32_products"]) or "none"
+        lines.append(f"- {k}: {kept}")
+        cal = r.get("calibration")
+        if cal and cal["divergence"]:
+            lines[-1] += (
+                f"; chosen on the first {cal['texts']} texts of {data['calibrate']} (budget "
+                f"{cal['budget']}, {_f(m['calibrated_quantize_s'], 1)} s): the GlobalPointer "
+                "divergence D between the int8 and fp32 logits with each candidate kept fp32, "
+                + "; ".join(
+                    f"step {i + 1}: " + ", ".join(f"`{n}` {d:.1f}" for n, d in step.items())
+                    for i, step in enumerate(cal["divergence"])
+                )
+            )
+    return [*lines, ""]
 
 
 def report(data: dict) -> str:
@@ -372,6 +410,7 @@ def report(data: dict) -> str:
             + ", ".join(f"{_f(v, 1)} MiB {k}" for k, v in m["onnx_mib"].items())
             + ".",
             "",
+            *_quantization_lines(m, data),
             "| parity vs torch | max abs logit diff (valid cells) | masks equal | texts with "
             "different spans | dev micro F1 | F1 change (points) |",
             "|---|---|---|---|---|---|",
@@ -421,30 +460,35 @@ def report(data: dict) -> str:
         "only when both its speed and its F1 condition hold (fp32: every text gets the same "
         "spans as torch).",
         "",
-        "| model | batch | target | onnxruntime fp32 | fused fp32 | int8 | int8, all products "
-        "| F1 change fp32 / fused / int8 / int8 all (points) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | batch | target | onnxruntime fp32 | fused fp32 | int8 (GELU readers fp32) "
+        "| int8, calibrated | int8, all products | F1 change fp32 / fused / int8 / calibrated / "
+        "all (points) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in data["models"]:
         f1 = m["dev_f1"]
-        change = {k: 100 * (f1[k] - f1["torch"]) for k in BACKENDS}
+        change = {k: 100 * (f1[k] - f1["torch"]) for k in BACKENDS if k in f1}
         same = {
             k: m["parity"][k]["texts_with_different_spans"] == 0
             if k in FP32
             else abs(change[k]) <= 0.3
             for k in BACKENDS[1:]
+            if k in f1
         }
         for row in m["speed"]:
             need = 1.5 if row["batch_size"] > 1 else 2.0
             cells = []
             for k in BACKENDS[1:]:
+                if k not in row["backends"]:  # measured before this form existed
+                    cells.append("-")
+                    continue
                 x = row["backends"][k]["speedup_predict"]
                 cells.append(f"{x:.2f}x ({'met' if x >= need and same[k] else 'missed'})")
             lines.append(
                 f"| {m['model']} | {row['batch_size']} | {need}x | "
                 + " | ".join(cells)
                 + " | "
-                + " / ".join(f"{change[k]:+.2f}" for k in BACKENDS[1:])
+                + " / ".join(f"{change[k]:+.2f}" if k in change else "-" for k in BACKENDS[1:])
                 + " |"
             )
     return "\n".join(lines) + "\n"
@@ -455,6 +499,14 @@ def main() -> int:
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR")
     p.add_argument("--dev", default="cluener/dev.json", help="relative to the data root")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--calibrate",
+        default="cluener/train.json",
+        help="texts that choose what -int8-cal keeps fp32 (relative to the data root; "
+        "training data, never the dev set the F1 is reported on)",
+    )
+    p.add_argument("--calibrate-texts", type=int, default=1024, help="its first N texts")
+    p.add_argument("--fp32-budget", type=int, default=1, help="products -int8-cal keeps fp32")
     p.add_argument("--threads", type=int, default=None, help="default: torch's thread count")
     p.add_argument("--batch1-texts", type=int, default=None, help="texts at batch 1 (default all)")
     p.add_argument(
@@ -488,6 +540,7 @@ def main() -> int:
     args.threads = torch.get_num_threads()
     dev_path = resolve(args.dev)
     dev = read(dev_path)
+    calibration = [ex.text for ex in read(resolve(args.calibrate))[: args.calibrate_texts]]
     data = {
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # model directories by name only: where they were trained is no part of the result
@@ -507,6 +560,9 @@ def main() -> int:
         },
         "dev": args.dev,
         "dev_texts": len(dev),
+        "calibrate": args.calibrate,
+        "calibrate_texts": len(calibration),
+        "fp32_budget": args.fp32_budget,
         "repeats": args.repeats,
         "batch1_texts": args.batch1_texts or len(dev),
         "batch32_texts": args.batch32_texts or len(dev),
@@ -516,7 +572,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for item in args.model:
             name, _, directory = item.partition("=")
-            data["models"].append(bench_model(name, directory, dev, args, Path(tmp)))
+            model = bench_model(name, directory, dev, calibration, args, Path(tmp))
+            data["models"].append(model)
     data["skip_layernorm"] = skip_layernorm_check(args.threads, args.repeats)
     data["load_avg_end"] = _load_avg()
     data["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -24,14 +24,7 @@ from torch import Tensor, nn
 from gpner import functional as F
 from gpner.model import NERModel
 
-__all__ = [
-    "export_onnx",
-    "fuse_onnx",
-    "quantize_onnx",
-    "after_gelu",
-    "band_logits",
-    "METADATA_KEY",
-]
+__all__ = ["export_onnx", "fuse_onnx", "band_logits", "METADATA_KEY"]
 
 METADATA_KEY = "gpner.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -87,11 +80,16 @@ def model_metadata(model: NERModel) -> dict[str, Any]:
 
 
 def export_onnx(
-    model: NERModel, path: str | Path, quantize: str | None = None, fuse: bool | None = None
+    model: NERModel,
+    path: str | Path,
+    quantize: str | None = None,
+    fuse: bool | None = None,
+    **quantize_options: Any,
 ) -> Path:
     """Write ``model`` as an ONNX graph to ``path``, checked with ``onnx.checker``.
 
-    ``quantize="int8"`` also applies :func:`quantize_onnx`. ``fuse`` applies :func:`fuse_onnx`
+    ``quantize="int8"`` also applies :func:`gpner.quantize.quantize_onnx`, with
+    ``quantize_options`` (e.g. ``calibration`` texts). ``fuse`` applies :func:`fuse_onnx`
     (the file then runs on onnxruntime only); default: only for int8, whose file is for
     onnxruntime anyway, so that a plain fp32 export stays standard ONNX.
     """
@@ -99,6 +97,8 @@ def export_onnx(
 
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize_options and quantize is None:
+        raise ValueError(f"{sorted(quantize_options)} apply to quantize='int8' only")
     if fuse is None:
         fuse = quantize is not None
     path = Path(path)
@@ -129,9 +129,11 @@ def export_onnx(
     if quantize is None:
         onnx.save_model(fuse_onnx(proto) if fuse else proto, str(path))
         return path
+    from gpner.quantize import quantize_onnx  # (it builds on this module)
+
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save_model(proto, str(Path(tmp) / "fp32.onnx"))
-        return quantize_onnx(Path(tmp) / "fp32.onnx", path, fuse=fuse)
+        return quantize_onnx(Path(tmp) / "fp32.onnx", path, fuse=fuse, **quantize_options)
 
 
 def _export(graph: nn.Module, example: Tensor, mask: Tensor, axes: dict):
@@ -237,69 +239,3 @@ def _quiet(name: str):
         yield
     finally:
         logger.setLevel(level)
-
-
-# onnxruntime's fused GELU operators (fuse_onnx writes BiasGelu)
-GELU_OPS = frozenset({"Gelu", "BiasGelu", "FastGelu", "QuickGelu"})
-
-
-def after_gelu(proto) -> list[str]:
-    """Names of the matrix products of ``proto`` that read a fused GELU's output: a transformer
-    FFN's down-projection."""
-    gelu_outputs = {out for node in proto.graph.node if node.op_type in GELU_OPS
-                    for out in node.output}  # fmt: skip
-    return [
-        node.name
-        for node in proto.graph.node
-        if node.op_type in ("MatMul", "Gemm") and node.input[0] in gelu_outputs
-    ]
-
-
-def quantize_onnx(
-    source: str | Path,
-    target: str | Path,
-    *,
-    per_channel: bool = True,
-    fuse: bool = True,
-    fp32_after_gelu: bool = True,
-) -> Path:
-    """Dynamic int8 quantisation of an exported model: the weights of the matrix multiplications
-    become int8, activations are quantised on the fly per call (onnxruntime's
-    ``quantize_dynamic``). The gpner metadata is kept; ``target`` is checked like an export.
-
-    ``per_channel``: one scale per output column of each weight instead of one per matrix
-    (columns of very different range keep their precision: fewer changed spans for the same
-    speed). ``fuse``: apply :func:`fuse_onnx` first, so that the int8 products feed fused
-    kernels instead of chains of small fp32 operators. ``fp32_after_gelu``: keep the products
-    that read a GELU's output (:func:`after_gelu`, found in the fused graph) in fp32. Their
-    input is quantised with one scale per call, and a GELU output is long-tailed: a few large
-    values set the scale and the many small ones lose their precision.
-    ``benchmarks/speed/PREDICT.md`` measures int8 with and without them.
-    """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    source, target = Path(source), Path(target)
-    proto = onnx.load_model(str(source))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in meta:
-        raise ValueError(f"{source}: no {METADATA_KEY} metadata; not exported by gpner")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, _quiet("root"):
-        # (the root logger: quantize_dynamic advises its optional pre-processing there)
-        if fuse:
-            proto = fuse_onnx(proto)
-            onnx.save_model(proto, str(Path(tmp) / "fused.onnx"))
-            source = Path(tmp) / "fused.onnx"
-        quantize_dynamic(
-            str(source),
-            str(target),
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            nodes_to_exclude=after_gelu(proto) if fp32_after_gelu else [],
-        )
-    proto = onnx.load_model(str(target))
-    _set_metadata(proto, json.loads(meta[METADATA_KEY]))
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save_model(proto, str(target))
-    return target

@@ -20,7 +20,7 @@ from gpner.decoding import decode, spans_from_features
 from gpner.metrics import SpanMetrics
 from gpner.model import NERModel
 
-__all__ = ["predict", "predict_examples", "evaluate"]
+__all__ = ["predict", "predict_examples", "evaluate", "model_inputs"]
 
 LogitsFn = Callable[[Tensor, Tensor], Tensor]  # (input_ids, attention_mask) (B, L) -> logits
 
@@ -30,6 +30,38 @@ def _batches_by_length(features: Sequence[Feature], batch_size: int) -> Iterable
     order = sorted(range(len(features)), key=lambda k: len(features[k].input_ids))
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
+
+
+def _features(model: NERModel, examples: Sequence[Example]) -> list[Feature]:
+    """The model's windows of the examples' texts (gold spans ignored), as in training."""
+    unlabelled = [Example(ex.text, []) for ex in examples]
+    features, _ = encode_examples(
+        unlabelled,
+        model.tokenizer,
+        model.label2id,
+        model.config.data.max_length,
+        model.config.data.stride,
+    )
+    return features
+
+
+def _batches(model: NERModel, features: Sequence[Feature], batch_size: int):
+    """``(indices, padded batch)`` pairs, batched by length."""
+    for index in _batches_by_length(features, batch_size):
+        yield index, collate([features[k] for k in index], model.tokenizer.pad_id)
+
+
+def model_inputs(
+    model: NERModel, texts: Sequence[str | Example], batch_size: int = 64
+) -> list[tuple[Tensor, Tensor]]:
+    """The ``(input_ids, attention_mask)`` (B, L) batches that :func:`predict` feeds the model
+    for ``texts`` (strings or examples): tokenized, windowed and batched by length alike. For
+    measuring a backend on real inputs, e.g. calibrating :func:`gpner.quantize.quantize_onnx`."""
+    examples = [t if isinstance(t, Example) else Example(t, []) for t in texts]
+    return [
+        (batch.input_ids, batch.attention_mask)
+        for _, batch in _batches(model, _features(model, examples), batch_size)
+    ]
 
 
 @contextlib.contextmanager
@@ -66,19 +98,11 @@ def predict_examples(
     train_cfg = model.config.train
     threshold = train_cfg.threshold if threshold is None else threshold
     flat = train_cfg.flat if flat is None else flat
-    unlabelled = [Example(ex.text, []) for ex in examples]
-    features, _ = encode_examples(
-        unlabelled,
-        model.tokenizer,
-        model.label2id,
-        model.config.data.max_length,
-        model.config.data.stride,
-    )
+    features = _features(model, examples)
     width = model.config.head.max_width  # band logits (B, C, L, W) when set
     decoded: list[list] = [[] for _ in features]
     with _scorer(model) as score:
-        for index in _batches_by_length(features, batch_size):
-            batch = collate([features[k] for k in index], model.tokenizer.pad_id)
+        for index, batch in _batches(model, features, batch_size):
             logits = score(batch.input_ids, batch.attention_mask)
             items = decode(logits, threshold, flat, batch.attention_mask, max_width=width)
             for k, spans in zip(index, items):
