@@ -408,6 +408,9 @@ def test_fp32_budget_bounds_the_products_kept(export_case, tmp_path):
     assert "calibration" not in default
     with pytest.raises(ValueError, match="budget"):
         choose_fp32(tmp_path / "int8.onnx", ["x"], texts, budget=-1)
+    model, *_ = export_case(next(c for c in CASES if c[0] == "hf"))
+    with pytest.raises(ValueError, match="calibration.*int8"):
+        export_onnx(model, tmp_path / "fp32.onnx", calibration=texts)  # fp32: nothing to choose
 
 
 def test_model_inputs_are_the_batches_predict_feeds(export_case):
