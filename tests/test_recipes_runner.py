@@ -96,6 +96,15 @@ def test_a_cell_trains_once_and_the_reports_show_it(tmp_path, tiny_data, monkeyp
     assert r["machine"] == "idle: a test" and "idle: a test" in text
 
 
+@pytest.mark.parametrize(
+    "epochs, best, stopped, capped",
+    [(10, 10, False, True), (10, 8, False, False), (6, 6, True, False)],
+)
+def test_a_run_still_improving_at_its_epoch_cap_is_marked(epochs, best, stopped, capped):
+    result = {"epochs": epochs, "stopped_early": stopped, "validation": {"best_epoch": best}}
+    assert report.still_improving(result) is capped
+
+
 def test_recipes_report_lists_missing_cells_and_quotes_anchors(tmp_path):
     text = report.recipes_report(G.plan(["recipe"], tmp_path))
     assert "not run yet" in text and "80.03" in text and "58.79" in text and "90.94" in text

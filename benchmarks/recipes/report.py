@@ -100,6 +100,11 @@ def own_entry(recipe: G.Recipe, entries: Sequence[G.PlanEntry]) -> G.PlanEntry |
     return None
 
 
+def still_improving(result: dict) -> bool:
+    """The run hit its epoch cap with the best epoch the last one: not trained to convergence."""
+    return not result["stopped_early"] and result["validation"]["best_epoch"] == result["epochs"]
+
+
 def recipes_report(entries: Sequence[G.PlanEntry]) -> str:
     recipes = [e for e in entries if e.cell.kind == "recipe"]
     lines = [
@@ -129,10 +134,11 @@ def recipes_report(entries: Sequence[G.PlanEntry]) -> str:
         else:
             r, timing = e.result, e.result["timing"]
             m = _reported(r, recipe.split)
+            cap = ", cap" if still_improving(r) else ""
             lines.append(
                 f"| {recipe.dataset} | {recipe.encoder} | `{recipe.config}` "
                 f"| {r['parameters'] / 1e6:.1f} M "
-                f"| {r['epochs']} (best {r['validation']['best_epoch']}) "
+                f"| {r['epochs']} (best {r['validation']['best_epoch']}{cap}) "
                 f"| {timing['train_seconds'] / 60:.0f} | {timing['tokens_per_second']:.0f} "
                 f"| {recipe.split} | {_pct(m['precision'])} | {_pct(m['recall'])} "
                 f"| **{_pct(m['f1'])}** | {anchors} | {_machine(r)} |"
@@ -140,6 +146,12 @@ def recipes_report(entries: Sequence[G.PlanEntry]) -> str:
         notes.append(
             f"- **{recipe.dataset} / {recipe.encoder}**: reported split: {recipe.split_note}."
         )
+        if e is not None and still_improving(e.result):
+            notes.append(
+                f"  - Not converged: training reached the config's `train.epochs` "
+                f"({e.result['epochs']}) with the best dev F1 in the last epoch; a larger cap "
+                "may still gain."
+            )
         for a in recipe.anchors:
             notes.append(
                 f"  - {a.model} {a.f1:.2f}: {a.source}" + (f" ({a.note})" if a.note else "")
