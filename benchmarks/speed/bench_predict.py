@@ -253,7 +253,7 @@ def bench_model(name: str, directory: str, dev, calibration, args, work: Path) -
     from gpner.export import export_onnx, fuse_onnx
     from gpner.inference import evaluate, predict_examples
     from gpner.ort import OnnxModel
-    from gpner.quantize import quantize_onnx
+    from gpner.quantize import quantization_record, quantize_onnx
 
     print(f"[{name}] loading {directory}", file=sys.stderr, flush=True)
     model = gpner.load(directory)
@@ -291,10 +291,8 @@ def bench_model(name: str, directory: str, dev, calibration, args, work: Path) -
         for backend, path in zip(BACKENDS[1:], files.values())
     }
     result["quantization"] = {
-        k: json.loads(models[f"onnxruntime-{k}"].session.get_modelmeta().custom_metadata_map[
-            "gpner.json"])["quantization"]
-        for k in ("int8", "int8-cal", "int8-all")
-    }  # fmt: skip
+        k: quantization_record(files[k]) for k in ("int8", "int8-cal", "int8-all")
+    }
     print(f"[{name}] parity and F1", file=sys.stderr, flush=True)
     expected = predict_examples(model, dev, 32)
     result["parity"] = {k: parity(model, models[k], dev, expected) for k in BACKENDS[1:]}

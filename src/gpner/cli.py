@@ -380,7 +380,9 @@ def _export(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.int8:
-        record = _quantization_record(path)
+        from gpner.quantize import quantization_record
+
+        record = quantization_record(path)
         kept = record["fp32_products"]
         if "calibration" in record:
             how = f"chosen on {record['calibration']['texts']} texts of {args.calibrate}"
@@ -388,19 +390,6 @@ def _export(args: argparse.Namespace) -> int:
             how = "every product that reads a GELU" if kept else "no product reads a GELU"
         print(f"products kept fp32: {', '.join(kept) or 'none'} ({how})", file=sys.stderr)
     return 0
-
-
-def _quantization_record(path: Path) -> dict:
-    """The ``quantization`` entry of an int8 export's gpner metadata."""
-    import json
-
-    import onnx
-
-    from gpner.export import METADATA_KEY
-
-    proto = onnx.load_model(str(path), load_external_data=False)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    return json.loads(meta[METADATA_KEY])["quantization"]
 
 
 def _convert_checkpoint(args: argparse.Namespace) -> int:

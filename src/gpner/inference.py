@@ -32,9 +32,9 @@ def _batches_by_length(features: Sequence[Feature], batch_size: int) -> Iterable
         yield order[start : start + batch_size]
 
 
-def _features(model: NERModel, examples: Sequence[Example]) -> list[Feature]:
-    """The model's windows of the examples' texts (gold spans ignored), as in training."""
-    unlabelled = [Example(ex.text, []) for ex in examples]
+def _features(model: NERModel, texts: Sequence[str]) -> list[Feature]:
+    """The model's windows of ``texts``, as in training."""
+    unlabelled = [Example(text, []) for text in texts]
     features, _ = encode_examples(
         unlabelled,
         model.tokenizer,
@@ -57,10 +57,10 @@ def model_inputs(
     """The ``(input_ids, attention_mask)`` (B, L) batches that :func:`predict` feeds the model
     for ``texts`` (strings or examples): tokenized, windowed and batched by length alike. For
     measuring a backend on real inputs, e.g. calibrating :func:`gpner.quantize.quantize_onnx`."""
-    examples = [t if isinstance(t, Example) else Example(t, []) for t in texts]
+    plain = [t.text if isinstance(t, Example) else t for t in texts]
     return [
         (batch.input_ids, batch.attention_mask)
-        for _, batch in _batches(model, _features(model, examples), batch_size)
+        for _, batch in _batches(model, _features(model, plain), batch_size)
     ]
 
 
@@ -98,7 +98,7 @@ def predict_examples(
     train_cfg = model.config.train
     threshold = train_cfg.threshold if threshold is None else threshold
     flat = train_cfg.flat if flat is None else flat
-    features = _features(model, examples)
+    features = _features(model, [ex.text for ex in examples])
     width = model.config.head.max_width  # band logits (B, C, L, W) when set
     decoded: list[list] = [[] for _ in features]
     with _scorer(model) as score:

@@ -22,7 +22,7 @@ from gpner import functional as F
 from gpner.data.spans import Example
 from gpner.export import METADATA_KEY, _quiet, _set_metadata, fuse_onnx
 
-__all__ = ["quantize_onnx", "after_gelu", "choose_fp32", "GELU_OPS"]
+__all__ = ["quantize_onnx", "after_gelu", "choose_fp32", "quantization_record", "GELU_OPS"]
 
 # onnxruntime's fused GELU operators (fuse_onnx writes BiasGelu)
 GELU_OPS = frozenset({"Gelu", "BiasGelu", "FastGelu", "QuickGelu"})
@@ -158,3 +158,13 @@ def quantize_onnx(
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, str(target))
     return target
+
+
+def quantization_record(path: str | Path) -> dict[str, Any]:
+    """The ``quantization`` entry :func:`quantize_onnx` wrote into an int8 file's gpner
+    metadata: what stayed fp32, and the calibration that chose it."""
+    import onnx
+
+    proto = onnx.load_model(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    return json.loads(meta[METADATA_KEY])["quantization"]
