@@ -105,6 +105,12 @@ def still_improving(result: dict) -> bool:
     return not result["stopped_early"] and result["validation"]["best_epoch"] == result["epochs"]
 
 
+def _epochs(result: dict) -> str:
+    """Epochs run, the best one, and "cap" where training ended still improving."""
+    cap = ", cap" if still_improving(result) else ""
+    return f"{result['epochs']} (best {result['validation']['best_epoch']}{cap})"
+
+
 def recipes_report(entries: Sequence[G.PlanEntry]) -> str:
     recipes = [e for e in entries if e.cell.kind == "recipe"]
     lines = [
@@ -134,11 +140,10 @@ def recipes_report(entries: Sequence[G.PlanEntry]) -> str:
         else:
             r, timing = e.result, e.result["timing"]
             m = _reported(r, recipe.split)
-            cap = ", cap" if still_improving(r) else ""
             lines.append(
                 f"| {recipe.dataset} | {recipe.encoder} | `{recipe.config}` "
                 f"| {r['parameters'] / 1e6:.1f} M "
-                f"| {r['epochs']} (best {r['validation']['best_epoch']}{cap}) "
+                f"| {_epochs(r)} "
                 f"| {timing['train_seconds'] / 60:.0f} | {timing['tokens_per_second']:.0f} "
                 f"| {recipe.split} | {_pct(m['precision'])} | {_pct(m['recall'])} "
                 f"| **{_pct(m['f1'])}** | {anchors} | {_machine(r)} |"
@@ -172,7 +177,7 @@ def head_comparison(entries: Sequence[G.PlanEntry]) -> list[str]:
         "",
         f"`{recipe.config}` with `head.kind` set, seeds = the config's seed + 0, 1, 2.",
         "",
-        "| head | seeds | dev F1 per seed | mean | sd | epochs run | train min (mean) |",
+        "| head | seeds | dev F1 per seed | mean | sd | epochs run per seed | train min (mean) |",
         "|---|---:|---|---:|---:|---|---:|",
     ]
     names = {
@@ -195,7 +200,7 @@ def head_comparison(entries: Sequence[G.PlanEntry]) -> list[str]:
         lines.append(
             f"| {names.get(variant, variant)} | {len(f1s)} "
             f"| {' '.join(_pct(f) for f in f1s)} | **{_pct(statistics.fmean(f1s))}** | {sd} "
-            f"| {' '.join(str(r['epochs']) for r in done)} "
+            f"| {'; '.join(_epochs(r) for r in done)} "
             f"| {statistics.fmean(r['timing']['train_seconds'] for r in done) / 60:.0f} |"
         )
     return lines
