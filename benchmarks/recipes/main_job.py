@@ -8,8 +8,7 @@ Wall time covers train, evaluate and predict; the result (time, dev P/R/F1, the 
 which of its expected entities were found) goes to ``results/main_job__<variant>.json`` as soon
 as the variant finishes, and ``MAIN_JOB.md`` is regenerated from every such file.
 
-    flock /tmp/gpner-cpu.lock nice python3 benchmarks/recipes/main_job.py default no-bigrams \\
-        --machine "idle: nothing else ran"
+    nice python3 benchmarks/recipes/main_job.py default no-bigrams --machine "idle"
     python3 benchmarks/recipes/main_job.py --report        # MAIN_JOB.md from the JSONs only
 
 Data: where gpner finds it from this checkout (``GPNER_DATA``, else ``../shared/data``).
@@ -98,7 +97,7 @@ def run_variant(name: str, machine: str) -> dict:
         "what": what,
         "overrides": list(overrides),
         "commit": commit.strip(),
-        "steps": steps,
+        "steps": [s.replace(sys.executable, "python3") for s in steps],  # no machine path
         "seconds": seconds,
         "dev": evaluated["micro"],
         "demo": predicted,
