@@ -30,8 +30,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RESULTS = HERE / "results"
 REPORT = HERE / "MAIN_JOB.md"
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(HERE.parent)]  # gpner; benchmarks/: the cell runner
 
+import cellrunner as CR  # noqa: E402
+from gpner.atomic import atomic_write_json  # noqa: E402
 from gpner.data.paths import data_root  # noqa: E402
 
 # variant -> (overrides of configs/quickstart.toml, what it is)
@@ -67,7 +69,7 @@ def main_job_steps(readme: str) -> list[str]:
 
 def run_variant(name: str, machine: str) -> dict:
     overrides, what = VARIANTS[name]
-    commit = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "HEAD"], text=True)
+    environment = CR.environment(ROOT)  # versions and the commit the clone is made of
     with tempfile.TemporaryDirectory(prefix="gpner-main-job-") as tmp:
         clone = Path(tmp) / "gpner"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
@@ -96,7 +98,7 @@ def run_variant(name: str, machine: str) -> dict:
         "variant": name,
         "what": what,
         "overrides": list(overrides),
-        "commit": commit.strip(),
+        "commit": environment["git_commit"],
         "steps": [s.replace(sys.executable, "python3") for s in steps],  # no machine path
         "seconds": seconds,
         "dev": evaluated["micro"],
@@ -104,7 +106,8 @@ def run_variant(name: str, machine: str) -> dict:
         "expected_found": sum(e in found.get(t, ()) for t, es in EXPECTED.items() for e in es),
         "expected": sum(len(es) for es in EXPECTED.values()),
         "machine": machine,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": environment,
+        "finished_at": CR.now(),
     }
 
 
@@ -154,7 +157,7 @@ def main(argv=None) -> None:
     for name in [] if args.report else args.variants:
         result = run_variant(name, args.machine)
         out = RESULTS / f"main_job__{name}.json"
-        out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_json(out, result)
         print(
             f"{name}: dev F1 {result['dev']['f1']:.4f}, {result['seconds']:.0f} s, demo "
             f"{result['expected_found']}/{result['expected']}",
