@@ -117,3 +117,41 @@ def test_recipe_configs_name_existing_data(recipe, shared_data):
 
     corpus = Corpus.from_config(G.own_config(G.RECIPE_BY_NAME[recipe]).data)
     assert corpus.train and corpus.labels
+
+
+def _fake_result(entry, dev_curve, test_f1, stopped_early):
+    from gpner.config import config_to_dict
+
+    best = max(range(len(dev_curve)), key=dev_curve.__getitem__)
+    micro = {"precision": test_f1, "recall": test_f1, "f1": test_f1}
+    return {
+        "cell": entry.cell.id,
+        "config": config_to_dict(entry.config),
+        "epochs": len(dev_curve),
+        "stopped_early": stopped_early,
+        "history": [{"dev": {"micro": {"f1": f}}} for f in dev_curve],
+        "validation": {"f1": dev_curve[best], "best_epoch": best + 1},
+        "test": {"micro": micro},
+        "timing": {"train_seconds": 60.0 * len(dev_curve)},
+    }
+
+
+def test_longer_caps_sets_the_recipe_beside_its_larger_cap(tmp_path):
+    import json
+
+    entries = {e.cell.id: e for e in G.plan(["recipe"], tmp_path)}
+    own, cap = entries["recipe/cmeee-m3e/s1"], entries["recipe/cmeee-m3e/cap20/s1"]
+    assert own.config.train.epochs * 2 == cap.config.train.epochs == 20
+    fakes = [(own, [0.5, 0.6, 0.7], 0.65, False), (cap, [0.5, 0.68, 0.66, 0.67], 0.62, True)]
+    for entry, curve, test_f1, stopped in fakes:
+        path = tmp_path / f"{entry.cell.stem}.json"
+        path.write_text(json.dumps(_fake_result(entry, curve, test_f1, stopped)), encoding="utf-8")
+    planned = G.plan(["recipe"], tmp_path)
+    assert {e.cell.id for e in planned if e.status == "done"} == {own.cell.id, cap.cell.id}
+    lines = report.longer_caps(planned)
+    text = "\n".join(lines)
+    assert "| 3 (best 3, cap) | 50.00 60.00 70.00 | 70.00 | **65.00** (test) | 3 |" in text
+    assert "| 20 | 4 (best 2, stopped early) |" in text
+    assert "ran 4 epochs and scored 62.00 on test, 3.00 points below the recipe's 65.00" in text
+    # CoNLL's larger cap has not run: listed, and no verdict is drawn for it.
+    assert text.count("not run yet") == 2 and "CoNLL-2003 English: `train.epochs" not in text
