@@ -170,6 +170,15 @@ def recipes_report(entries: Sequence[G.PlanEntry]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _done(entries: Sequence[G.PlanEntry], recipe: G.Recipe, variant: str) -> list[G.PlanEntry]:
+    """The finished cells of one variant of a recipe, every seed."""
+    return [
+        e
+        for e in entries
+        if e.cell.name == recipe.name and e.cell.variant == variant and e.status == "done"
+    ]
+
+
 def head_comparison(entries: Sequence[G.PlanEntry]) -> list[str]:
     """GlobalPointer vs Efficient GlobalPointer on CLUENER/m3e-small, every seed."""
     recipe = G.RECIPE_BY_NAME["cluener-m3e"]
@@ -187,12 +196,7 @@ def head_comparison(entries: Sequence[G.PlanEntry]) -> list[str]:
         "gp-rdrop": "GlobalPointer + R-Drop (gp_kl)",
     }
     for variant in recipe.variants:
-        done = [
-            e.result
-            for e in entries
-            if e.cell.name == recipe.name and e.cell.variant == variant and e.status == "done"
-        ]
-        done.sort(key=lambda r: r["seed"])
+        done = sorted((e.result for e in _done(entries, recipe, variant)), key=lambda r: r["seed"])
         f1s = [r["validation"]["f1"] for r in done]
         if not f1s:
             lines.append(f"| {names.get(variant, variant)} | 0 | not run yet | | | | |")
@@ -226,14 +230,11 @@ def longer_caps(entries: Sequence[G.PlanEntry]) -> list[str]:
         if not caps:
             continue
         own = own_entry(recipe, entries)
-        rows = [("", own)] + [
-            (v, next((e for e in entries if e.cell.name == recipe.name
-                      and e.cell.variant == v and e.status == "done"), None))
-            for v in caps
-        ]
+        rows = [("", own)] + [(v, next(iter(_done(entries, recipe, v)), None)) for v in caps]
         for variant, e in rows:
-            label = f"`{recipe.config}`" + (f" + `{' '.join(recipe.variants[variant])}`"
-                                            if variant else "")
+            label = f"`{recipe.config}`"
+            if variant:
+                label += f" + `{' '.join(recipe.variants[variant])}`"
             if e is None:
                 lines.append(f"| {recipe.dataset} | {label} | | | | not run yet | | |")
                 continue
@@ -247,17 +248,17 @@ def longer_caps(entries: Sequence[G.PlanEntry]) -> list[str]:
                 f"| **{_pct(_reported(r, recipe.split)['f1'])}** ({recipe.split}) "
                 f"| {r['timing']['train_seconds'] / 60:.0f} |"
             )
-        for variant, e in rows[1:]:
+        for _, e in rows[1:]:
             if own is None or e is None:
                 continue
-            a, b = own.result, e.result
-            delta = _reported(b, recipe.split)["f1"] - _reported(a, recipe.split)["f1"]
-            word = "above" if delta > 0 else "below" if delta < 0 else "equal to"
+            r = e.result
+            f1, base = (_reported(x, recipe.split)["f1"] for x in (r, own.result))
+            word = "above" if f1 > base else "below" if f1 < base else "equal to"
             verdicts.append(
-                f"- {recipe.dataset}: `train.epochs={b['config']['train']['epochs']}` ran "
-                f"{b['epochs']} epochs and scored {_pct(_reported(b, recipe.split)['f1'])} on "
-                f"{recipe.split}, {abs(100 * delta):.2f} points {word} the recipe's "
-                f"{_pct(_reported(a, recipe.split)['f1'])} (one seed each)."
+                f"- {recipe.dataset}: `train.epochs={r['config']['train']['epochs']}` ran "
+                f"{r['epochs']} epochs and scored {_pct(f1)} on {recipe.split}, "
+                f"{abs(100 * (f1 - base)):.2f} points {word} the recipe's {_pct(base)} "
+                "(one seed each)."
             )
     return lines + ([""] + verdicts if verdicts else [])
 
