@@ -126,6 +126,7 @@ def _fake_result(entry, dev_curve, test_f1, stopped_early):
     micro = {"precision": test_f1, "recall": test_f1, "f1": test_f1}
     return {
         "cell": entry.cell.id,
+        "seed": entry.config.train.seed,
         "config": config_to_dict(entry.config),
         "epochs": len(dev_curve),
         "stopped_early": stopped_early,
@@ -155,3 +156,29 @@ def test_longer_caps_sets_the_recipe_beside_its_larger_cap(tmp_path):
     assert "ran 4 epochs and scored 62.00 on test, 3.00 points below the recipe's 65.00" in text
     # CoNLL's larger cap has not run: listed, and no verdict is drawn for it.
     assert text.count("not run yet") == 2 and "CoNLL-2003 English: `train.epochs" not in text
+
+
+def test_head_comparison_pairs_the_heads_by_seed(tmp_path):
+    import json
+
+    entries = {e.cell.id: e for e in G.plan(["recipe"], tmp_path)}
+    # GlobalPointer on seeds 1 and 2, Efficient GlobalPointer on seeds 1 and 3: one shared seed.
+    fakes = {
+        "recipe/cluener-m3e/gp/s1": 0.70,
+        "recipe/cluener-m3e/gp/s2": 0.90,
+        "recipe/cluener-m3e/egp/s1": 0.75,
+        "recipe/cluener-m3e/egp/s3": 0.10,
+    }
+    for cell, f1 in fakes.items():
+        entry = entries[cell]
+        path = tmp_path / f"{entry.cell.stem}.json"
+        path.write_text(json.dumps(_fake_result(entry, [f1], f1, False)), encoding="utf-8")
+    text = "\n".join(report.head_comparison(G.plan(["recipe"], tmp_path)))
+    assert "| GlobalPointer | 2 | 70.00 90.00 | **80.00** |" in text
+    assert (
+        "- Efficient GlobalPointer minus GlobalPointer, same seed: +5.00 points "
+        "(mean +5.00; higher on 1 of 1 seeds)." in text
+    )
+    # No R-Drop run: its row says so and no paired line is drawn for it.
+    assert "| GlobalPointer + R-Drop (gp_kl) | 0 | not run yet |" in text
+    assert "R-Drop (gp_kl) minus" not in text

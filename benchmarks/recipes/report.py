@@ -195,9 +195,11 @@ def head_comparison(entries: Sequence[G.PlanEntry]) -> list[str]:
         "egp": "Efficient GlobalPointer",
         "gp-rdrop": "GlobalPointer + R-Drop (gp_kl)",
     }
+    by_seed: dict[str, dict[int, float]] = {}
     for variant in recipe.variants:
         done = sorted((e.result for e in _done(entries, recipe, variant)), key=lambda r: r["seed"])
         f1s = [r["validation"]["f1"] for r in done]
+        by_seed[variant] = {r["seed"]: r["validation"]["f1"] for r in done}
         if not f1s:
             lines.append(f"| {names.get(variant, variant)} | 0 | not run yet | | | | |")
             continue
@@ -208,7 +210,20 @@ def head_comparison(entries: Sequence[G.PlanEntry]) -> list[str]:
             f"| {'; '.join(_epochs(r) for r in done)} "
             f"| {statistics.fmean(r['timing']['train_seconds'] for r in done) / 60:.0f} |"
         )
-    return lines
+    # The batch order comes from the seed alone, so two variants trained with one seed saw the
+    # same batches: their runs pair by seed.
+    paired = []
+    for a, b in (("egp", "gp"), ("gp-rdrop", "gp")):
+        seeds = sorted(by_seed.get(a, {}).keys() & by_seed.get(b, {}).keys())
+        if not seeds:
+            continue
+        diffs = [100 * (by_seed[a][s] - by_seed[b][s]) for s in seeds]
+        paired.append(
+            f"- {names[a]} minus {names[b]}, same seed: "
+            f"{' '.join(f'{d:+.2f}' for d in diffs)} points (mean {statistics.fmean(diffs):+.2f}; "
+            f"higher on {sum(d > 0 for d in diffs)} of {len(diffs)} seeds)."
+        )
+    return lines + ([""] + paired if paired else [])
 
 
 def longer_caps(entries: Sequence[G.PlanEntry]) -> list[str]:
