@@ -162,7 +162,7 @@ def test_head_comparison_pairs_the_heads_by_seed(tmp_path):
     import json
 
     entries = {e.cell.id: e for e in G.plan(["recipe"], tmp_path)}
-    # GlobalPointer on seeds 1 and 2, Efficient GlobalPointer on seeds 1 and 3: one shared seed.
+    # GlobalPointer cells s1 and s2, Efficient GlobalPointer cells s1 and s3: one seed in common.
     fakes = {
         "recipe/cluener-m3e/gp/s1": 0.70,
         "recipe/cluener-m3e/gp/s2": 0.90,
