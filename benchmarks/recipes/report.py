@@ -198,8 +198,8 @@ def head_comparison(entries: Sequence[G.PlanEntry]) -> list[str]:
     by_seed: dict[str, dict[int, float]] = {}
     for variant in recipe.variants:
         done = sorted((e.result for e in _done(entries, recipe, variant)), key=lambda r: r["seed"])
-        f1s = [r["validation"]["f1"] for r in done]
         by_seed[variant] = {r["seed"]: r["validation"]["f1"] for r in done}
+        f1s = list(by_seed[variant].values())  # in seed order, as done is
         if not f1s:
             lines.append(f"| {names.get(variant, variant)} | 0 | not run yet | | | | |")
             continue
