@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from gpner.encoders import (
     BigramEmbedding,
@@ -52,20 +53,22 @@ def test_bigram_ids_on_the_export_path_equal_the_eager_ones(seed, monkeypatch):
 
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("seed", range(3))
-def test_bilstm_layer_ops_equal_the_packed_lstm(layers, seed, monkeypatch):
+def test_bilstm_export_path_equals_the_eager_and_the_packed_lstm(layers, seed, monkeypatch):
     torch.manual_seed(seed)
     enc = BiLSTMEncoder(vocab_size=11, hidden_size=8, num_layers=layers).double().eval()
     ids, mask = _rows(seed)
     x = enc.embed(ids)
-    packed = enc(mask, inputs_embeds=x)  # (B, L, H)
-    ops = enc.exportable(x, mask)
-    torch.testing.assert_close(ops, packed, rtol=1e-12, atol=1e-12)
-    # padding stays zero (an empty row runs one step, as packing needs; masked downstream)
-    steps = mask.sum(1, keepdim=True).clamp(min=1)
-    real = (torch.arange(mask.shape[1]) < steps).unsqueeze(-1).expand_as(packed)
-    assert torch.equal(ops[~real], torch.zeros_like(ops[~real]))
+    eager = enc(mask, inputs_embeds=x)  # (B, L, H)
+    # the definition: nn.LSTM itself over the rows packed to their lengths
+    lengths, real = mask.sum(1), mask.any(1)  # row 1 is empty, which packing refuses
+    packed = pack_padded_sequence(x[real], lengths[real], batch_first=True, enforce_sorted=False)
+    expected, _ = pad_packed_sequence(enc.lstm(packed)[0], batch_first=True, total_length=9)
+    torch.testing.assert_close(eager[real], expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(eager[~mask], torch.zeros_like(eager[~mask]))  # padding stays zero
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
-    assert torch.equal(enc(mask, ids), ops)  # what export traces
+    traced = enc(mask, ids)  # what export traces: one op per layer
+    # an empty row runs one step there (as ONNX LSTM does); masked downstream
+    torch.testing.assert_close(traced[real], eager[real], rtol=1e-12, atol=1e-12)
 
 
 def test_bilstm_layer_op_has_the_shape_export_sees():

@@ -20,8 +20,19 @@ of every global batch), and as one process with 2 threads and ``OMP_WAIT_POLICY=
 run by run; training throughput from the run's own metrics.jsonl (``examples_per_second``: the
 training loop only).
 
+``--recurrence packed unpacked`` runs the breakdown's BiLSTM layers both ways in the same rounds
+(:func:`gpner.backends.packed_recurrence`).
+
+``versus``: the same short ``gpner train`` run as ``parallel``'s one-process layout, with this
+checkout's library and with ``--baseline``'s (a temporary git worktree), alternating run by run;
+training tokens/s from each run's metrics.jsonl, and the per-pair ratios.
+
     python3 benchmarks/speed/bench_step.py breakdown
+    python3 benchmarks/speed/bench_step.py breakdown --configs configs/quickstart.toml \
+        --recurrence packed unpacked
     python3 benchmarks/speed/bench_step.py parallel
+    python3 benchmarks/speed/bench_step.py versus --baseline 7d770f8 \
+        --configs configs/cluener_char.toml
     python3 benchmarks/speed/make_results.py
 """
 
@@ -50,11 +61,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import measure  # noqa: E402
 
 from gpner import regularizers as R  # noqa: E402
+from gpner.backends import packed_recurrence  # noqa: E402
 from gpner.config import load_config  # noqa: E402
 from gpner.data.batching import LengthBucketSampler, collate, encode_examples  # noqa: E402
 from gpner.data.paths import resolve  # noqa: E402
 from gpner.data.readers import read  # noqa: E402
 from gpner.model import build_model, build_tokenizer  # noqa: E402
+from gpner.training import build_optimizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -157,14 +170,27 @@ def gemm_step(rows: int, out_features: int, in_features: int):
     return step
 
 
+def _recurrence(objective, recurrence: str):
+    """The objective with its BiLSTM layers run ``packed`` (the definition, step by step) or
+    ``unpacked`` (the default). Both do the same arithmetic, but torch's FLOP counter sees the
+    packed run's matmuls only, so the unpacked rows reuse the packed count when both ran."""
+
+    def run(model, batch):
+        with packed_recurrence(recurrence == "packed"):
+            return objective(model, batch)
+
+    return run
+
+
 def load_batches(config, count: int, examples: int):
     train = list(read(resolve(config.data.train)))
     random.Random(0).shuffle(train)
     train = train[:examples]
     labels = sorted({s.label for ex in train for s in ex.spans})
-    tokenizer = build_tokenizer(config, [ex.text for ex in train])
+    texts = [ex.text for ex in train]
+    tokenizer = build_tokenizer(config, texts)
     torch.manual_seed(0)
-    model = build_model(config, labels, tokenizer)
+    model = build_model(config, labels, tokenizer, texts)  # texts: a bigram vocabulary
     features, _ = encode_examples(
         train, tokenizer, model.label2id, config.data.max_length, config.data.stride
     )
@@ -180,9 +206,16 @@ def breakdown(args) -> dict:
         config = load_config(ROOT / path, args.set)
         model, labels, batches = load_batches(config, args.batches, args.examples)
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        objectives = {kind: R.build_objective(kind) for kind in args.objectives}
+        optimizer = build_optimizer(model, config)  # the trainer's
+        objectives = {
+            (kind if len(args.recurrence) == 1 else f"{kind}/{rec}"): _recurrence(
+                R.build_objective(kind), rec
+            )
+            for kind in args.objectives
+            for rec in args.recurrence
+        }
         tokens = sum(int(b.input_ids.numel()) for b in batches)
+        real_tokens = sum(int(b.attention_mask.sum()) for b in batches)
         out_f, in_f = largest_linear(model.encoder)
         gemm = gemm_step(tokens // len(batches), out_f, in_f)
         gemm_flops = 6 * (tokens // len(batches)) * out_f * in_f
@@ -195,6 +228,9 @@ def breakdown(args) -> dict:
                 cut_step(model, objective, optimizer, batch, clock, flops)
             flops["head_forward"] = flops.pop("forward") - flops["encoder_forward"]
             counted[kind] = {k: v / len(batches) for k, v in flops.items()}
+        for kind in objectives:  # one count for one arithmetic (see _recurrence)
+            if kind.endswith("/unpacked") and kind.replace("unpacked", "packed") in counted:
+                counted[kind] = counted[kind.replace("unpacked", "packed")]
 
         samples: dict[str, list] = {f"{k}/step": [] for k in objectives}
         parts: dict[str, list] = {k: [] for k in objectives}
@@ -246,6 +282,7 @@ def breakdown(args) -> dict:
                 "cut_total_s": sum(medians.values()),
                 "flops": counted[kind],
                 "achieved_flops_per_s": total_flops / step["median_s"],
+                "tokens_per_s": real_tokens / len(batches) / step["median_s"],
                 "share_of_rate": total_flops / step["median_s"] / gemm_rate,
             }
         data["configs"].append(entry)
@@ -266,7 +303,9 @@ def breakdown(args) -> dict:
 # ------------------------------------------------------------------------------- parallel
 
 
-def train_run(config: str, layout: str, steps: int, out_dir: Path, extra: list[str]) -> dict:
+def train_run(
+    config: str, layout: str, steps: int, out_dir: Path, extra: list[str], src: Path | None = None
+) -> dict:
     sets = [
         "train.epochs=1",
         f"train.max_steps_per_epoch={steps}",
@@ -278,7 +317,7 @@ def train_run(config: str, layout: str, steps: int, out_dir: Path, extra: list[s
     argv = ["-m", "gpner", "train", str(ROOT / config), "--output-dir", str(out_dir)]
     for item in sets:
         argv += ["--set", item]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(src or ROOT / "src")}
     env.pop("OMP_WAIT_POLICY", None)  # as users run it (this script sets it for itself)
     if layout == "threads_passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -331,12 +370,75 @@ def parallel(args) -> dict:
     return data
 
 
+# -------------------------------------------------------------------------------- versus
+
+
+@contextlib.contextmanager
+def _worktree(rev: str):
+    """A detached checkout of ``rev`` in a temporary folder (removed on exit)."""
+    with tempfile.TemporaryDirectory(prefix="gpner-versus-") as tmp:
+        path = Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT, check=True
+        )
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT)
+
+
+def versus(args) -> dict:
+    """The same short ``gpner train`` run with this checkout's library and with ``--baseline``'s,
+    alternating run by run (one process, 2 threads, as users run it)."""
+    data = {**measure.run_header("versus"), "repeats": args.repeats, "configs": []}
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", args.baseline], cwd=ROOT, capture_output=True, text=True,
+        check=True,
+    ).stdout.strip()  # fmt: skip
+    data["baseline"] = rev
+    with _worktree(rev) as tree, tempfile.TemporaryDirectory(prefix="gpner-versus-") as tmp:
+        for path in args.configs:
+            steps = args.steps.get(path, args.steps["default"])
+            runs: dict[str, list] = {"baseline": [], "current": []}
+            for rep in range(args.repeats):
+                order = ["baseline", "current"] if rep % 2 == 0 else ["current", "baseline"]
+                for side in order:
+                    src = tree / "src" if side == "baseline" else ROOT / "src"
+                    out = Path(tmp) / f"{side}-{rep}"
+                    runs[side].append(train_run(path, "threads", steps, out, args.set, src))
+                    r = runs[side][-1]
+                    print(
+                        f"{path} {side}: {r['tokens_per_second']:.0f} tokens/s "
+                        f"({r['train_seconds']:.1f} s, load {r['loadavg']:.1f})",
+                        flush=True,
+                    )
+            entry = {"config": path, "steps": steps, "runs": runs}
+            for side, rows in runs.items():
+                entry[side] = statistics.median(r["tokens_per_second"] for r in rows)
+            ratios = [c["tokens_per_second"] / b["tokens_per_second"] for b, c in zip(
+                runs["baseline"], runs["current"], strict=True
+            )]  # fmt: skip
+            entry["paired_ratios"] = ratios
+            data["configs"].append(entry)
+            data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            measure.write_json(args.out, data)
+    return data
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("what", choices=["breakdown", "parallel"])
+    p.add_argument("what", choices=["breakdown", "parallel", "versus"])
+    p.add_argument("--baseline", default="HEAD", help="versus: the commit to compare with")
     p.add_argument("--configs", nargs="+", default=CONFIGS)
     p.add_argument("--set", action="append", default=[], help="config override for every run")
     p.add_argument("--objectives", nargs="+", default=["none", "rdrop"])
+    p.add_argument(
+        "--recurrence",
+        nargs="+",
+        choices=["unpacked", "packed"],
+        default=["unpacked"],
+        help="breakdown: how BiLSTM layers run (both: side by side in the same rounds)",
+    )
     p.add_argument("--batches", type=int, default=8, help="breakdown: batches per round")
     p.add_argument("--examples", type=int, default=4000, help="breakdown: texts to batch from")
     p.add_argument("--repeats", type=int, default=None, help="default: 7 breakdown, 3 parallel")
@@ -355,14 +457,14 @@ def main(argv=None) -> None:
         args.repeats = args.repeats or 7
         args.out = args.out or RESULTS / "step.json"
         breakdown(args)
-    else:
-        args.repeats = args.repeats or 3
-        args.out = args.out or RESULTS / "parallel.json"
-        fixed = {"default": args.steps or 80}
-        if args.steps is None:
-            fixed["configs/cluener_m3e.toml"] = 25
-        args.steps = fixed
-        parallel(args)
+        return
+    args.repeats = args.repeats or (3 if args.what == "parallel" else 5)
+    args.out = args.out or RESULTS / f"{args.what}.json"
+    fixed = {"default": args.steps or 80}
+    if args.steps is None:
+        fixed["configs/cluener_m3e.toml"] = 25
+    args.steps = fixed
+    (parallel if args.what == "parallel" else versus)(args)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from gpner.functional import recurrent
 from gpner.functional._blocked import kernels
 
-__all__ = ["compiled_kernels", "compiled_kernels_enabled"]
+__all__ = ["compiled_kernels", "compiled_kernels_enabled", "packed_recurrence"]
 
 
 @contextmanager
@@ -29,3 +30,18 @@ def compiled_kernels(enabled: bool = True) -> Iterator[None]:
 def compiled_kernels_enabled() -> bool:
     """Whether the current context runs the compiled (or fallback) kernels."""
     return kernels.current() is not None
+
+
+@contextmanager
+def packed_recurrence(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, BiLSTM layers run packed (``torch.nn.utils.rnn``), step by step.
+
+    The same function as the default unpacked run (every row from its own first and last token),
+    equal up to rounding; the default is faster, so this exists to measure one against the other
+    and to check a result. Per thread / async context, restored on exit.
+    """
+    token = recurrent.PACKED.set(enabled)
+    try:
+        yield
+    finally:
+        recurrent.PACKED.reset(token)

@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from gpner.functional import recurrent as F_recurrent
+from gpner.functional.dropout import Dropout
+from gpner.functional.dropout import dropout as F_dropout
 from gpner.registry import Registry
 
 if TYPE_CHECKING:
@@ -206,7 +208,7 @@ class CharTransformerEncoder(_CharEmbedder):
         self.max_length = max_positions
         self._init_embeddings(vocab_size, hidden_size, pad_id, num_bigrams, bigram_size)
         self.positions = nn.Embedding(max_positions, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
             hidden_size,
             num_heads,
@@ -244,8 +246,8 @@ class BiLSTMEncoder(_CharEmbedder):
 
     Embeddings of ``hidden_size`` (characters, plus bigrams when ``num_bigrams`` is given), then
     ``num_layers`` BiLSTM layers of ``hidden_size // 2`` units per direction, so the output is
-    (B, L, hidden_size). Padded positions are packed away, so padding never reaches a real
-    token's state (the backward direction starts at each sequence's own last token). Dropout on
+    (B, L, hidden_size). Every row runs from its own first and last token, so padding never
+    reaches a real token's state (see :meth:`layers`). Dropout on
     the embeddings, between layers and on the output.
     """
 
@@ -274,7 +276,7 @@ class BiLSTMEncoder(_CharEmbedder):
         self.hidden_size = hidden_size
         self.max_length = None
         self._init_embeddings(vocab_size, hidden_size, pad_id, num_bigrams, bigram_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.lstm = nn.LSTM(
             hidden_size,
             hidden_size // 2,
@@ -292,35 +294,36 @@ class BiLSTMEncoder(_CharEmbedder):
     ) -> Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)
-        if torch.compiler.is_exporting():  # packing has data-dependent shapes
-            return self.dropout(self.exportable(self.dropout(inputs_embeds), attention_mask))
-        length = inputs_embeds.shape[1]
-        # Real tokens come first in every row (collate pads on the right); an empty row keeps
-        # one step so that packing accepts it, and its output is masked downstream anyway.
-        lengths = attention_mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(
-            self.dropout(inputs_embeds), lengths, batch_first=True, enforce_sorted=False
-        )
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
-        return self.dropout(out)
+        return self.dropout(self.layers(self.dropout(inputs_embeds), attention_mask))
 
-    def exportable(self, x: Tensor, attention_mask: Tensor) -> Tensor:
-        """The LSTM layers as :func:`bilstm_layer` ops: (B, L, H) -> (B, L, H), the same values
-        as the packed run. What export traces: packing has data-dependent shapes, and the op
-        becomes one ONNX ``LSTM`` per layer, which takes the row lengths itself."""
-        lengths = attention_mask.sum(1).clamp(min=1)  # (B,), as in forward
-        lstm, op = self.lstm, bilstm_layer()
+    def layers(self, x: Tensor, attention_mask: Tensor) -> Tensor:
+        """The LSTM layers over right-padded rows: (B, L, H) -> (B, L, H), zeros on padding.
+
+        Each layer is :func:`gpner.functional.recurrent.bilstm_layer` (every row run from its
+        own first and last token, as packing would, without packing's cost); under
+        ``torch.export`` it is the op :func:`bilstm_layer` instead, which export writes as one
+        ONNX ``LSTM`` per layer with the row lengths.
+        """
+        lengths = attention_mask.sum(1)  # (B,): real tokens come first in every row
+        lstm = self.lstm
+        layer_fn = _bilstm_weights_list
+        if torch.compiler.is_exporting():
+            # ONNX LSTM runs an empty row as one step; its output is masked downstream anyway
+            lengths, layer_fn = lengths.clamp(min=1), bilstm_layer()
         for layer in range(lstm.num_layers):
             if layer:
-                x = nn.functional.dropout(x, lstm.dropout, self.training)
+                x = F_dropout(x, lstm.dropout, self.training)
             weights = [
                 getattr(lstm, f"{name}_l{layer}{suffix}")
                 for suffix in ("", "_reverse")
                 for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             ]
-            x = op(x, lengths, *weights)
+            x = layer_fn(x, lengths, *weights)
         return x
+
+
+def _bilstm_weights_list(x: Tensor, lengths: Tensor, *weights: Tensor) -> Tensor:
+    return F_recurrent.bilstm_layer(x, lengths, list(weights))
 
 
 @functools.cache
@@ -329,10 +332,10 @@ def bilstm_layer():
     right-padded rows (B, L, H_in) of the given lengths (B,) -> (B, L, 2 H), zeros on padding.
 
     Its weights are those of one layer of ``nn.LSTM`` (``weight_ih, weight_hh, bias_ih,
-    bias_hh``, forward direction then reverse). Run eagerly it packs the rows and calls
-    ``torch.lstm``; under ``torch.export`` it is one opaque node with a known output shape,
-    which :mod:`gpner.export` writes as ONNX ``LSTM`` with ``sequence_lens``. Registered on first
-    use (no work at import time).
+    bias_hh``, forward direction then reverse). Run eagerly it is
+    :func:`gpner.functional.recurrent.bilstm_layer`; under ``torch.export`` it is one opaque
+    node with a known output shape, which :mod:`gpner.export` writes as ONNX ``LSTM`` with
+    ``sequence_lens``. Registered on first use (no work at import time).
     """
 
     @torch.library.custom_op("gpner::bilstm_layer", mutates_args=())
@@ -349,19 +352,8 @@ def bilstm_layer():
         b_hh_reverse: Tensor,
     ) -> Tensor:
         weights = [w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse]
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        state = x.new_zeros(2, x.shape[0], w_hh.shape[1])
-        # packed torch.lstm: (data, batch_sizes, hx, params, has_biases, layers, dropout,
-        # train, bidirectional); zero states need no reordering by sorted_indices
-        out, _, _ = torch.lstm(
-            packed.data, packed.batch_sizes, (state, state), weights, True, 1, 0.0, False, True
-        )
-        out, _ = pad_packed_sequence(
-            PackedSequence(out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
-            batch_first=True,
-            total_length=x.shape[1],
-        )
-        return out
+        # a fresh contiguous tensor, as the fake implementation below promises
+        return F_recurrent.bilstm_layer(x, lengths, weights).contiguous()
 
     @op.register_fake
     def _(x, lengths, w_ih, w_hh, *rest):

@@ -31,7 +31,15 @@ from gpner.plotting import plot_history
 from gpner.regularizers import Objective, build_objective
 from gpner.rng import RNGState, seed_everything
 
-__all__ = ["TrainResult", "TrainState", "run_epoch", "train", "BEST_DIR", "LAST_STATE"]
+__all__ = [
+    "TrainResult",
+    "TrainState",
+    "build_optimizer",
+    "run_epoch",
+    "train",
+    "BEST_DIR",
+    "LAST_STATE",
+]
 
 BEST_DIR = "best"  # output_dir/best/: the best dev epoch's model directory (gpner.load)
 LAST_STATE = "last.pt"  # output_dir/last.pt: the resume state (plain tensors, weights_only)
@@ -81,6 +89,17 @@ def _param_groups(model: NERModel, config: Config) -> list[dict[str, Any]]:
         }
         for (part, no_decay), params in sorted(groups.items())
     ]
+
+
+def build_optimizer(model: NERModel, config: Config) -> torch.optim.AdamW:
+    """AdamW over :func:`_param_groups`, with torch's fused kernel where the parameters' device
+    has one: the same update up to rounding, one pass over each parameter instead of a dozen
+    small ops (on CPU, torch >= 2.4)."""
+    groups = _param_groups(model, config)
+    try:
+        return torch.optim.AdamW(groups, fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or torch version
+        return torch.optim.AdamW(_param_groups(model, config))
 
 
 def _warmup_linear(total_steps: int, warmup_ratio: float):
@@ -182,7 +201,7 @@ def _build_state(
         xi=reg.xi,
         power_iterations=reg.power_iterations,
     )
-    optimizer = torch.optim.AdamW(_param_groups(model, config))
+    optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_linear(steps_per_epoch * tcfg.epochs, tcfg.warmup_ratio)
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .layout import gold_cells, valid_mask
 from .reduction import reduce, to_accumulation
@@ -24,6 +25,7 @@ __all__ = [
     "global_pointer_kl",
     "softmax_kl",
     "softmax_kl_all",
+    "bilstm_layer_packed",
 ]
 
 
@@ -131,3 +133,34 @@ def _symmetric_softmax_kl(s, t, mask, max_width, start_dim: int) -> Tensor:
     p, q = log_p.exp(), log_q.exp()
     cells = p * (log_p - log_q) + q * (log_q - log_p)
     return torch.where(valid.flatten(start_dim), cells, 0.0).sum(-1)
+
+
+def bilstm_layer_packed(x: Tensor, lengths: Tensor, weights: list[Tensor]) -> Tensor:
+    """One bidirectional LSTM layer, each row run by itself: (B, L, I) -> (B, L, 2 U).
+
+    The definition :func:`gpner.functional.recurrent.bilstm_layer` must equal: rows packed to
+    their ``lengths`` (B,), so the reverse direction starts at each row's own last token and
+    padding reaches no state; zeros on padding. ``weights`` as for ``nn.LSTM``'s one layer,
+    forward direction then reverse. A row of length 0 is run as length 1 (packing refuses empty
+    rows) and its output zeroed.
+    """
+    B, L, _ = x.shape
+    units = weights[1].shape[1]
+    if L == 0 or B == 0:
+        return x.new_zeros(B, L, 2 * units)
+    packed = pack_padded_sequence(
+        x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+    )
+    state = x.new_zeros(2, B, units)
+    # packed torch.lstm: (data, batch_sizes, hx, params, has_biases, layers, dropout, train,
+    # bidirectional); zero states need no reordering by sorted_indices
+    out, _, _ = torch.lstm(
+        packed.data, packed.batch_sizes, (state, state), weights, True, 1, 0.0, False, True
+    )
+    out, _ = pad_packed_sequence(
+        PackedSequence(out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+        batch_first=True,
+        total_length=L,
+    )
+    mask = torch.arange(L, device=x.device) < lengths.to(x.device)[:, None]  # (B, L)
+    return out * mask[..., None]
