@@ -104,7 +104,8 @@ class Cell:
 
     @property
     def divergence(self) -> str | None:
-        return self.variant.removeprefix("rdrop-") if self.variant.startswith("rdrop-") else None
+        name = self.variant.removeprefix("rdrop-")
+        return name if name in DIVERGENCES else None  # baseline, rdrop-none: none
 
 
 def overrides(design: Design, cell: Cell, alpha: float | None) -> list[str]:

@@ -232,7 +232,7 @@ class Runner:
             "command": ["gpner", "train", self.design.base_config, *sets],
             "data": {
                 "train": self.design.train_file,
-                "validation": self.design.data,
+                "validation": list(self.design.data),
                 "test": self.design.test_set if cell.stage == "final" else None,
             },
             "config": config,
