@@ -585,7 +585,8 @@ def spawn_workers(
     import signal
 
     program = ["-m", module] if module else [str(script)]
-    log(f"starting {workers} workers: {' '.join(program)} {' '.join(argv)}")
+    shown = f"-m {module}" if module else Path(script).name
+    log(f"starting {workers} workers: {shown} {' '.join(argv)}")
     children: list[subprocess.Popen] = []
     codes: list[int] = []
 
