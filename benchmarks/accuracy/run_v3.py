@@ -411,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         D.check_commits(results, commit)
         processes = LAYOUTS[args.layout][0]
         if processes > 1 and CR.worker()[1] == 1:
-            child = list(argv if argv is not None else sys.argv[1:])
+            # The children get the resolved commit: a --pin HEAD must not move under them.
+            child = [*(argv if argv is not None else sys.argv[1:]), "--pin", commit]
             return CR.spawn_workers(None, child, processes, module=__spec__.name, cwd=CR.ROOT)
         runner = Runner(
             design,
