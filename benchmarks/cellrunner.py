@@ -568,15 +568,25 @@ def worker_argv(args: Any, threads: int | None, extra: Sequence[str] = ()) -> li
     return child + list(extra)
 
 
-def spawn_workers(script: str | Path, argv: Sequence[str], workers: int) -> int:
-    """Run ``script`` ``workers`` times side by side with ``argv`` and wait for all of them.
+def spawn_workers(
+    script: str | Path | None,
+    argv: Sequence[str],
+    workers: int,
+    *,
+    module: str | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Run ``script`` (or ``python -m module`` in ``cwd``) ``workers`` times side by side with
+    ``argv`` and wait for all of them.
 
     Each child is tagged ``i/N`` (log lines, ``runner_workers`` in its results). Stopping the
     parent (Ctrl-C, SIGTERM) stops the children; their cells resume next time.
     """
     import signal
 
-    log(f"starting {workers} workers: {Path(script).name} {' '.join(argv)}")
+    program = ["-m", module] if module else [str(script)]
+    shown = f"-m {module}" if module else Path(script).name
+    log(f"starting {workers} workers: {shown} {' '.join(argv)}")
     children: list[subprocess.Popen] = []
     codes: list[int] = []
 
@@ -590,7 +600,7 @@ def spawn_workers(script: str | Path, argv: Sequence[str], workers: int) -> int:
     try:
         for i in range(1, workers + 1):
             env = {**os.environ, WORKER_ENV: f"{i}/{workers}"}
-            children.append(subprocess.Popen([sys.executable, str(script), *argv], env=env))
+            children.append(subprocess.Popen([sys.executable, *program, *argv], env=env, cwd=cwd))
         codes = [child.wait() for child in children]
     except KeyboardInterrupt:
         stop(signal.SIGINT, None)

@@ -29,7 +29,6 @@ def _load(name, filename):
 run = _load("gpner_accuracy_run", "run.py")
 report = run.load_report_module()
 G = run.G
-V2 = run.grid_v2
 
 
 @pytest.fixture(scope="module")
@@ -586,112 +585,6 @@ def test_smoke_cli_runs_two_tiny_cells():
     assert "smoke OK" in proc.stdout
 
 
-# ------------------------------------------------------------------------------ design v2
-
-
-def test_v2_grid_design(tmp_path):
-    blocks = V2.blocks()
-    entries = G.plan(blocks, tmp_path)
-    ids = [e.cell.id for e in entries]
-    assert len(ids) == len(set(ids))
-    assert [b.number for b in blocks] == list(range(1, 9))
-    assert [b.grid.name for b in blocks[:4]] == [
-        "cluener-char-v2",
-        "cluener-m3e-v2",
-        "cmeee-m3e-v2",
-        "conll2003-minilm-v2",
-    ]
-    assert [e.cell.block for e in entries] == sorted(e.cell.block for e in entries)
-    assert ids[:3] == [
-        "cluener-char-v2/search/baseline/s101",
-        "cluener-char-v2/search/rdrop-none/a0/s101",
-        "cluener-char-v2/search/rdrop-gp_kl/a0.000976562/s101",
-    ]
-    for block in blocks:
-        grid = block.grid
-        mine = [e for e in entries if e.cell.block == block.number]
-        finals = {(e.cell.variant, e.cell.seed) for e in mine if e.cell.stage == "final"}
-        seeds = (1, 2, 3, 4, 5) if grid.name == "cluener-char-v2" else (1, 2, 3)
-        assert finals == {(v, s) for v in block.variants for s in seeds}
-        search = [e.cell for e in mine if e.cell.stage == "search"]
-        # Two search seeds, disjoint from the final seeds; every candidate at both.
-        assert {c.seed for c in search} == {101, 102}
-        for seed in (101, 102):
-            assert [c.id.replace(f"/s{seed}", "") for c in search if c.seed == seed] == [
-                c.id.replace("/s101", "") for c in search if c.seed == 101
-            ]
-        # The same factor-4 alpha grid for every divergence, reaching down to 1/1024.
-        alphas = {}
-        for c in search:
-            if c.variant.startswith("rdrop-") and c.variant != "rdrop-none":
-                alphas.setdefault(c.variant, set()).add(c.alpha)
-        for grid_alphas in alphas.values():
-            assert grid_alphas == set(grid.rdrop_alphas) and min(grid_alphas) == 1 / 1024
-            ordered = sorted(grid_alphas)
-            assert all(b / a == 4 for a, b in zip(ordered, ordered[1:]))
-        if block.number <= 4:
-            assert set(alphas) == {f"rdrop-{d}" for d in V2.DIVERGENCES}
-        else:  # VAT: alpha x epsilon grids with a candidate on each side of every interior one
-            assert len(grid.vat_epsilons) == 4 and len(grid.vat_alphas) == 3
-    for e in entries:
-        if e.config is None:
-            continue
-        train = e.config.train
-        # Early stopping everywhere, search and final alike, with the final cells' budget;
-        # baseline-2x gets twice the epochs and patience.
-        factor = 2 if e.cell.variant == "baseline-2x" else 1
-        assert train.epochs == e.cell.grid.final_epochs * factor
-        assert train.patience == e.cell.grid.patience * factor
-        assert (e.config.data.test is None) == (e.cell.stage == "search")
-        if e.cell.variant == "rdrop-none":
-            assert e.config.regularizer.kind == "rdrop" and e.config.regularizer.alpha == 0.0
-    by_id = {e.cell.id: e for e in entries}
-    # Unsearched variants start at once; searched ones wait for both search seeds.
-    assert by_id["cluener-char-v2/final/rdrop-none/s1"].status == "pending"
-    assert by_id["cluener-char-v2/final/baseline-2x/s1"].status == "pending"
-    waiting = by_id["cluener-char-v2/final/rdrop-gp_kl/s1"]
-    assert waiting.status == "blocked" and len(waiting.waiting_for) == 12
-
-
-def test_v2_chooses_alpha_by_the_mean_over_search_seeds(tmp_path):
-    blocks = V2.blocks()[:1]
-    entries = _entries(blocks, tmp_path)
-    final = "cluener-char-v2/final/rdrop-gp_kl/s3"
-    alphas = V2.CHAR_ALPHAS
-    # Seed 101 alone would pick 1/64; the mean over both seeds picks 1/256.
-    f1 = {101: [0.60, 0.62, 0.64, 0.61, 0.58, 0.40], 102: [0.60, 0.66, 0.61, 0.60, 0.57, 0.41]}
-    for seed, scores in f1.items():
-        for alpha, score in zip(alphas, scores):
-            cell = f"cluener-char-v2/search/rdrop-gp_kl/a{alpha:g}/s{seed}"
-            assert _entries(blocks, tmp_path)[final].status == "blocked"
-            _write_fake(tmp_path, entries[cell], score)
-    entry = _entries(blocks, tmp_path)[final]
-    assert entry.status == "pending" and entry.alpha == 1 / 256
-    assert entry.config.regularizer.alpha == 1 / 256
-
-
-def test_v2_estimates_use_the_epochs_cells_ran_before_stopping(tmp_path):
-    blocks = V2.blocks()[:1]
-    entries = _entries(blocks, tmp_path)
-    baseline = entries["cluener-char-v2/final/baseline/s2"]
-    prior = G.expected_epochs(baseline, None)
-    assert prior == V2.CLUENER_CHAR.expected_epochs
-    twice = entries["cluener-char-v2/final/baseline-2x/s2"]
-    assert G.expected_epochs(twice, None) == min(twice.cell.epochs, 2 * prior)
-    first = entries["cluener-char-v2/final/baseline/s1"]
-    G.atomic_write_json(
-        G.result_path(tmp_path, first.cell), dict(_fake_result(first, 0.6, 0.6), epochs=9)
-    )
-    fresh = G.plan(blocks, tmp_path)
-    epochs_run = G.measured_epochs(fresh)
-    assert epochs_run == {("cluener-char-v2", 1): 9}
-    assert G.expected_epochs(baseline, epochs_run) == 9
-    assert G.expected_epochs(twice, epochs_run) == min(twice.cell.epochs, 2 * prior)  # own budget
-    # The first design (no early stopping) always uses the maximum.
-    v1 = G.plan(G.main_blocks(), tmp_path)[0]
-    assert G.expected_epochs(v1, epochs_run) == v1.cell.epochs
-
-
 def test_a_variant_this_checkout_cannot_build_is_listed_not_run(tmp_path, synthetic, monkeypatch):
     monkeypatch.setitem(G.VARIANTS, "rdrop-nonesuch", ("rdrop", "no_such_divergence"))
     blocks = G.smoke_blocks(
@@ -702,13 +595,6 @@ def test_a_variant_this_checkout_cannot_build_is_listed_not_run(tmp_path, synthe
     assert bad.status == "unavailable" and "no_such_divergence" in bad.note
     assert "cannot be built" in run.describe(bad)
     assert entries["smoke-char/final/baseline/s1"].status == "pending"
-
-
-def test_dry_run_of_v2_prints_the_compute_of_each_block(capsys, tmp_path):
-    assert run.main(["--dry-run", "--results", str(tmp_path), "--block", "1"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert "cluener-char-v2/search/baseline/s101" in lines[1]
-    assert lines[-1].startswith("block 1: about ") and "h of compute left" in lines[-1]
 
 
 def test_probe_measures_without_side_effects(tmp_path, synthetic):

@@ -40,7 +40,7 @@ def test_every_recipe_has_exactly_one_cell_that_is_its_config(tmp_path):
             if e.cell.name == recipe.name and G.CR.identity(e.config) == own
         ]
         assert len(matching) == 1, (recipe.name, matching, own)
-        assert G.own_config(recipe).train.patience is not None, "recipes train to convergence"
+        assert G.own_config(recipe).train.patience is not None, "recipes stop early on dev"
     # The head comparison: both heads with every seed, seeds shared between the heads.
     m3e = [e for e in entries if e.cell.name == "cluener-m3e"]
     seeds = {
@@ -105,9 +105,26 @@ def test_a_run_still_improving_at_its_epoch_cap_is_marked(epochs, best, stopped,
     assert report.still_improving(result) is capped
 
 
+@pytest.mark.parametrize(
+    "epochs, best, stopped, ended",
+    [
+        (10, 10, False, "10 (best 10, ran to the cap, best last)"),
+        (10, 8, False, "10 (best 8, ran to the cap)"),
+        (6, 4, True, "6 (best 4, stopped early)"),
+    ],
+)
+def test_each_run_says_how_it_ended(epochs, best, stopped, ended):
+    result = {"epochs": epochs, "stopped_early": stopped, "validation": {"best_epoch": best}}
+    assert report._epochs(result) == ended
+
+
 def test_recipes_report_lists_missing_cells_and_quotes_anchors(tmp_path):
     text = report.recipes_report(G.plan(["recipe"], tmp_path))
     assert "not run yet" in text and "80.03" in text and "58.79" in text and "90.94" in text
+    assert "convergence" not in text
+    # Each anchor names its split; the CLUENER paper's scores are on the hidden test set.
+    assert "80.03 (dev)" in text and "BiLSTM-CRF 70.00 (hidden test: not comparable)" in text
+    assert "BERT-base 78.82 (hidden test: not comparable)" in text and "90.94 (test)" in text
     assert "Cells not finished yet" in text
 
 
@@ -151,9 +168,14 @@ def test_longer_caps_sets_the_recipe_beside_its_larger_cap(tmp_path):
     assert {e.cell.id for e in planned if e.status == "done"} == {own.cell.id, cap.cell.id}
     lines = report.longer_caps(planned)
     text = "\n".join(lines)
-    assert "| 3 (best 3, cap) | 50.00 60.00 70.00 | 70.00 | **65.00** (test) | 3 |" in text
+    row = "| 3 (best 3, ran to the cap, best last) | 50.00 60.00 70.00 | 70.00 | **65.00** (test) |"
+    assert row in text
     assert "| 20 | 4 (best 2, stopped early) |" in text
-    assert "ran 4 epochs and scored 62.00 on test, 3.00 points below the recipe's 65.00" in text
+    # The verdict gives dev (which the cap is chosen on) before the reported split.
+    assert (
+        "ran 4 epochs (stopped early); best dev F1 68.00, 2.00 points below the recipe's 70.00; "
+        "scored 62.00 on test, 3.00 points below the recipe's 65.00 (one seed each)." in text
+    )
     # CoNLL's larger cap has not run: listed, and no verdict is drawn for it.
     assert text.count("not run yet") == 2 and "CoNLL-2003 English: `train.epochs" not in text
 

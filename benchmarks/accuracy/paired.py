@@ -1,5 +1,6 @@
 """Paired comparisons for the accuracy reports: per-seed differences, their 95 % t-interval, a
-two-sided paired t-test, Holm's step-down correction, and the verdict labels computed from them.
+two-sided and a one-sided paired t-test with one-sided confidence bounds, Holm's step-down
+correction, and the verdict labels computed from them.
 
 Pure Python (no SciPy): the Student t distribution through the regularised incomplete beta
 function, evaluated by its continued fraction (Lentz's method).
@@ -119,6 +120,34 @@ class PairedTest:
         if self.sd == 0.0:  # every seed moved by the same amount
             return 1.0 if self.mean == 0.0 else 0.0
         return t_two_sided_p(self.mean / (self.sd / math.sqrt(self.n)), self.n - 1)
+
+    @property
+    def t(self) -> float | None:
+        """The paired t statistic (+-inf when every seed moved by the same non-zero amount)."""
+        if self.n < 2:
+            return None
+        if self.sd == 0.0:
+            return 0.0 if self.mean == 0.0 else math.copysign(math.inf, self.mean)
+        return self.mean / (self.sd / math.sqrt(self.n))
+
+    @property
+    def p_greater(self) -> float | None:
+        """One-sided p-value of "a - b > 0": P(T >= t) under a zero mean difference."""
+        t = self.t
+        if t is None:
+            return None
+        if math.isinf(t):
+            return 0.0 if t > 0 else 1.0
+        tail = t_two_sided_p(t, self.n - 1) / 2.0
+        return tail if t > 0 else 1.0 - tail
+
+    def bound(self, side: str, level: float = LEVEL) -> float | None:
+        """One-sided ``1 - level`` confidence bound of the mean difference: "lower" (the mean is
+        above it) or "upper" (the mean is below it); None with fewer than 2 pairs."""
+        if self.n < 2:
+            return None
+        half = t_quantile(1 - level, self.n - 1) * self.sd / math.sqrt(self.n)
+        return self.mean - half if side == "lower" else self.mean + half
 
     @property
     def wins(self) -> int:

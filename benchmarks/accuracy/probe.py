@@ -2,7 +2,11 @@
 gradient norm relative to the cross-entropy's, measured on a few training batches.
 
 Run by ``run.py`` on the best checkpoint of every finished regularised final cell, after
-training and before its run dir is removed, so training itself is untouched. The probe keeps
+training and before its run dir is removed, so training itself is untouched; ``run_v3.py`` runs
+it the same way as a command in the pinned checkout::
+
+    python3 -m benchmarks.accuracy.probe CONFIG CHECKPOINT --set KEY=VALUE ... --out probe.json
+ The probe keeps
 the model in training mode (dropout on, as during training), draws its dropout masks and its
 batches from its own seed inside a forked RNG (the global RNG is left as it was), and takes
 gradients with ``torch.autograd.grad`` (no ``.grad`` is written).
@@ -20,8 +24,9 @@ from typing import Any
 def probe_regularizer(
     config: Any, checkpoint: Path, *, batches: int = 8, seed: int = 0
 ) -> dict[str, Any]:
-    """Per-batch ``alpha * D / (CE + alpha * D)``, ``|grad(alpha * D)| / |grad CE|`` (gradients
-    over all trainable parameters) and the cosine between the two gradients, on ``batches``
+    """Per-batch ``alpha * D / (CE + alpha * D)``, the gradient norms ``|grad CE|`` and
+    ``|grad(alpha * D)|`` (over all trainable parameters), their ratio and the cosine between the
+    two gradients, on ``batches``
     training batches of ``config.train.batch_size`` examples, as medians and per batch."""
     import torch
 
@@ -100,6 +105,8 @@ def probe_regularizer(
                     "ce": ce_value,
                     "divergence": d_value,
                     "share": alpha * d_value / total if total else 0.0,
+                    "ce_grad_norm": n_ce,
+                    "divergence_grad_norm": n_d,  # of alpha * D
                     "grad_ratio": n_d / n_ce if n_ce else math.nan,
                     "grad_cosine": float(flat_ce @ flat_d) / (n_ce * n_d) if n_ce and n_d else 0.0,
                 }
@@ -111,7 +118,13 @@ def probe_regularizer(
         "seed": seed,
         **{
             f"median_{key}": statistics.median(r[key] for r in rows)
-            for key in ("share", "grad_ratio", "grad_cosine")
+            for key in (
+                "share",
+                "ce_grad_norm",
+                "divergence_grad_norm",
+                "grad_ratio",
+                "grad_cosine",
+            )
         },
         "per_batch": rows,
     }
@@ -129,3 +142,36 @@ def _aligned(g_a, g_b):
         a.append((x if x is not None else torch.zeros_like(ref)).reshape(-1))
         b.append((y if y is not None else torch.zeros_like(ref)).reshape(-1))
     return torch.cat(a).double(), torch.cat(b).double()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``probe CONFIG CHECKPOINT [--set KEY=VALUE ...] [--batches N] [--out FILE]``: the probe
+    of a trained model under the config it was trained with, as JSON (stdout or ``--out``)."""
+    import argparse
+    import json
+
+    from gpner.atomic import atomic_write_json
+    from gpner.config import load_config
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("config")
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    if config.train.num_threads:
+        import torch
+
+        torch.set_num_threads(config.train.num_threads)
+    out = probe_regularizer(config, args.checkpoint, batches=args.batches)
+    if args.out is None:
+        print(json.dumps(out))
+    else:
+        atomic_write_json(args.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,7 +37,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy_grid as G  # noqa: E402
-import grid_v2  # noqa: E402
 from accuracy_grid import CR  # noqa: E402  (benchmarks/cellrunner.py: the generic machinery)
 
 from cellrunner import (  # noqa: E402,F401  (re-exported for the tests)
@@ -275,11 +274,8 @@ def smoke(results_dir: Path | None = None, threads: int | None = 1) -> int:
 
 # ---------------------------------------------------------------------------------- CLI
 
-# design -> (its blocks, its default results dir)
-DESIGNS = {
-    "v1": (G.main_blocks, G.DEFAULT_RESULTS),
-    "v2": (grid_v2.blocks, grid_v2.DEFAULT_RESULTS),
-}
+# design -> (its blocks, its default results dir); design v3 has its own runner (run_v3.py)
+DESIGNS = {"v1": (G.main_blocks, G.DEFAULT_RESULTS)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,15 +284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--design",
         choices=sorted(DESIGNS),
-        default="v2",
-        help="v2 (issue 16, default; results in results-v2/) or v1 (issue 6; results/)",
+        default="v1",
+        help="v1 (issue 6; results/); design v3 (issue 30) runs with run_v3.py",
     )
     parser.add_argument(
         "--block",
         action="append",
         type=int,
         metavar="N",
-        help="only cells of priority block N (v1: 1-5, v2: 1-8); repeatable",
+        help="only cells of priority block N (1-5); repeatable",
     )
     parser.add_argument("--smoke", action="store_true", help="2 tiny cells on synthetic data")
     args = parser.parse_args(argv)
