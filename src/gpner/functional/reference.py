@@ -20,12 +20,12 @@ from .reduction import reduce, to_accumulation
 
 __all__ = [
     "dense_targets",
+    "squared_error",
+    "distillation_term",
     "multilabel_categorical_crossentropy",
     "global_pointer_kl",
     "softmax_kl",
     "softmax_kl_all",
-    "squared_error",
-    "distillation_term",
 ]
 
 
@@ -123,18 +123,6 @@ def softmax_kl_all(
     return reduce(_symmetric_softmax_kl(s, t, mask, max_width, start_dim=1), reduction)
 
 
-def _symmetric_softmax_kl(s, t, mask, max_width, start_dim: int) -> Tensor:
-    """The two KLs of the softmaxes over the valid cells of dims ``start_dim:``, summed there."""
-    s, t = to_accumulation(s), to_accumulation(t)
-    valid = _valid(mask, s, max_width)
-    low = torch.finfo(s.dtype).min  # exp(low - anything real) == 0: no probability, no NaN
-    log_p = torch.log_softmax(torch.where(valid, s, low).flatten(start_dim), -1)
-    log_q = torch.log_softmax(torch.where(valid, t, low).flatten(start_dim), -1)
-    p, q = log_p.exp(), log_q.exp()
-    cells = p * (log_p - log_q) + q * (log_q - log_p)
-    return torch.where(valid.flatten(start_dim), cells, 0.0).sum(-1)
-
-
 def squared_error(
     s: Tensor,
     t: Tensor,
@@ -178,3 +166,15 @@ def distillation_term(
     return temperature**2 * term(
         s / temperature, t / temperature, mask, reduction, max_width=max_width
     )
+
+
+def _symmetric_softmax_kl(s, t, mask, max_width, start_dim: int) -> Tensor:
+    """The two KLs of the softmaxes over the valid cells of dims ``start_dim:``, summed there."""
+    s, t = to_accumulation(s), to_accumulation(t)
+    valid = _valid(mask, s, max_width)
+    low = torch.finfo(s.dtype).min  # exp(low - anything real) == 0: no probability, no NaN
+    log_p = torch.log_softmax(torch.where(valid, s, low).flatten(start_dim), -1)
+    log_q = torch.log_softmax(torch.where(valid, t, low).flatten(start_dim), -1)
+    p, q = log_p.exp(), log_q.exp()
+    cells = p * (log_p - log_q) + q * (log_q - log_p)
+    return torch.where(valid.flatten(start_dim), cells, 0.0).sum(-1)
