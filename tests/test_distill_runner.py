@@ -41,7 +41,7 @@ def test_the_grid_searches_on_a_split_of_train_and_blocks_on_the_teacher(tmp_pat
     seeds = {by_id[f"final/scratch/s{k}"].config.train.seed for k in (1, 2, 3)}
     assert seeds == {42, 43, 44}
     text = report.report(entries, None)
-    assert "pending" in text and "Pending: `python3 benchmarks/distill/speed.py`" in text
+    assert "pending" in text and "Pending: `python3 benchmarks/distill/predict_speed.py`" in text
 
 
 def _tiny_configs(tmp_path, tiny_data):

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Train the distillation benchmark's cells (see ``grid.py``), resumably, one JSON per cell.
+"""Train the distillation benchmark's cells (``distill_cells.py``), resumably, one JSON each.
 
     python3 benchmarks/distill/run.py --dry-run        # the cells in run order, with status
     nohup nice -n 10 python3 benchmarks/distill/run.py >> benchmarks/distill/run.log 2>&1 &
     python3 benchmarks/distill/run.py --kind unlabeled  # the optional People's Daily cells
-    python3 benchmarks/distill/speed.py                 # predict speed: teacher vs students
+    python3 benchmarks/distill/predict_speed.py         # predict speed: teacher vs students
     python3 benchmarks/distill/report.py                # RESULTS.md from the JSONs
 
 Built on ``benchmarks/cellrunner.py``: a finished cell writes ``results/<cell id with / as
@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import grid as G  # noqa: E402
-from grid import CR  # noqa: E402
+import distill_cells as G  # noqa: E402
+from distill_cells import CR  # noqa: E402
 
 
 def write_unlabeled(path: Path = G.UNLABELED) -> int:
@@ -66,7 +66,7 @@ def build_result(
     history = result.history
     best = next(h for h in history if h["epoch"] == result.best_epoch)
     kept = None
-    if cell.kind in ("teacher", "final"):  # kept for the students and for speed.py
+    if cell.kind in ("teacher", "final"):  # kept for the students and for predict_speed.py
         target = G.TEACHER_DIR if cell.kind == "teacher" else G.MODELS / cell.stem
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(result.best_path, target)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prediction speed of the distillation benchmark's teacher and students, side by side.
 
-    nice python3 benchmarks/distill/speed.py       # -> results/speed.json (report.py reads it)
+    nice python3 benchmarks/distill/predict_speed.py   # -> results/speed.json (report.py reads)
 
 Runs ``benchmarks/speed/bench_predict.py``'s measurement (``bench_model``: the whole predict
 pipeline on CLUENER dev at batch 32 and 1, torch and every onnxruntime form, with each form's dev
@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "speed"))
 
-import grid as G  # noqa: E402
+import distill_cells as G  # noqa: E402
 
 SPEED = G.DEFAULT_RESULTS / "speed.json"
 

@@ -1,5 +1,5 @@
-"""The cells of the distillation benchmark: shared by ``run.py`` (trains them), ``speed.py`` and
-``report.py`` (RESULTS.md).
+"""The cells of the distillation benchmark: shared by ``run.py`` (trains them),
+``predict_speed.py`` and ``report.py`` (RESULTS.md).
 
 Teacher ``configs/cluener_m3e.toml`` (m3e-small, Efficient GlobalPointer), student
 ``configs/cluener_char.toml`` (the char BiLSTM + bigrams, its budget and patience unchanged).
@@ -15,7 +15,8 @@ resumable, one JSON per cell):
    best weight of their T = 1 cells (``search/<term>/t<T>/s1``; the squared error ignores T).
 3. ``final/...``: full train, CLUENER dev, seeds 1-3: the from-scratch student
    (``final/scratch/s<k>``) and each KD term at its best (beta, T) of the search
-   (``final/<term>/s<k>``); their best models are kept in ``models/`` for ``speed.py``.
+   (``final/<term>/s<k>``); their best models are kept in ``models/`` for
+   ``predict_speed.py``.
 4. ``unlabeled/gp_kl/s<k>`` (optional, ``--kind unlabeled``): the final gp_kl cells plus the
    People's Daily texts (``people_daily/example.dev`` and ``.test``, labels ignored) as
    ``distill.unlabeled``.
