@@ -134,6 +134,8 @@ _FILE_VALUES = {
     "data.test": ["no/such/test.jsonl"],
     "encoder.path": ["no/such/model-dir"],
     "output_dir": ["<a file>"],
+    "distill.teacher": ["no/such/teacher"],
+    "distill.unlabeled": ["no/such/texts.txt"],
 }
 
 
@@ -216,6 +218,7 @@ def test_registries_are_what_validation_accepts():
         "head.kind",
         "regularizer.kind",
         "regularizer.divergence",
+        "distill.kd",
     }
     for key, registry in choices.items():
         for name in registry:

@@ -1,5 +1,5 @@
-"""Command line: a thin shell over the library (gpner train | evaluate | predict | convert |
-serve | render)."""
+"""Command line: a thin shell over the library (gpner train | distill | evaluate | predict |
+convert | serve | render)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ class CLIError(Exception):
 # What each command calls read()'s arguments format=, scheme= and strict=False.
 _ARG_NAMES = {
     "train": ("data.format", "data.scheme", "data.strict = false"),
+    "distill": ("data.format", "data.scheme", "data.strict = false"),
     "evaluate": ("--format", "--scheme", "--lenient"),
     "predict": ("--from", "--scheme", "--lenient"),
     "convert": ("--from", "--scheme", "--lenient"),
@@ -65,7 +66,7 @@ def _as_flags(message: str, command: str) -> str:
     if command not in _ARG_NAMES:  # commands that read no data files
         return message
     fmt, scheme, lenient = _ARG_NAMES[command]
-    sep = " = " if command == "train" else " "
+    sep = " = " if command in ("train", "distill") else " "
     message = re.sub(r"\bformat=(?![\w'\"])", fmt, message)
     message = re.sub(r"\bscheme=(['\"]?)([\w-]+)\1", rf"{scheme}{sep}\2", message)
     message = re.sub(r"\bscheme=", scheme, message)
@@ -105,9 +106,23 @@ def _load_model(path: str, backend: str = "torch"):
 
 def _train(args: argparse.Namespace) -> int:
     from gpner.config import load_config
-    from gpner.training import train
+
+    return _run_training(load_config(args.config, args.set), args)
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from gpner.config import load_config
 
     config = load_config(args.config, args.set)
+    config.distill.teacher = args.teacher
+    if args.unlabeled is not None:
+        config.distill.unlabeled = args.unlabeled
+    return _run_training(config, args)
+
+
+def _run_training(config, args: argparse.Namespace) -> int:
+    from gpner.training import train
+
     if args.output_dir:
         config.output_dir = args.output_dir
     resume = "if_exists" if args.resume_if_exists else args.resume
@@ -409,6 +424,43 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ parser
 
+_DISTILL_DESCRIPTION = """\
+Train the student CONFIG describes on CE(gold) + beta * T^2 * KD(student / T, teacher / T),
+KD over the span cells both models score (a student cell whose characters no teacher cell covers
+exactly is left out of KD): 'gpner train CONFIG --set distill.teacher=TEACHER'. The [distill]
+table (--set distill.KEY=VALUE): kd (below; default gp_kl, the divergence D), beta (1/64),
+temperature (1), floor (-10: teacher logits at or below it are cached as "<= floor"), cache and
+cache_dir (the teacher's logits of the training texts, cached once in output_dir/teacher_logits),
+teacher_batch_size (64). See gpner/distill.py and the README.
+"""
+
+
+def _training_arguments(
+    p: argparse.ArgumentParser, config_help: str = "TOML config (defaults apply without one)"
+) -> None:
+    """The arguments 'train' and 'distill' share."""
+    p.add_argument("config", nargs="?", help=config_help)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable); "
+        "--set data.strict=false skips bad data items instead of stopping",
+    )
+    p.add_argument("--output-dir", help="override output_dir")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run from output_dir/last.pt (an error when there is none)",
+    )
+    resume.add_argument(
+        "--resume-if-exists",
+        action="store_true",
+        help="continue from output_dir/last.pt when it exists, else start fresh",
+    )
+
 
 def build_parser() -> argparse.ArgumentParser:
     from gpner import __version__
@@ -431,28 +483,29 @@ def build_parser() -> argparse.ArgumentParser:
         epilog_fn=_train_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", nargs="?", help="TOML config (defaults apply without one)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=3 (repeatable); "
-        "--set data.strict=false skips bad data items instead of stopping",
-    )
-    p.add_argument("--output-dir", help="override output_dir")
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue a killed run from output_dir/last.pt (an error when there is none)",
-    )
-    resume.add_argument(
-        "--resume-if-exists",
-        action="store_true",
-        help="continue from output_dir/last.pt when it exists, else start fresh",
-    )
+    _training_arguments(p)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "distill",
+        help="train a student model on gold spans and a teacher model's span logits",
+        description=_DISTILL_DESCRIPTION,
+        epilog_fn=_train_epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "teacher",
+        help="the teacher: a trained model directory, or an .onnx file from 'gpner export' "
+        "(run by onnxruntime); it must have the training data's label set",
+    )
+    _training_arguments(p, "the student's TOML config (defaults apply without one)")
+    p.add_argument(
+        "--unlabeled",
+        metavar="FILE",
+        help="a text file, one text per line: texts that train the student on the teacher's "
+        "signal alone (no cross-entropy); sets distill.unlabeled",
+    )
+    p.set_defaults(func=_distill)
 
     p = sub.add_parser("evaluate", help="entity-level scores of a checkpoint on labelled data")
     p.add_argument(

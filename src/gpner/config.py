@@ -24,6 +24,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "DistillConfig",
     "EncoderConfig",
     "HeadConfig",
     "RegularizerConfig",
@@ -187,6 +188,24 @@ class RegularizerConfig:
 
 
 @dataclass
+class DistillConfig:
+    # Knowledge distillation (gpner.distill; `gpner distill TEACHER CONFIG` sets the teacher):
+    # loss = CE(gold) + beta * T^2 * KD(student / T, teacher / T) over the cells both share.
+    # The teacher: a saved gpner model directory, or an .onnx file (onnxruntime); None = none.
+    teacher: str | None = None
+    unlabeled: str | None = None  # a text file, one text per line: teacher signal only, no CE
+    # a name registered in gpner.distill.KD_TERMS: "gp_kl" (D), "softmax_kl" or "mse"
+    kd: str = _field("gp_kl", Choice("gpner.distill:KD_TERMS"))
+    beta: float = _field(1 / 64, _NON_NEGATIVE)  # weight of the KD term
+    temperature: float = _field(1.0, _RATE)  # T, dividing both logit sets
+    # teacher logits at or below this are cached as "<= floor" (sparse cache; see gpner.distill)
+    floor: float = _field(-10.0, Bounds(-math.inf, math.inf, low_open=True, high_open=True))
+    cache: bool = True  # false: run the teacher on every batch instead (new text each time)
+    cache_dir: str | None = None  # where the teacher's logits are cached; None: output_dir
+    teacher_batch_size: int = _field(64, _POSITIVE)  # texts per teacher forward pass
+
+
+@dataclass
 class TrainConfig:
     epochs: int = _field(10, _POSITIVE)  # the maximum number of epochs (see patience)
     # Early stopping: stop after this many epochs without a dev micro-F1 gain (the best epoch is
@@ -223,6 +242,7 @@ class Config:
     head: HeadConfig = field(default_factory=HeadConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     output_dir: str = "runs/default"  # checkpoints, metrics log and plot go here
 
 

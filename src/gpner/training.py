@@ -364,6 +364,11 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
         _log(f"no {last_path} to resume from: starting fresh", ddp.main)
     with collect_read_report() as read_report:
         corpus = Corpus.from_config(config.data)
+    objective = None
+    if config.distill.teacher is not None or config.distill.unlabeled is not None:
+        from gpner.distill import prepare  # the [distill] table: a teacher's signal in the loss
+
+        objective = prepare(config, corpus, device, lambda message: _log(message, ddp.main))
     skipped = read_report.skipped
     if skipped:
         _log(
@@ -378,6 +383,8 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
             raise ConfigError(f"--resume: {last_path} was trained with other labels")
         _log(f"resuming from {last_path} after epoch {payload['epoch']}", ddp.main)
     state, stats = _build_state(config, corpus, device, ddp, payload)
+    if objective is not None:
+        state.objective = objective()
     _log(f"train: {stats.summary()}", ddp.main)
     if payload is None and ddp.main:
         # A fresh run starts a fresh log; a resumed one keeps its earlier lines.

@@ -14,6 +14,8 @@ Where to read what:
 * :mod:`.cells` -- the divergence ``D(s, t)`` of one cell, its gradient, and its derivation.
 * :mod:`.losses` -- the public losses and divergences, on logits (drop-in) or on factors
   (fused: no (B, C, L, L) tensor at all), one ``reduction`` vocabulary (:mod:`.reduction`).
+* :mod:`.kd` -- knowledge-distillation terms (the divergences above and the squared error) with
+  a temperature and the teacher floor of a sparse teacher cache.
 * :mod:`.reference` -- dense textbook definitions, the oracle of the tests.
 * :mod:`._blocked` -- the cache-blocked engine the losses run on, with optional compiled
   kernels (:func:`gpner.backends.compiled_kernels`).
@@ -24,6 +26,7 @@ touches an invalid cell's value). Half-precision inputs are accumulated in float
 """
 
 from .cells import gp_kl_cell, gp_kl_cell_grad
+from .kd import apply_floor, distillation_term, squared_error
 from .layout import (
     band_mask,
     band_to_dense,
@@ -80,4 +83,7 @@ __all__ = [
     "spans_to_band",
     "band_to_spans",
     "select_cells",
+    "squared_error",
+    "distillation_term",
+    "apply_floor",
 ]

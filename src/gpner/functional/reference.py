@@ -21,6 +21,8 @@ from .reduction import reduce, to_accumulation
 
 __all__ = [
     "dense_targets",
+    "squared_error",
+    "distillation_term",
     "multilabel_categorical_crossentropy",
     "global_pointer_kl",
     "softmax_kl",
@@ -121,6 +123,51 @@ def softmax_kl_all(
     """``KL(p || q) + KL(q || p)`` with ``p``, ``q`` the softmax of ``s``, ``t`` over the valid
     cells of all types of each example, written as the two KLs; (B,) with "none"."""
     return reduce(_symmetric_softmax_kl(s, t, mask, max_width, start_dim=1), reduction)
+
+
+def squared_error(
+    s: Tensor,
+    t: Tensor,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    max_width: int | None = None,
+) -> Tensor:
+    """``sum_valid (s - t)^2`` per (example, type), cell by cell in a plain loop."""
+    s, t = to_accumulation(s), to_accumulation(t)
+    valid = _valid(mask, s, max_width)
+    out = s.new_zeros(s.shape[:2])
+    for b in range(s.shape[0]):
+        for c in range(s.shape[1]):
+            for i in range(s.shape[2]):
+                for j in range(s.shape[3]):
+                    if valid[b, c, i, j]:
+                        out[b, c] = out[b, c] + (s[b, c, i, j] - t[b, c, i, j]) ** 2
+    return reduce(out, reduction)
+
+
+def distillation_term(
+    term,
+    student: Tensor,
+    teacher: Tensor,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    max_width: int | None = None,
+    floor: float | None = None,
+) -> Tensor:
+    """``T^2 * term(s' / T, t' / T)``: the teacher clipped at ``floor`` (``t' = max(t, floor)``)
+    and, on the cells where the teacher is at or below it, the student too
+    (``s' = max(s, floor)``); ``term`` one of this module's definitions."""
+    s, t = to_accumulation(student), to_accumulation(teacher.detach())
+    if floor is not None:
+        at_floor = t <= floor
+        s = torch.where(at_floor, torch.maximum(s, s.new_tensor(floor)), s)
+        t = torch.maximum(t, t.new_tensor(floor))
+    return temperature**2 * term(
+        s / temperature, t / temperature, mask, reduction, max_width=max_width
+    )
 
 
 def _symmetric_softmax_kl(s, t, mask, max_width, start_dim: int) -> Tensor:
