@@ -38,7 +38,16 @@ from gpner.data.paths import data_root  # noqa: E402
 
 # variant -> (overrides of configs/quickstart.toml, what it is)
 VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
-    "default": ((), "the config as committed: 1-layer BiLSTM + 64-wide char bigrams, lr 5e-3"),
+    "default": ((), "the config as committed at the commit named"),
+    "egp": (
+        ("head.kind=efficient_global_pointer",),
+        "the Efficient GlobalPointer head (its projection is 2 x 64 wide, not 10 types x 2 x 64)",
+    ),
+    "egp-8": (
+        ("head.kind=efficient_global_pointer", "train.epochs=8"),
+        "the Efficient GlobalPointer head, 8 epochs",
+    ),
+    "gp-8": (("train.epochs=8",), "8 epochs"),
     "no-bigrams": (
         ("encoder.bigrams=false", "train.lr=1e-2"),
         "the previous default: the BiLSTM without bigrams, lr 1e-2",
@@ -67,12 +76,18 @@ def main_job_steps(readme: str) -> list[str]:
     raise SystemExit("README.md: no '# Main job' line followed by the command")
 
 
-def run_variant(name: str, machine: str) -> dict:
+def run_variant(name: str, machine: str, at: str | None = None) -> dict:
     overrides, what = VARIANTS[name]
     environment = CR.environment(ROOT)  # versions and the commit the clone is made of
     with tempfile.TemporaryDirectory(prefix="gpner-main-job-") as tmp:
         clone = Path(tmp) / "gpner"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        if at is not None:  # an earlier commit, to time it beside this one
+            subprocess.run(["git", "-C", str(clone), "checkout", "-q", at], check=True)
+            environment["git_commit"] = subprocess.run(
+                ["git", "-C", str(clone), "rev-parse", "HEAD"],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
         steps = main_job_steps((clone / "README.md").read_text(encoding="utf-8"))
         gpner = f"{sys.executable} -m gpner "
         steps = [re.sub(r"(^|\| )gpner ", lambda m: m.group(1) + gpner, s) for s in steps]
@@ -148,6 +163,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("variants", nargs="*", help=f"any of {', '.join(VARIANTS)}")
     p.add_argument("--machine", default="not recorded", help="what else ran meanwhile")
+    p.add_argument(
+        "--at",
+        metavar="REV",
+        help="run the variants in a clone checked out at REV (results/main_job__<variant>__"
+        "<commit>.json), e.g. the commit before a change, to time both in one session",
+    )
     p.add_argument("--report", action="store_true", help="only regenerate MAIN_JOB.md")
     args = p.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -155,8 +176,9 @@ def main(argv=None) -> None:
         p.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     RESULTS.mkdir(exist_ok=True)
     for name in [] if args.report else args.variants:
-        result = run_variant(name, args.machine)
-        out = RESULTS / f"main_job__{name}.json"
+        result = run_variant(name, args.machine, args.at)
+        suffix = f"__{result['commit'][:7]}" if args.at else ""
+        out = RESULTS / f"main_job__{name}{suffix}.json"
         atomic_write_json(out, result)
         print(
             f"{name}: dev F1 {result['dev']['f1']:.4f}, {result['seconds']:.0f} s, demo "
