@@ -224,7 +224,8 @@ class TrainConfig:
     threshold: float = _field(0.0, Bounds(-math.inf, math.inf, low_open=True, high_open=True))
     flat: bool = False  # decode non-overlapping spans only
     eval_batch_size: int = _field(64, _POSITIVE)
-    # torch intra-op threads; None = torch's default
+    # torch intra-op threads; None = the cores other processes leave free, re-checked every few
+    # seconds (gpner.threads.CoreShare): all of them on an idle machine
     num_threads: int | None = _field(None, _POSITIVE)
     max_steps_per_epoch: int | None = _field(None, _POSITIVE)  # cap for smoke tests
     progress: bool = True  # tqdm progress bars, when stderr is a terminal

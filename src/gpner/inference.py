@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from gpner import threads
 from gpner.data.batching import Feature, collate, encode_examples
 from gpner.data.spans import Example, Span
 from gpner.decoding import decode, spans_from_features
@@ -48,6 +49,7 @@ def _features(model: NERModel, texts: Sequence[str]) -> list[Feature]:
 def _batches(model: NERModel, features: Sequence[Feature], batch_size: int):
     """``(indices, padded batch)`` pairs, batched by length."""
     for index in _batches_by_length(features, batch_size):
+        threads.poll()  # inside gpner.threads.cores_in_use: follow the free cores
         yield index, collate([features[k] for k in index], model.tokenizer.pad_id)
 
 

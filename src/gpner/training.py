@@ -30,6 +30,7 @@ from gpner.model import NERModel, build_model, build_tokenizer
 from gpner.plotting import plot_history
 from gpner.regularizers import Objective, build_objective
 from gpner.rng import RNGState, seed_everything
+from gpner.threads import CoreShare
 
 __all__ = [
     "TrainResult",
@@ -140,6 +141,7 @@ class TrainState:
     best_f1: float = -1.0
     best_epoch: int = 0
     stopped: bool = False  # early stopping ended the run
+    cores: CoreShare | None = None  # intra-op threads: fixed, or following the free cores
 
     def resume_payload(self) -> dict[str, Any]:
         """The model checkpoint plus what continuing exactly needs (optimiser, schedule,
@@ -243,6 +245,8 @@ def run_epoch(state: TrainState) -> dict[str, Any]:
             local = ddp.share(indices)
             features = [state.features[k] for k in local]
             batch = collate(features, model.tokenizer.pad_id).to(state.device)
+            if state.cores is not None:
+                state.cores.poll()
             loss, parts = state.objective(model, batch)
             state.optimizer.zero_grad(set_to_none=True)
             # Each process averages over its share; scaling by the share's size makes the
@@ -273,6 +277,7 @@ def run_epoch(state: TrainState) -> dict[str, Any]:
         "examples_per_second": seen / max(elapsed, 1e-9),
         "tokens_per_second": tokens / max(elapsed, 1e-9),
         "lr": state.scheduler.get_last_lr()[0],
+        "threads": torch.get_num_threads(),  # at the epoch's end (see gpner.threads)
     }
 
 
@@ -356,8 +361,8 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
             f"--resume: there is no {last_path} to resume from; run without --resume to start "
             "fresh (or pass --resume-if-exists)"
         )
-    if tcfg.num_threads:
-        torch.set_num_threads(tcfg.num_threads)
+    cores = CoreShare(fixed=tcfg.num_threads)
+    cores.start()
     device = _device()
     ddp = init_distributed(device)
     if resume == "if_exists" and not last_path.is_file():
@@ -383,6 +388,7 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
             raise ConfigError(f"--resume: {last_path} was trained with other labels")
         _log(f"resuming from {last_path} after epoch {payload['epoch']}", ddp.main)
     state, stats = _build_state(config, corpus, device, ddp, payload)
+    state.cores = cores
     if objective is not None:
         state.objective = objective()
     _log(f"train: {stats.summary()}", ddp.main)
