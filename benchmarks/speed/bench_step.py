@@ -23,6 +23,10 @@ training loop only).
 ``--recurrence packed unpacked`` runs the breakdown's BiLSTM layers both ways in the same rounds
 (:func:`gpner.backends.packed_recurrence`).
 
+``loaded``: the same short ``gpner train`` run on 2 fixed threads, 1 fixed thread and the
+default (threads that follow the free cores, :mod:`gpner.threads`), alone, beside a busy
+single-thread process and beside a second default ``gpner train``; training examples/s.
+
 ``versus``: the same short ``gpner train`` run as ``parallel``'s one-process layout, with this
 checkout's library and with ``--baseline``'s (a temporary git worktree), alternating run by run;
 training tokens/s from each run's metrics.jsonl, and the per-pair ratios.
@@ -31,6 +35,7 @@ training tokens/s from each run's metrics.jsonl, and the per-pair ratios.
     python3 benchmarks/speed/bench_step.py breakdown --configs configs/quickstart.toml \
         --recurrence packed unpacked
     python3 benchmarks/speed/bench_step.py parallel
+    python3 benchmarks/speed/bench_step.py loaded --configs configs/quickstart.toml
     python3 benchmarks/speed/bench_step.py versus --baseline 7d770f8 \
         --configs configs/cluener_char.toml
     python3 benchmarks/speed/make_results.py
@@ -311,9 +316,10 @@ def train_run(
         f"train.max_steps_per_epoch={steps}",
         "train.progress=false",
         "data.dev_limit=1",
-        f"train.num_threads={1 if layout == 'processes' else 2}",
         *extra,
     ]
+    if layout != "auto":  # auto: the default, threads that follow the free cores
+        sets.append(f"train.num_threads={1 if layout in ('processes', 'threads1') else 2}")
     argv = ["-m", "gpner", "train", str(ROOT / config), "--output-dir", str(out_dir)]
     for item in sets:
         argv += ["--set", item]
@@ -338,6 +344,7 @@ def train_run(
         "tokens_per_second": record["tokens_per_second"],
         "train_seconds": record["seconds"],
         "steps": record["steps"],
+        "threads": record.get("threads"),  # at the epoch's end (recorded since gpner.threads)
         "wall_s": wall,
         "loadavg": os.getloadavg()[0],
     }
@@ -364,6 +371,65 @@ def parallel(args) -> dict:
         entry = {"config": path, "steps": steps, "runs": runs}
         for layout in layouts:
             entry[layout] = statistics.median(r["examples_per_second"] for r in runs[layout])
+        data["configs"].append(entry)
+        data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        measure.write_json(args.out, data)
+    return data
+
+
+# -------------------------------------------------------------------------------- loaded
+
+LOADED_LAYOUTS = ("threads", "threads1", "auto")  # 2 threads fixed, 1 fixed, the default
+
+
+@contextlib.contextmanager
+def _competitor(kind: str, tmp: Path):
+    """Another busy process for the block: ``busy`` (one thread spinning in Python), ``train``
+    (a second ``gpner train`` of the same config with default settings), or ``none``."""
+    if kind == "none":
+        yield
+        return
+    if kind == "busy":
+        cmd = [sys.executable, "-c", "while True: pass"]
+    else:
+        cmd = [sys.executable, "-m", "gpner", "train", str(ROOT / "configs/quickstart.toml")]
+        cmd += ["--output-dir", str(tmp / "competitor"), "--set", "train.progress=false"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("OMP_WAIT_POLICY", None)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(10 if kind == "train" else 1)  # the competitor is training when we start
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def loaded(args) -> dict:
+    """The same short ``gpner train`` run on 2 fixed threads, 1 fixed thread and the default
+    (threads that follow the free cores), alone and beside each competitor."""
+    data = {**measure.run_header("loaded"), "repeats": args.repeats, "configs": []}
+    for path in args.configs:
+        steps = args.steps.get(path, args.steps["default"])
+        runs: dict[str, dict[str, list]] = {}
+        with tempfile.TemporaryDirectory(prefix="gpner-loaded-") as tmp:
+            for load in args.loads:
+                runs[load] = {k: [] for k in LOADED_LAYOUTS}
+                for rep in range(args.repeats):
+                    order = LOADED_LAYOUTS[rep % 3 :] + LOADED_LAYOUTS[: rep % 3]
+                    with _competitor(load, Path(tmp)):
+                        for layout in order:
+                            out = Path(tmp) / f"{load}-{layout}-{rep}"
+                            runs[load][layout].append(train_run(path, layout, steps, out, args.set))
+                            r = runs[load][layout][-1]
+                            print(f"{path} beside {load}: {layout} {r['examples_per_second']:.1f} "
+                                  f"ex/s ({r['train_seconds']:.1f} s)", flush=True)  # fmt: skip
+        entry = {"config": path, "steps": steps, "runs": runs}
+        entry["median"] = {
+            load: {k: statistics.median(r["examples_per_second"] for r in v) for k, v in by.items()}
+            for load, by in runs.items()
+        }
         data["configs"].append(entry)
         data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         measure.write_json(args.out, data)
@@ -427,7 +493,14 @@ def versus(args) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("what", choices=["breakdown", "parallel", "versus"])
+    p.add_argument("what", choices=["breakdown", "parallel", "versus", "loaded"])
+    p.add_argument(
+        "--loads",
+        nargs="+",
+        choices=["none", "busy", "train"],
+        default=["none", "busy", "train"],
+        help="loaded: what runs beside (none, a busy 1-thread process, a default gpner train)",
+    )
     p.add_argument("--baseline", default="HEAD", help="versus: the commit to compare with")
     p.add_argument("--configs", nargs="+", default=CONFIGS)
     p.add_argument("--set", action="append", default=[], help="config override for every run")
@@ -464,7 +537,7 @@ def main(argv=None) -> None:
     if args.steps is None:
         fixed["configs/cluener_m3e.toml"] = 25
     args.steps = fixed
-    (parallel if args.what == "parallel" else versus)(args)
+    {"parallel": parallel, "versus": versus, "loaded": loaded}[args.what](args)
 
 
 if __name__ == "__main__":
