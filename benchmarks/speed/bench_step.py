@@ -455,8 +455,9 @@ def _worktree(rev: str):
 
 def versus(args) -> dict:
     """The same short ``gpner train`` run with this checkout's library and with ``--baseline``'s,
-    alternating run by run (one process, 2 threads, as users run it)."""
+    alternating run by run (one process, ``--layout``'s fixed threads)."""
     data = {**measure.run_header("versus"), "repeats": args.repeats, "configs": []}
+    data["layout"] = args.layout
     rev = subprocess.run(
         ["git", "rev-parse", "--short", args.baseline], cwd=ROOT, capture_output=True, text=True,
         check=True,
@@ -471,7 +472,7 @@ def versus(args) -> dict:
                 for side in order:
                     src = tree / "src" if side == "baseline" else ROOT / "src"
                     out = Path(tmp) / f"{side}-{rep}"
-                    runs[side].append(train_run(path, "threads", steps, out, args.set, src))
+                    runs[side].append(train_run(path, args.layout, steps, out, args.set, src))
                     r = runs[side][-1]
                     print(
                         f"{path} {side}: {r['tokens_per_second']:.0f} tokens/s "
@@ -502,6 +503,12 @@ def main(argv=None) -> None:
         help="loaded: what runs beside (none, a busy 1-thread process, a default gpner train)",
     )
     p.add_argument("--baseline", default="HEAD", help="versus: the commit to compare with")
+    p.add_argument(
+        "--layout",
+        choices=["threads", "threads1"],
+        default="threads",
+        help="versus: 2 threads (as users run it on an idle machine) or 1 (robust to other load)",
+    )
     p.add_argument("--configs", nargs="+", default=CONFIGS)
     p.add_argument("--set", action="append", default=[], help="config override for every run")
     p.add_argument("--objectives", nargs="+", default=["none", "rdrop"])

@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+import encoder_sections  # run as a script, its own folder is on sys.path
+
 HERE = Path(__file__).resolve().parent
 NAMES = {
     "reference": "reference",
@@ -717,6 +719,9 @@ def main(argv=None) -> None:
     p.add_argument("--divergence", type=Path, default=HERE / "results" / "divergence.json")
     p.add_argument("--step", type=Path, default=HERE / "results" / "step.json")
     p.add_argument("--parallel", type=Path, default=HERE / "results" / "parallel.json")
+    p.add_argument("--step-bilstm", type=Path, default=HERE / "results" / "step_bilstm.json")
+    p.add_argument("--versus", type=Path, default=HERE / "results" / "versus.json")
+    p.add_argument("--loaded", type=Path, default=HERE / "results" / "loaded.json")
     p.add_argument("--profiles", type=Path, default=HERE / "profiles" / "summary.json")
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = p.parse_args(argv)
@@ -740,6 +745,12 @@ def main(argv=None) -> None:
         lines += step_section(json.loads(args.step.read_text()))
     if args.parallel.exists():
         lines += parallel_section(json.loads(args.parallel.read_text()))
+    if args.step_bilstm.exists():  # the from-scratch encoder, packed and unpacked side by side
+        lines += step_section(json.loads(args.step_bilstm.read_text()))
+    if args.versus.exists():
+        lines += encoder_sections.versus_section(json.loads(args.versus.read_text()))
+    if args.loaded.exists():
+        lines += encoder_sections.loaded_section(json.loads(args.loaded.read_text()))
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
 
