@@ -106,3 +106,16 @@ def test_cores_in_use_is_scoped_and_polled_by_inference(monkeypatch):
         threads.poll()
         assert polled == [share]
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("command", [["train"], ["evaluate", "m", "d"], ["predict", "m"]])
+def test_every_computing_command_takes_threads(command, capsys):
+    from gpner.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([*command]).threads is None  # auto
+    assert parser.parse_args([*command, "--threads", "auto"]).threads is None
+    assert parser.parse_args([*command, "--threads", "3"]).threads == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, "--threads", "0"])
+    assert "positive whole number" in capsys.readouterr().err

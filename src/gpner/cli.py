@@ -125,6 +125,8 @@ def _run_training(config, args: argparse.Namespace) -> int:
 
     if args.output_dir:
         config.output_dir = args.output_dir
+    if args.threads is not None:
+        config.train.num_threads = args.threads
     resume = "if_exists" if args.resume_if_exists else args.resume
     result = train(config, resume=resume)
     if not result.main_process:  # data parallel: rank 0 evaluated, rank 0 reports
@@ -435,11 +437,32 @@ teacher_batch_size (64). See gpner/distill.py and the README.
 """
 
 
+def _threads_type(value: str) -> int | None:
+    from gpner.threads import parse_threads
+
+    try:
+        return parse_threads(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_threads_type,
+        default=None,
+        metavar="N|auto",
+        help="torch threads (default auto: the cores other processes leave free, re-checked "
+        "every few seconds, so a busy machine does not stall the run)",
+    )
+
+
 def _training_arguments(
     p: argparse.ArgumentParser, config_help: str = "TOML config (defaults apply without one)"
 ) -> None:
     """The arguments 'train' and 'distill' share."""
     p.add_argument("config", nargs="?", help=config_help)
+    _threads_argument(p)
     p.add_argument(
         "--set",
         action="append",
@@ -527,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch (a model directory) or onnxruntime (an .onnx file from 'gpner export', "
         "needs gpner[onnx])",
     )
+    _threads_argument(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -607,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch (a model directory) or onnxruntime (an .onnx file from 'gpner export', "
         "needs gpner[onnx])",
     )
+    _threads_argument(p)
     p.set_defaults(func=_predict)
 
     from gpner.serve.limits import Limits
@@ -657,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flat", action="store_true", default=None, help="no overlapping spans")
     p.add_argument("--batch-size", type=int, default=64, help="texts per model call (default 64)")
     p.add_argument("--title", default="gpner", help="the page's title")
+    _threads_argument(p)
     p.set_defaults(func=_render)
 
     p = sub.add_parser(
@@ -768,6 +794,11 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning(args.command)
         try:
+            if args.command in ("evaluate", "predict", "render"):
+                from gpner.threads import cores_in_use
+
+                with cores_in_use(args.threads):
+                    return args.func(args)
             return args.func(args)
         except (ConfigError, CheckpointError, ReadError, CLIError, FileNotFoundError) as error:
             print(f"gpner: error: {_as_flags(str(error), args.command)}", file=sys.stderr)
