@@ -8,18 +8,17 @@ torch model. Needs ``pip install gpner[onnx]``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from gpner.config import Config, config_from_dict
 from gpner.data.tokenizers import Tokenizer, tokenizer_from_state
+from gpner.onnx_metadata import METADATA_KEY, read_metadata
 
-__all__ = ["OnnxModel", "load_onnx", "session_options", "DISABLED_OPTIMIZERS"]
+__all__ = ["OnnxModel", "session_options", "DISABLED_OPTIMIZERS"]
 
 ONNX_FILE = "model.onnx"  # the file looked for when a directory is given
 
@@ -62,7 +61,6 @@ class OnnxModel:
         import onnxruntime as ort
 
         from gpner.checkpoints import CheckpointError
-        from gpner.export import METADATA_KEY
 
         path = Path(path)
         if path.is_dir():
@@ -83,10 +81,9 @@ class OnnxModel:
             raise CheckpointError(
                 f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:200]})"
             ) from None
-        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if raw is None:
+        meta = read_metadata(self.session.get_modelmeta().custom_metadata_map)
+        if meta is None:
             raise CheckpointError(f"{path}: no {METADATA_KEY} metadata; not exported by gpner")
-        meta: dict[str, Any] = json.loads(raw)
         self.path = path
         self.labels: list[str] = list(meta["labels"])
         self.config: Config = config_from_dict(meta["config"])
@@ -108,10 +105,3 @@ class OnnxModel:
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, labels={self.labels})"
-
-
-def load_onnx(
-    path: str | Path, threads: int | None = None, spinning: bool | None = None
-) -> OnnxModel:
-    """An exported .onnx file (or a directory holding ``model.onnx``) as a prediction model."""
-    return OnnxModel(path, threads, spinning)
