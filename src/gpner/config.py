@@ -80,17 +80,6 @@ class Bounds:
             return False
         return not (self.even and value % 2)
 
-    def bad_values(self) -> list[float]:
-        """Values just outside the range (what the config tests try)."""
-        bad: list[float] = [float("nan")]
-        if self.low is not None:
-            bad.append(self.low if self.low_open else self.low - 1)
-        if self.high is not None:
-            bad.append(self.high if self.high_open else self.high + 1)
-        if self.even and self.low is not None:
-            bad.append(self.low + 3 if self.low % 2 == 0 else self.low + 2)
-        return bad
-
 
 class Choice:
     """A string field naming an entry of a :class:`~gpner.registry.Registry` (``module:NAME``,
