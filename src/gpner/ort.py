@@ -23,10 +23,9 @@ __all__ = ["OnnxModel", "session_options", "DISABLED_OPTIMIZERS"]
 ONNX_FILE = "model.onnx"  # the file looked for when a directory is given
 
 # onnxruntime's session-time graph rewrites that gpner turns off. SkipLayerNormFusion turns a
-# residual Add + LayerNormalization into one SkipLayerNormalization, whose CPU kernel ran
-# several times slower than the two operators it replaces at prediction shapes; it was the
-# third-largest cost of m3e-small's int8 model. benchmarks/speed/bench_predict.py measures the
-# operator both ways (PREDICT.md).
+# residual Add + LayerNormalization into one SkipLayerNormalization, whose CPU kernel is slower
+# than the two operators it replaces at prediction shapes (benchmarks/speed/bench_predict.py
+# times both; the numbers are in benchmarks/speed/PREDICT.md).
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
@@ -39,7 +38,7 @@ def session_options(threads: int | None = None, spinning: bool | None = None):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Every batch has its own (B, L): a memory plan kept for one shape is replanned for the
-    # next (slower with it on CLUENER dev batches).
+    # next.
     options.enable_mem_pattern = False
     if spinning is None:
         spinning = os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"

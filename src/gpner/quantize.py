@@ -190,8 +190,8 @@ def fuse_onnx(proto):
     unchanged; the gpner metadata is kept.
 
     The residual add + LayerNorm fusion is left out: onnxruntime's ``SkipLayerNormalization``
-    CPU kernel was several times slower than the two operators it replaces (see
-    :data:`gpner.ort.DISABLED_OPTIMIZERS`).
+    CPU kernel is slower than the two operators it replaces (see
+    :data:`gpner.ort.DISABLED_OPTIMIZERS`; measured in ``benchmarks/speed/PREDICT.md``).
     """
     import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions

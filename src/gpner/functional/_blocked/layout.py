@@ -26,8 +26,9 @@ class BlockLayout:
     ROWS = 64  # rows per block: the q.k^T matmuls are efficient from about 64 rows
     # A whole (B, C, L, L) problem of at most SINGLE x CELLS cells is one block (the lower
     # triangle included): at short lengths the per-block calls, the small row-band matmuls and
-    # their bookkeeping cost more than the cells the triangle would skip (measured at L=128,
-    # B=16, C=10: about 20 % of the fused R-Drop step). Not for the band layout.
+    # their bookkeeping cost more than the cells the triangle would skip (the engine's speed is
+    # measured by benchmarks/speed/bench_head.py, results in benchmarks/speed/RESULTS.md). Not
+    # for the band layout.
     SINGLE = 4
 
     def __init__(
