@@ -1,6 +1,5 @@
 import functools
 import math
-from collections import Counter
 
 import pytest
 import torch
@@ -223,43 +222,30 @@ def test_sampler_drop_last():
     assert len(set(_flat(batches))) == 100
 
 
-@pytest.mark.parametrize("n, replicas", [(100, 2), (103, 4), (5, 3), (1, 2), (64, 4)])
-def test_sampler_replicas(n, replicas):
-    lengths = _lengths(n)
-    per_rank = []
-    for rank in range(replicas):
-        s = LengthBucketSampler(lengths, batch_size=8, num_replicas=replicas, rank=rank, seed=1)
-        s.set_epoch(2)
-        per_rank.append(list(s))
-        assert len(per_rank[-1]) == len(s)
-    counts = {len(b) for b in per_rank}
-    assert len(counts) == 1  # same number of batches on every rank
-    everything = Counter(_flat(_flat(per_rank)))
-    assert set(everything) == set(range(n))  # covers everything
-    num_batches = math.ceil(n / 8)
-    if math.ceil(num_batches / replicas) * replicas == num_batches:  # no padding: disjoint
-        assert all(v == 1 for v in everything.values())
-    # ranks differ
-    if n > 8:
-        assert per_rank[0] != per_rank[1]
+def test_batches_by_length_is_a_stable_sort_either_way():
+    from gpner.data.batching import batches_by_length
+
+    lengths = [3, 1, 3, 2, 1]
+    assert batches_by_length(lengths, 2) == [[1, 4], [3, 0], [2]]
+    assert batches_by_length(lengths, 2, longest_first=True) == [[0, 2], [3, 1], [4]]
+    assert list(LengthBucketSampler(lengths, 2, shuffle=False)) == [[0, 2], [3, 1], [4]]
+    assert batches_by_length([], 4) == []
 
 
-def test_sampler_replicas_drop_last():
-    lengths = _lengths(100)
-    ranks = [
-        list(LengthBucketSampler(lengths, 8, num_replicas=3, rank=r, drop_last=True))
-        for r in range(3)
-    ]
-    assert [len(r) for r in ranks] == [4, 4, 4]
-    flat = _flat(_flat(ranks))
-    assert len(flat) == len(set(flat)) == 96
+@pytest.mark.parametrize("n, world", [(100, 2), (103, 4), (5, 3), (1, 2), (64, 4)])
+def test_dist_share_splits_each_global_batch(n, world):
+    from gpner.distributed import Dist
+
+    indices = list(range(n))
+    shares = [Dist(rank, world).share(indices) for rank in range(world)]
+    assert [k for share in shares for k in share] == indices  # contiguous, disjoint, complete
+    assert max(map(len, shares)) - min(map(len, shares)) <= math.ceil(n / world)
+    assert Dist().share(indices) is indices
 
 
 def test_sampler_validation():
     with pytest.raises(ValueError):
         LengthBucketSampler([1], batch_size=0)
-    with pytest.raises(ValueError):
-        LengthBucketSampler([1], batch_size=1, num_replicas=2, rank=2)
 
 
 def test_dataloader_integration():

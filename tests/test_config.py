@@ -139,13 +139,25 @@ _FILE_VALUES = {
 }
 
 
+def _just_outside(bounds) -> list[float]:
+    """Values just outside a ``Bounds``'s range."""
+    bad: list[float] = [float("nan")]
+    if bounds.low is not None:
+        bad.append(bounds.low if bounds.low_open else bounds.low - 1)
+    if bounds.high is not None:
+        bad.append(bounds.high if bounds.high_open else bounds.high + 1)
+    if bounds.even and bounds.low is not None:
+        bad.append(bounds.low + 3 if bounds.low % 2 == 0 else bounds.low + 2)
+    return bad
+
+
 def _bad_values(key, f, kind):
     from gpner.config import Bounds, Choice
 
     values = [[1, 2]]  # a list is the wrong type for every scalar field
     check = f.metadata.get("check")
     if isinstance(check, Bounds):
-        for v in check.bad_values():
+        for v in _just_outside(check):
             if kind is int and v != v:
                 continue  # NaN is not an int: the type check, tried above
             values.append(int(v) if kind is int else float(v))

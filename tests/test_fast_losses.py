@@ -521,3 +521,28 @@ def test_fused_properties(seed, head, width):
         none = spans[:0]
         wide = F.fused_crossentropy(factors(head, params, am, width + 1), none, "none")
         assert (F.fused_crossentropy(f, none, "none") <= wide + 1e-12).all()
+
+
+@pytest.mark.parametrize("width", [None, 3])
+@pytest.mark.parametrize("padded", [True, False])
+def test_block_validity_is_span_mask_and_band_mask(small_blocks, width, padded):
+    """The engine's blocks and its gold-cell check see exactly the valid cells of the layouts."""
+    lengths = [7, 4, 1] if padded else [7, 7, 7]
+    am = torch.tensor([[k < n for k in range(7)] for n in lengths])
+    shape = (3, 2, 7, 7 if width is None else width)
+    kind = "tri" if width is None else "band"
+    layout = BlockLayout(kind, shape, am.device, attention_mask=am, width=width)
+    assert len(layout.blocks) > 1
+    valid = F.span_mask(am) if width is None else F.band_mask(am, width)  # (B, 1, L, L or W)
+    seen = torch.zeros(shape, dtype=torch.int)
+    for b0, b1, r0, r1, c0 in layout.blocks:
+        invalid = layout.invalid_block(b0, b1, r0, r1, c0)
+        block = valid[b0:b1, :, r0:r1, c0:].expand(b1 - b0, shape[1], -1, -1)
+        assert torch.equal(~invalid.expand_as(block), block)
+        seen[b0:b1, :, r0:r1, c0:] += 1
+    if width is None:  # blocks skip only cells left of the diagonal, all invalid
+        assert not bool(valid.expand(shape)[seen == 0].any())
+    cells = torch.cartesian_prod(*(torch.arange(n) for n in shape))
+    at = layout.valid_at(*cells.unbind(-1))
+    assert torch.equal(at, valid.expand(shape)[tuple(cells.unbind(-1))])
+    assert torch.equal(F.invalid_cells(am, (0, 7), (0, 7)), ~F.span_mask(am))

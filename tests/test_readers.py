@@ -358,6 +358,21 @@ def test_jsonl_roundtrip_and_convert(tmp_path):
     assert read(out, format="jsonl") == [Example("A b c", [Span(0, 1, "X"), Span(2, 5, "Y")])]
 
 
+def test_output_format_names_come_from_the_reader_registry(tmp_path):
+    from gpner.data.readers import output_format
+
+    assert output_format("labelstudio") == output_format(" Label_Studio ") == "label-studio"
+    assert output_format("jsonl") == "jsonl"
+    with pytest.raises(ValueError, match="'conll2003' is not an output format .*input format"):
+        output_format("conll2003")
+    with pytest.raises(ValueError, match="'xml' is not an output format") as error:
+        output_format("xml")
+    assert "input format" not in str(error.value)
+    src = _write(tmp_path, "in.conll", "a B-X\n")
+    assert convert(src, tmp_path / "out", "conll", to_format="labelstudio") == 1
+    assert read(tmp_path / "out", format="label-studio") == [Example("a", [Span(0, 1, "X")])]
+
+
 def test_format_and_scheme_names(tmp_path):
     path = _write(tmp_path, "x.conll", "a B-X\n")
     assert read(path, format="CoNLL", scheme="bio") == [Example("a", [Span(0, 1, "X")])]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from gpner import functional as F
 from gpner.heads import EfficientGlobalPointer, GlobalPointer
 from gpner.regularizers import (
+    DIVERGENCES,
     VAT,
     Plain,
     RDrop,
@@ -20,7 +21,6 @@ from gpner.regularizers import (
     build_objective,
     cross_entropy,
     factored_softmax_kl,
-    get_divergence,
     rdrop_loss,
     vat_direction,
     vat_penalty,
@@ -198,10 +198,10 @@ def module_modes(model: nn.Module) -> list[bool]:
 
 
 def test_divergence_and_objective_names():
-    assert get_divergence("gp_kl") is F.fused_global_pointer_kl
-    assert get_divergence("softmax_kl") is factored_softmax_kl
+    assert DIVERGENCES["gp_kl"] is F.fused_global_pointer_kl
+    assert DIVERGENCES["softmax_kl"] is factored_softmax_kl
     with pytest.raises(ValueError, match=r"gp_kl.*softmax_kl"):
-        get_divergence("kl")
+        DIVERGENCES["kl"]
     with pytest.raises(ValueError, match=r"gp_kl.*softmax_kl"):
         RDrop(1.0, divergence="js")
     with pytest.raises(ValueError, match=r"gp_kl.*softmax_kl"):
@@ -322,7 +322,7 @@ def clean_pass(model: TinyModel, batch: Batch):
 def test_vat_direction_increases_divergence_more_than_random(divergence, train):
     model, batch = make_model(p=0.1), make_batch()
     model.train(train)
-    am, div = batch.attention_mask, get_divergence(divergence)
+    am, div = batch.attention_mask, DIVERGENCES[divergence]
     adversarial = random = 0.0
     for seed in range(6):
         torch.manual_seed(seed)
@@ -582,7 +582,7 @@ def test_gradcheck_rdrop(divergence):
 @pytest.mark.parametrize("divergence", ["gp_kl", "softmax_kl"])
 def test_gradcheck_vat_at_a_fixed_adversarial_direction(divergence):
     model, batch = _tiny64()
-    am, div = batch.attention_mask, get_divergence(divergence)
+    am, div = batch.attention_mask, DIVERGENCES[divergence]
     # r_adv and the clean target are held fixed (VAT treats both as constants).
     torch.manual_seed(0)
     embeds, rng_state, target = clean_pass(model, batch)

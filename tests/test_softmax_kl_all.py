@@ -19,7 +19,6 @@ from gpner.regularizers import (
     RDrop,
     build_objective,
     factored_softmax_kl_all,
-    get_divergence,
 )
 from tests.test_regularizers import make_batch, make_model, ref_cross_entropy
 
@@ -174,7 +173,6 @@ def test_factored_version_registry_and_config():
     f, h = F.global_pointer_factors(q, k, am), F.global_pointer_factors(q2, k2, am)
     want = F.softmax_kl_all(F.factors_to_logits(f), F.factors_to_logits(h), am, "mean")
     assert torch.allclose(factored_softmax_kl_all(f, h), want, atol=1e-12)
-    assert get_divergence("softmax_kl_all") is factored_softmax_kl_all
     assert DIVERGENCES["softmax_kl_all"] is factored_softmax_kl_all
     config = config_from_dict(
         {

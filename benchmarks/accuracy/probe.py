@@ -34,9 +34,9 @@ def probe_regularizer(
     from gpner.corpus import Corpus
     from gpner.data.batching import collate, encode_examples
     from gpner.regularizers import (
+        DIVERGENCES,
         RNGState,
         cross_entropy,
-        get_divergence,
         rdrop_loss,
         vat_direction,
         vat_penalty,
@@ -45,7 +45,7 @@ def probe_regularizer(
     reg = config.regularizer
     if reg.kind == "none":
         raise ValueError("probe_regularizer: the cell has no regulariser")
-    alpha, divergence = float(reg.alpha), get_divergence(reg.divergence)
+    alpha, divergence = float(reg.alpha), DIVERGENCES[reg.divergence]
     with torch.random.fork_rng(devices=[]):  # building the model draws initial weights
         model = gpner.load(checkpoint)
     model.train()

@@ -71,9 +71,8 @@ def _load_avg() -> list[float]:
 
 def _batches(model, examples, batch_size: int):
     """The (input_ids, attention_mask) batches predict_examples builds for ``examples``."""
-    from gpner.data.batching import collate, encode_examples
+    from gpner.data.batching import batches_by_length, collate, encode_examples
     from gpner.data.spans import Example
-    from gpner.inference import _batches_by_length
 
     features, _ = encode_examples(
         [Example(ex.text, []) for ex in examples],
@@ -83,7 +82,7 @@ def _batches(model, examples, batch_size: int):
         model.config.data.stride,
     )
     out = []
-    for index in _batches_by_length(features, batch_size):
+    for index in batches_by_length([len(f.input_ids) for f in features], batch_size):
         batch = collate([features[k] for k in index], model.tokenizer.pad_id)
         out.append((batch.input_ids, batch.attention_mask))
     tokens = sum(len(f.input_ids) for f in features)

@@ -269,16 +269,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _output_format(value: str) -> str:
-    from gpner.data.readers import FORMATS
-    from gpner.data.writers import WRITE_FORMATS
+    from gpner.data.readers import output_format
 
-    name = {"labelstudio": "label-studio", "label_studio": "label-studio"}.get(value, value)
-    if name in WRITE_FORMATS:
-        return name
-    hint = f"; {value} names an input format: pass it with --from" if value in FORMATS else ""
-    raise argparse.ArgumentTypeError(
-        f"{value!r} is not an output format ({', '.join(WRITE_FORMATS)}){hint}"
-    )
+    try:
+        return output_format(value)
+    except ValueError as error:
+        hint = ": pass it with --from" if str(error).endswith("input format") else ""
+        raise argparse.ArgumentTypeError(f"{error}{hint}") from None
 
 
 _PREDICT_EPILOG = """\
@@ -487,10 +484,10 @@ def _training_arguments(
 
 def build_parser() -> argparse.ArgumentParser:
     from gpner import __version__
-    from gpner.data.readers import FORMATS, SCHEMES
+    from gpner.data.readers import READERS, SCHEMES
     from gpner.data.writers import WRITE_FORMATS
 
-    formats = ", ".join(FORMATS)
+    formats = ", ".join(READERS)
     schemes = ", ".join(SCHEMES)
     parser = _Parser(
         prog="gpner",

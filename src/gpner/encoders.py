@@ -48,7 +48,6 @@ __all__ = [
     "encoder_from_spec",
     "bilstm_layer",
     "sorted_lookup",
-    "resolve_model_dir",
 ]
 
 
@@ -437,20 +436,6 @@ class HFEncoder(nn.Module):
 def encoder_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Rebuild an encoder architecture (random weights) from ``encoder.spec()``."""
     return ENCODERS[spec["kind"]].from_spec(spec)
-
-
-def resolve_model_dir(name_or_path: str) -> Path:
-    """The local directory of a path or a packaged name ("m3e-small", "minilm").
-
-    A hub id has no local directory (transformers resolves it in its cache): FileNotFoundError.
-    See :mod:`gpner.hub`.
-    """
-    from gpner.hub import resolve_local
-
-    local = resolve_local(name_or_path)
-    if local is None:
-        raise FileNotFoundError(f"{name_or_path!r} is a hub id, not a local model directory")
-    return local
 
 
 # ---------------------------------------------------------------------------------- registry

@@ -9,10 +9,7 @@ alone is a deployable model (:class:`gpner.ort.OnnxModel`). Needs ``pip install 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
-import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,10 +20,11 @@ from torch import Tensor, nn
 
 from gpner import functional as F
 from gpner.model import NERModel
+from gpner.onnx_metadata import METADATA_KEY, model_metadata, set_metadata
+from gpner.quantize import fuse_onnx, quantize_onnx
 
 __all__ = ["export_onnx", "fuse_onnx", "band_logits", "METADATA_KEY"]
 
-METADATA_KEY = "gpner.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
 OPSET = 18
@@ -69,16 +67,6 @@ class LogitsGraph(nn.Module):
         return band_logits(factors)
 
 
-def model_metadata(model: NERModel) -> dict[str, Any]:
-    """gpner.json for the ONNX file: the model directory's metadata with the tokenizer inline."""
-    from gpner.checkpoints import model_payload
-
-    meta = model_payload(model)
-    del meta["state_dict"]
-    meta["format"] = "gpner-onnx"
-    return meta
-
-
 def export_onnx(
     model: NERModel,
     path: str | Path,
@@ -89,9 +77,9 @@ def export_onnx(
     """Write ``model`` as an ONNX graph to ``path``, checked with ``onnx.checker``.
 
     ``quantize="int8"`` also applies :func:`gpner.quantize.quantize_onnx`, with
-    ``quantize_options`` (e.g. ``calibration`` texts). ``fuse`` applies :func:`fuse_onnx`
-    (the file then runs on onnxruntime only); default: only for int8, whose file is for
-    onnxruntime anyway, so that a plain fp32 export stays standard ONNX.
+    ``quantize_options`` (e.g. ``calibration`` texts). ``fuse`` applies
+    :func:`gpner.quantize.fuse_onnx` (the file then runs on onnxruntime only); default: only for
+    int8, whose file is for onnxruntime anyway, so that a plain fp32 export stays standard ONNX.
     """
     import onnx
 
@@ -124,13 +112,11 @@ def export_onnx(
     finally:
         model.train(was_training)
     proto = program.model_proto
-    _set_metadata(proto, model_metadata(model))
+    set_metadata(proto, model_metadata(model))
     onnx.checker.check_model(proto, full_check=True)
     if quantize is None:
         onnx.save_model(fuse_onnx(proto) if fuse else proto, str(path))
         return path
-    from gpner.quantize import quantize_onnx  # (it builds on this module)
-
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save_model(proto, str(Path(tmp) / "fp32.onnx"))
         return quantize_onnx(Path(tmp) / "fp32.onnx", path, fuse=fuse, **quantize_options)
@@ -185,57 +171,3 @@ def _onnx_bilstm_layer(x, lengths, *weights):
         hidden_size=hidden,
     )  # (L, 2, B, H)
     return op.Reshape(op.Transpose(y, perm=[2, 0, 1, 3]), [0, 0, -1])  # (B, L, 2 H)
-
-
-def _set_metadata(proto, meta: dict[str, Any]) -> None:
-    for entry in list(proto.metadata_props):
-        if entry.key == METADATA_KEY:
-            proto.metadata_props.remove(entry)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, ensure_ascii=False)
-
-
-def fuse_onnx(proto):
-    """``proto`` (an exported ``onnx.ModelProto``) with onnxruntime's transformer graph fusions
-    applied: a bias add and its GELU become one ``BiasGelu`` (the exporter writes GELU in an
-    operand order that onnxruntime's own session-time fusion does not recognise), attention
-    where the pattern matches. They are onnxruntime's ``com.microsoft`` operators, so the result
-    runs on onnxruntime only; the values stay fp32 and within the export's parity. Fewer passes
-    over the (B, L, 4 H) activations matter most once the matrix products are int8
-    (``benchmarks/speed/PREDICT.md``). A graph with nothing to fuse (e.g. the BiLSTM) comes back
-    unchanged; the gpner metadata is kept.
-
-    The residual add + LayerNorm fusion is left out: onnxruntime's ``SkipLayerNormalization``
-    CPU kernel was several times slower than the two operators it replaces (see
-    :data:`gpner.ort.DISABLED_OPTIMIZERS`).
-    """
-    import onnx
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    options = FusionOptions("bert")
-    options.enable_skip_layer_norm = False
-    # opt_level=0: only these graph rewrites, no onnxruntime session baking in what the current
-    # CPU supports; num_heads/hidden_size 0: read from the graph.
-    with _quiet("onnxruntime.transformers"):
-        fused = optimize_model(
-            copy.deepcopy(proto), model_type="bert", optimization_options=options, opt_level=0
-        ).model
-    domains = {entry.domain for entry in fused.opset_import}
-    for domain in sorted({node.domain for node in fused.graph.node} - domains - {"ai.onnx"}):
-        fused.opset_import.append(onnx.helper.make_opsetid(domain, 1))  # e.g. com.microsoft
-    onnx.checker.check_model(fused, full_check=True)
-    return fused
-
-
-@contextlib.contextmanager
-def _quiet(name: str):
-    """Only errors from logger ``name`` while inside: onnxruntime's tools log routine advice
-    at WARNING, which is not the user's to act on."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

@@ -9,13 +9,13 @@ also carries the ``tokenizer``, ``labels`` and ``config`` read here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from gpner import threads
-from gpner.data.batching import Feature, collate, encode_examples
+from gpner.data.batching import Feature, batches_by_length, collate, encode_examples
 from gpner.data.spans import Example, Span
 from gpner.decoding import decode, spans_from_features
 from gpner.metrics import SpanMetrics
@@ -24,13 +24,6 @@ from gpner.model import NERModel
 __all__ = ["predict", "predict_examples", "evaluate", "model_inputs"]
 
 LogitsFn = Callable[[Tensor, Tensor], Tensor]  # (input_ids, attention_mask) (B, L) -> logits
-
-
-def _batches_by_length(features: Sequence[Feature], batch_size: int) -> Iterable[list[int]]:
-    """Indices grouped by similar length, so little compute goes to padding."""
-    order = sorted(range(len(features)), key=lambda k: len(features[k].input_ids))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
 
 
 def _features(model: NERModel, texts: Sequence[str]) -> list[Feature]:
@@ -48,7 +41,7 @@ def _features(model: NERModel, texts: Sequence[str]) -> list[Feature]:
 
 def _batches(model: NERModel, features: Sequence[Feature], batch_size: int):
     """``(indices, padded batch)`` pairs, batched by length."""
-    for index in _batches_by_length(features, batch_size):
+    for index in batches_by_length([len(f.input_ids) for f in features], batch_size):
         threads.poll()  # inside gpner.threads.cores_in_use: follow the free cores
         yield index, collate([features[k] for k in index], model.tokenizer.pad_id)
 

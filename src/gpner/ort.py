@@ -8,26 +8,24 @@ torch model. Needs ``pip install gpner[onnx]``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from gpner.config import Config, config_from_dict
 from gpner.data.tokenizers import Tokenizer, tokenizer_from_state
+from gpner.onnx_metadata import METADATA_KEY, read_metadata
 
-__all__ = ["OnnxModel", "load_onnx", "session_options", "DISABLED_OPTIMIZERS"]
+__all__ = ["OnnxModel", "session_options", "DISABLED_OPTIMIZERS"]
 
 ONNX_FILE = "model.onnx"  # the file looked for when a directory is given
 
 # onnxruntime's session-time graph rewrites that gpner turns off. SkipLayerNormFusion turns a
-# residual Add + LayerNormalization into one SkipLayerNormalization, whose CPU kernel ran
-# several times slower than the two operators it replaces at prediction shapes; it was the
-# third-largest cost of m3e-small's int8 model. benchmarks/speed/bench_predict.py measures the
-# operator both ways (PREDICT.md).
+# residual Add + LayerNormalization into one SkipLayerNormalization, whose CPU kernel is slower
+# than the two operators it replaces at prediction shapes (benchmarks/speed/bench_predict.py
+# times both; the numbers are in benchmarks/speed/PREDICT.md).
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
@@ -40,7 +38,7 @@ def session_options(threads: int | None = None, spinning: bool | None = None):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Every batch has its own (B, L): a memory plan kept for one shape is replanned for the
-    # next (slower with it on CLUENER dev batches).
+    # next.
     options.enable_mem_pattern = False
     if spinning is None:
         spinning = os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
@@ -62,7 +60,6 @@ class OnnxModel:
         import onnxruntime as ort
 
         from gpner.checkpoints import CheckpointError
-        from gpner.export import METADATA_KEY
 
         path = Path(path)
         if path.is_dir():
@@ -83,10 +80,9 @@ class OnnxModel:
             raise CheckpointError(
                 f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:200]})"
             ) from None
-        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if raw is None:
+        meta = read_metadata(self.session.get_modelmeta().custom_metadata_map)
+        if meta is None:
             raise CheckpointError(f"{path}: no {METADATA_KEY} metadata; not exported by gpner")
-        meta: dict[str, Any] = json.loads(raw)
         self.path = path
         self.labels: list[str] = list(meta["labels"])
         self.config: Config = config_from_dict(meta["config"])
@@ -108,10 +104,3 @@ class OnnxModel:
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, labels={self.labels})"
-
-
-def load_onnx(
-    path: str | Path, threads: int | None = None, spinning: bool | None = None
-) -> OnnxModel:
-    """An exported .onnx file (or a directory holding ``model.onnx``) as a prediction model."""
-    return OnnxModel(path, threads, spinning)

@@ -7,12 +7,15 @@ long-tailed: a transformer FFN's down-projection reads a GELU's output, where a 
 set the scale and the many small ones lose their bits. Keeping every such product fp32 keeps the
 F1 but also a third of the work in fp32; :func:`quantize_onnx` with ``calibration`` texts keeps
 only the few that matter, measured on the model's own outputs
-(``benchmarks/speed/PREDICT.md``). Needs ``pip install gpner[onnx]``.
+(``benchmarks/speed/PREDICT.md``). :func:`fuse_onnx`, onnxruntime's graph fusions, runs first.
+Needs ``pip install gpner[onnx]``.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import copy
+import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +23,16 @@ from typing import Any
 
 from gpner import functional as F
 from gpner.data.spans import Example
-from gpner.export import METADATA_KEY, _quiet, _set_metadata, fuse_onnx
+from gpner.onnx_metadata import METADATA_KEY, proto_metadata, set_metadata
 
-__all__ = ["quantize_onnx", "after_gelu", "choose_fp32", "quantization_record", "GELU_OPS"]
+__all__ = [
+    "fuse_onnx",
+    "quantize_onnx",
+    "after_gelu",
+    "choose_fp32",
+    "quantization_record",
+    "GELU_OPS",
+]
 
 # onnxruntime's fused GELU operators (fuse_onnx writes BiasGelu)
 GELU_OPS = frozenset({"Gelu", "BiasGelu", "FastGelu", "QuickGelu"})
@@ -123,7 +133,7 @@ def quantize_onnx(
 
     ``per_channel``: one scale per output column of each weight instead of one per matrix
     (columns of very different range keep their precision: fewer changed spans for the same
-    speed). ``fuse``: apply :func:`gpner.export.fuse_onnx` first, so that the int8 products feed
+    speed). ``fuse``: apply :func:`fuse_onnx` first, so that the int8 products feed
     fused kernels instead of chains of small fp32 operators. ``fp32_after_gelu``: keep the
     products that read a GELU's output (:func:`after_gelu`, found in the fused graph) in fp32;
     with ``calibration`` texts (from the training data), only ``fp32_budget`` of them, chosen by
@@ -134,8 +144,8 @@ def quantize_onnx(
 
     source, target = Path(source), Path(target)
     proto = onnx.load_model(str(source))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in meta:
+    meta = proto_metadata(proto)
+    if meta is None:
         raise ValueError(f"{source}: no {METADATA_KEY} metadata; not exported by gpner")
     target.parent.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"weights": "int8", "per_channel": per_channel, "fused": fuse}
@@ -154,7 +164,7 @@ def quantize_onnx(
         record["fp32_products"] = fp32
         _quantize(source, target, per_channel, fp32)
     proto = onnx.load_model(str(target))
-    _set_metadata(proto, {**json.loads(meta[METADATA_KEY]), "quantization": record})
+    set_metadata(proto, {**meta, "quantization": record})
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, str(target))
     return target
@@ -166,5 +176,50 @@ def quantization_record(path: str | Path) -> dict[str, Any]:
     import onnx
 
     proto = onnx.load_model(str(path), load_external_data=False)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    return json.loads(meta[METADATA_KEY])["quantization"]
+    return proto_metadata(proto)["quantization"]
+
+
+def fuse_onnx(proto):
+    """``proto`` (an exported ``onnx.ModelProto``) with onnxruntime's transformer graph fusions
+    applied: a bias add and its GELU become one ``BiasGelu`` (the exporter writes GELU in an
+    operand order that onnxruntime's own session-time fusion does not recognise), attention
+    where the pattern matches. They are onnxruntime's ``com.microsoft`` operators, so the result
+    runs on onnxruntime only; the values stay fp32 and within the export's parity. Fewer passes
+    over the (B, L, 4 H) activations matter most once the matrix products are int8
+    (``benchmarks/speed/PREDICT.md``). A graph with nothing to fuse (e.g. the BiLSTM) comes back
+    unchanged; the gpner metadata is kept.
+
+    The residual add + LayerNorm fusion is left out: onnxruntime's ``SkipLayerNormalization``
+    CPU kernel is slower than the two operators it replaces (see
+    :data:`gpner.ort.DISABLED_OPTIMIZERS`; measured in ``benchmarks/speed/PREDICT.md``).
+    """
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
+    # opt_level=0: only these graph rewrites, no onnxruntime session baking in what the current
+    # CPU supports; num_heads/hidden_size 0: read from the graph.
+    with _quiet("onnxruntime.transformers"):
+        fused = optimize_model(
+            copy.deepcopy(proto), model_type="bert", optimization_options=options, opt_level=0
+        ).model
+    domains = {entry.domain for entry in fused.opset_import}
+    for domain in sorted({node.domain for node in fused.graph.node} - domains - {"ai.onnx"}):
+        fused.opset_import.append(onnx.helper.make_opsetid(domain, 1))  # e.g. com.microsoft
+    onnx.checker.check_model(fused, full_check=True)
+    return fused
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Only errors from logger ``name`` while inside: onnxruntime's tools log routine advice
+    at WARNING, which is not the user's to act on."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

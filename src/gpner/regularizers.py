@@ -55,7 +55,6 @@ __all__ = [
     "DIVERGENCES",
     "REGULARIZERS",
     "Divergence",
-    "get_divergence",
     "factored_softmax_kl",
     "factored_softmax_kl_all",
     "RNGState",
@@ -139,15 +138,6 @@ DIVERGENCES.register(
 _RDROP_SWEEPS: dict[Divergence, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
     F.fused_global_pointer_kl: F.fused_rdrop_losses,
 }
-
-
-def get_divergence(name: str) -> Divergence:
-    """The divergence registered as ``name``, a function of two :class:`SpanFactors`: "gp_kl"
-    (:func:`gpner.functional.fused_global_pointer_kl`, the default everywhere), "softmax_kl"
-    (:func:`factored_softmax_kl`, the baseline: one softmax per (example, type)) or
-    "softmax_kl_all" (:func:`factored_softmax_kl_all`: one softmax per example over all types).
-    """
-    return DIVERGENCES[name]
 
 
 def _parts(**values: Tensor | float) -> dict[str, float]:
@@ -269,7 +259,7 @@ def vat_direction(
         embeds: (B, L, H) the clean input embeddings (detached here).
         attention_mask: (B, L) bool.
         clean: the clean pass's :class:`~gpner.functional.SpanFactors` (detached here).
-        divergence: a :data:`Divergence`, e.g. ``get_divergence("gp_kl")``.
+        divergence: a :data:`Divergence`, e.g. ``DIVERGENCES["gp_kl"]``.
         rng_state: replayed for each perturbed pass (the clean pass's dropout masks); ``None``
             runs them as ordinary forwards, with fresh dropout masks from the global RNG.
     Returns:
@@ -370,7 +360,7 @@ class RDrop(Objective):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = alpha
         self.divergence = divergence
-        self._divergence = get_divergence(divergence)
+        self._divergence = DIVERGENCES[divergence]
 
     def __call__(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
         loss, ce, reg = rdrop_loss(model, batch, self.alpha, self._divergence)
@@ -432,7 +422,7 @@ class VAT(Objective):
         self.xi = xi
         self.power_iterations = power_iterations
         self.divergence = divergence
-        self._divergence = divergence if callable(divergence) else get_divergence(divergence)
+        self._divergence = divergence if callable(divergence) else DIVERGENCES[divergence]
         self.forward = forward
         self.cross_entropy = cross_entropy
 

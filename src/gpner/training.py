@@ -135,7 +135,7 @@ class TrainState:
     sampler: LengthBucketSampler
     steps_per_epoch: int
     device: torch.device
-    ddp: Dist
+    dist: Dist
     epoch: int = 0  # epochs finished
     history: list[dict[str, Any]] = field(default_factory=list)
     best_f1: float = -1.0
@@ -170,7 +170,7 @@ class TrainState:
 
 
 def _build_state(
-    config: Config, corpus: Corpus, device: torch.device, ddp: Dist, payload: dict | None
+    config: Config, corpus: Corpus, device: torch.device, dist: Dist, payload: dict | None
 ) -> tuple[TrainState, Any]:
     """The model (fresh, or from a resume ``payload``), its features and the optimiser."""
     tcfg = config.train
@@ -209,7 +209,7 @@ def _build_state(
     )
     state = TrainState(
         config, model, objective, optimizer, scheduler, features, sampler, steps_per_epoch,
-        device, ddp,
+        device, dist,
     )  # fmt: skip
     if payload is not None:
         state.restore(payload)
@@ -224,7 +224,7 @@ def run_epoch(state: TrainState) -> dict[str, Any]:
     processes)."""
     from tqdm.auto import tqdm
 
-    tcfg, ddp, model = state.config.train, state.ddp, state.model
+    tcfg, dist, model = state.config.train, state.dist, state.model
     state.sampler.set_epoch(state.epoch)
     model.train()
     batches = list(state.sampler)[: state.steps_per_epoch]
@@ -235,14 +235,14 @@ def run_epoch(state: TrainState) -> dict[str, Any]:
         batches,
         desc=f"epoch {state.epoch + 1}",
         # None: tqdm shows the bar only on a terminal; a log file gets the epoch lines alone
-        disable=None if tcfg.progress and ddp.main else True,
+        disable=None if tcfg.progress and dist.main else True,
         leave=False,
         dynamic_ncols=True,
     )
     # The loss kernels for this epoch's steps only (restored on the way out, also on errors).
     with compiled_kernels(tcfg.compiled_kernels):
         for indices in bar:
-            local = ddp.share(indices)
+            local = dist.share(indices)
             features = [state.features[k] for k in local]
             batch = collate(features, model.tokenizer.pad_id).to(state.device)
             if state.cores is not None:
@@ -251,15 +251,15 @@ def run_epoch(state: TrainState) -> dict[str, Any]:
             state.optimizer.zero_grad(set_to_none=True)
             # Each process averages over its share; scaling by the share's size makes the
             # all-reduced mean equal the single-process mean over the global batch.
-            share = len(local) * ddp.world / len(indices)
-            (loss * share if ddp.world > 1 else loss).backward()
-            ddp.average_gradients(model)
+            share = len(local) * dist.world / len(indices)
+            (loss * share if dist.world > 1 else loss).backward()
+            dist.average_gradients(model)
             if tcfg.max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
             state.optimizer.step()
             state.scheduler.step()
             seen += len(indices)
-            tokens += int(batch.attention_mask.sum()) * ddp.world
+            tokens += int(batch.attention_mask.sum()) * dist.world
             # Weighted by this process's share so that the all-reduced epoch means are global.
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * share
             for key, value in parts.items():
@@ -268,7 +268,7 @@ def run_epoch(state: TrainState) -> dict[str, Any]:
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", ex_s=f"{rate:.1f}")
     elapsed = time.perf_counter() - start
     n = max(1, len(batches))
-    totals = ddp.mean(totals)
+    totals = dist.mean(totals)
     return {
         "train_loss": totals.pop("loss", 0.0) / n,
         **{f"train_{k}": v / n for k, v in totals.items()},
@@ -364,47 +364,47 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
     cores = CoreShare(fixed=tcfg.num_threads)
     cores.start()
     device = _device()
-    ddp = init_distributed(device)
+    dist = init_distributed(device)
     if resume == "if_exists" and not last_path.is_file():
-        _log(f"no {last_path} to resume from: starting fresh", ddp.main)
+        _log(f"no {last_path} to resume from: starting fresh", dist.main)
     with collect_read_report() as read_report:
         corpus = Corpus.from_config(config.data)
     objective = None
     if config.distill.teacher is not None or config.distill.unlabeled is not None:
         from gpner.distill import prepare  # the [distill] table: a teacher's signal in the loss
 
-        objective = prepare(config, corpus, device, lambda message: _log(message, ddp.main))
+        objective = prepare(config, corpus, device, lambda message: _log(message, dist.main))
     skipped = read_report.skipped
     if skipped:
         _log(
             f"data: skipped {skipped} bad item(s) (data.strict = false): "
             f"{read_report.skipped_by_path}",
-            ddp.main,
+            dist.main,
         )
     payload = None
     if resume and last_path.is_file():
         payload = checkpoints.load_state(last_path)
         if payload["labels"] != corpus.labels:
             raise ConfigError(f"--resume: {last_path} was trained with other labels")
-        _log(f"resuming from {last_path} after epoch {payload['epoch']}", ddp.main)
-    state, stats = _build_state(config, corpus, device, ddp, payload)
+        _log(f"resuming from {last_path} after epoch {payload['epoch']}", dist.main)
+    state, stats = _build_state(config, corpus, device, dist, payload)
     state.cores = cores
     if objective is not None:
         state.objective = objective()
-    _log(f"train: {stats.summary()}", ddp.main)
-    if payload is None and ddp.main:
+    _log(f"train: {stats.summary()}", dist.main)
+    if payload is None and dist.main:
         # A fresh run starts a fresh log; a resumed one keeps its earlier lines.
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").write_text("", encoding="utf-8")
 
     while state.epoch < tcfg.epochs and not state.stopped:
         record = {"epoch": state.epoch + 1, **run_epoch(state), "skipped_items": skipped}
-        if ddp.main:
+        if dist.main:
             _end_epoch(state, record, corpus.dev, out)
         else:
             state.epoch += 1
-        state.stopped = ddp.decide(state.stopped, device)  # every rank leaves together
-        ddp.barrier()
+        state.stopped = dist.decide(state.stopped, device)  # every rank leaves together
+        dist.barrier()
 
     result = TrainResult(
         state.best_f1,
@@ -413,13 +413,13 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
         out,
         info={"encode": stats.summary(), **read_report.as_dict()},
         stopped_early=state.stopped and len(state.history) < tcfg.epochs,
-        main_process=ddp.main,
+        main_process=dist.main,
     )
-    if ddp.main:
+    if dist.main:
         plot_history(state.history, out / "training.png")
         if corpus.test is not None:
             best = checkpoints.load(out / BEST_DIR).to(device)
             result.test_metrics = evaluate(best, corpus.test, tcfg.eval_batch_size)
             _log(f"test micro F1 {result.test_metrics['micro']['f1']:.4f}")
-    ddp.barrier()
+    dist.barrier()
     return result

@@ -10,7 +10,6 @@ from gpner.data.batching import (
     encode_examples,
 )
 from gpner.data.readers import (
-    FORMATS,
     READERS,
     SCHEMES,
     ReadError,
@@ -46,7 +45,6 @@ __all__ = [
     "encode_examples",
     "token_span_to_chars",
     "tokenizer_from_state",
-    "FORMATS",
     "READERS",
     "SCHEMES",
     "Example",

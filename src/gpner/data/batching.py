@@ -22,6 +22,7 @@ __all__ = [
     "Feature",
     "EncodeStats",
     "encode_examples",
+    "batches_by_length",
     "window_starts",
     "Batch",
     "collate",
@@ -227,6 +228,17 @@ def collate(features: Sequence[Feature], pad_id: int) -> Batch:
 # --------------------------------------------------------------------------- sampling
 
 
+def batches_by_length(
+    lengths: Sequence[int], batch_size: int, longest_first: bool = False
+) -> list[list[int]]:
+    """Indices ``0 .. len(lengths) - 1`` sorted by length (a stable sort: equal lengths keep
+    their order), shortest or ``longest_first``, and cut into batches of ``batch_size`` (the
+    last one smaller): little compute goes to padding. Prediction batches this way;
+    ``LengthBucketSampler(shuffle=False)`` is it, longest first."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=longest_first)
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
 class LengthBucketSampler(Sampler[list[int]]):
     """A batch sampler yielding lists of indices of similar lengths.
 
@@ -236,11 +248,9 @@ class LengthBucketSampler(Sampler[list[int]]):
     ``batch_size``; ``drop_last`` drops it. With ``shuffle=False`` the batches follow a global
     sort by length, longest first (for evaluation: largest memory use comes first).
 
-    Deterministic given ``seed`` and the epoch set with :meth:`set_epoch`. With
-    ``num_replicas > 1`` (data parallel) every rank gets the same number of batches: the
-    batch list is padded by repeating batches from its start (or, with ``drop_last``,
-    truncated) and rank ``r`` takes batches ``r, r + num_replicas, ...``; the ranks' batches are
-    disjoint apart from the padding and together cover every index.
+    Deterministic given ``seed`` and the epoch set with :meth:`set_epoch`. Every process of a
+    data-parallel run draws the same global batches and takes its share of each
+    (:meth:`gpner.distributed.Dist.share`).
     """
 
     def __init__(
@@ -250,14 +260,10 @@ class LengthBucketSampler(Sampler[list[int]]):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
-        num_replicas: int = 1,
-        rank: int = 0,
         chunk_batches: int = 50,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"invalid rank {rank} for num_replicas={num_replicas}")
         if chunk_batches < 1:
             raise ValueError(f"chunk_batches must be positive, got {chunk_batches}")
         self.lengths = [int(n) for n in lengths]
@@ -265,28 +271,20 @@ class LengthBucketSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
-        self.num_replicas = num_replicas
-        self.rank = rank
         self.chunk_batches = chunk_batches
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _num_global_batches(self) -> int:
+    def __len__(self) -> int:
         n = len(self.lengths)
         if self.drop_last:
             return n // self.batch_size
         return math.ceil(n / self.batch_size)
 
-    def __len__(self) -> int:
-        total = self._num_global_batches()
-        if self.drop_last:
-            return total // self.num_replicas
-        return math.ceil(total / self.num_replicas)
-
     def _batches(self) -> list[list[int]]:
-        """All batches of the epoch, before splitting among replicas."""
+        """All batches of the epoch."""
         n = len(self.lengths)
         length = self.lengths.__getitem__
         size = self.batch_size
@@ -301,8 +299,7 @@ class LengthBucketSampler(Sampler[list[int]]):
                 batches.extend(part[k : k + size] for k in range(0, len(part), size))
         else:
             rng = None
-            order = sorted(range(n), key=length, reverse=True)
-            batches = [order[k : k + size] for k in range(0, n, size)]
+            batches = batches_by_length(self.lengths, size, longest_first=True)
         if self.drop_last and batches and len(batches[-1]) < size:
             batches.pop()
         if rng is not None:
@@ -310,14 +307,4 @@ class LengthBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()
-        if self.num_replicas > 1 and batches:
-            per_rank = len(self)
-            total = per_rank * self.num_replicas
-            if total > len(batches):
-                repeats = math.ceil(total / len(batches))
-                batches = (batches * repeats)[:total]
-            else:
-                batches = batches[:total]
-            batches = batches[self.rank :: self.num_replicas]
-        return iter(batches)
+        return iter(self._batches())

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from gpner.atomic import atomic_write
-from gpner.data.readers import ReadError, _Problems
+from gpner.data.records import Problems, ReadError, load_text
 from gpner.data.report import warn_ignored
 from gpner.data.spans import Example, Span, SpanError, checked_span, same_words
 
@@ -59,15 +59,6 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in _NUMBER.split(path.as_posix())]
 
 
-def _read_utf8(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ReadError(path, line, f"not valid UTF-8 (byte {e.start}: {e.reason})") from None
-
-
 def _documents(path: Path) -> list[tuple[Path, Path]]:
     """``(txt, ann)`` pairs in natural order; ``ann`` may not exist."""
     if not path.exists():
@@ -88,7 +79,7 @@ def _documents(path: Path) -> list[tuple[Path, Path]]:
 
 
 def _text_bound(
-    line: str, text: str, problems: _Problems, ann: Path, lineno: int, seen: set[str]
+    line: str, text: str, problems: Problems, ann: Path, lineno: int, seen: set[str]
 ) -> Span | None:
     fields = line.split("\t")
     ident = fields[0]
@@ -126,15 +117,15 @@ def read_brat(path: str | os.PathLike[str], strict: bool = True) -> list[Example
     See the module docstring for what is read, skipped (``strict=False``) and ignored.
     """
     root = Path(path)
-    problems = _Problems(root, strict, "entity")
+    problems = Problems(root, strict, "entity")
     ignored: Counter[str] = Counter()
     examples = []
     for txt, ann in _documents(root):
-        text = _read_utf8(txt)
+        text = load_text(txt, keep_bom=True)
         spans: list[Span] = []
         if ann.is_file():
             seen: set[str] = set()
-            for lineno, line in enumerate(_read_utf8(ann).split("\n"), 1):
+            for lineno, line in enumerate(load_text(ann, keep_bom=True).split("\n"), 1):
                 line = line.rstrip("\r")
                 if not line.strip():
                     continue
@@ -191,7 +182,7 @@ class BratWriter:
                 "incomplete; this is not a directory written in order by gpner"
             )
         self.done = done
-        self.last_text = _read_utf8(self._txt(done)) if done else None
+        self.last_text = load_text(self._txt(done), keep_bom=True) if done else None
         self._labels = set(labels) | self._conf_labels()
         self._next = done + 1
 

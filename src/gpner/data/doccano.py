@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from gpner.data.offsets import OFFSET_UNITS, from_utf16, to_utf16, utf16_length
-from gpner.data.readers import _Bad, _json_records, _load_text, _Problems
-from gpner.data.spans import Example, Span, SpanError, checked_span
+from gpner.data.records import (
+    BadRecord,
+    Problems,
+    checked_record_span,
+    load_text,
+    read_records,
+    record_object,
+    record_text,
+)
+from gpner.data.spans import Example, Span
 
 __all__ = ["doccano_record", "read_doccano", "read_doccano_text"]
 
@@ -30,33 +38,27 @@ def _check_units(offsets: str) -> None:
 
 
 def _example(obj: Any, offsets: str) -> Example:
-    if not isinstance(obj, dict):
-        raise _Bad(f"expected a JSON object, got {type(obj).__name__}")
-    text = obj.get("text")
-    if not isinstance(text, str):
-        raise _Bad('missing or non-string "text"')
+    obj = record_object(obj)
+    text = record_text(obj)
     items = obj.get("label")
     if items is None:
         return Example(text, [])
     if not isinstance(items, list):
-        raise _Bad('"label" must be a list of [start, end, "TYPE"]')
+        raise BadRecord('"label" must be a list of [start, end, "TYPE"]')
     # Offsets are checked in the file's own units (UTF-16 ones are converted below).
     units = " " * utf16_length(text) if offsets == "utf16" else text
     raw = []
     for k, item in enumerate(items):
         if not (isinstance(item, list) and len(item) == 3):
-            raise _Bad(f'label {k}: {item!r} is not [start, end, "TYPE"]')
-        try:
-            checked_span(units, *item, f"label {k}")
-        except SpanError as error:
-            raise _Bad(f"{error} ({offsets} offsets)") from None
+            raise BadRecord(f'label {k}: {item!r} is not [start, end, "TYPE"]')
+        checked_record_span(units, *item, f"label {k}", note=f"{offsets} offsets")
         raw.append(item)
     bounds = [x for item in raw for x in item[:2]]
     if offsets == "utf16":
         try:
             bounds = from_utf16(text, bounds)
         except ValueError as e:
-            raise _Bad(f"label offsets: {e}") from None
+            raise BadRecord(f"label offsets: {e}") from None
     spans = [Span(bounds[2 * k], bounds[2 * k + 1], item[2]) for k, item in enumerate(raw)]
     return Example(text, sorted(set(spans)))
 
@@ -66,13 +68,8 @@ def read_doccano_text(
 ) -> list[Example]:
     """Examples from the content ``text`` of the doccano file ``path`` (errors name its lines)."""
     _check_units(offsets)
-    problems = _Problems(path, strict, "record")
-    examples = []
-    for line, obj, _ in _json_records(text, path, problems):
-        try:
-            examples.append(_example(obj, offsets))
-        except _Bad as e:
-            problems.bad(line, e.reason)
+    problems = Problems(path, strict, "record")
+    examples = read_records(text, path, problems, lambda obj: _example(obj, offsets))
     problems.finish()
     return examples
 
@@ -82,7 +79,7 @@ def read_doccano(
 ) -> list[Example]:
     """Read a doccano JSONL file (``offsets``: ``"utf16"``, doccano's, or ``"codepoints"``)."""
     p = Path(path)
-    return read_doccano_text(_load_text(p), p, strict, offsets)
+    return read_doccano_text(load_text(p), p, strict, offsets)
 
 
 def doccano_record(text: str, spans: Sequence[Span], offsets: str = "utf16") -> dict[str, Any]:

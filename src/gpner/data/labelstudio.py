@@ -35,9 +35,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpner.data.readers import ReadWarning, _Bad, _json_records, _load_text, _Problems
+from gpner.data.records import (
+    BadRecord,
+    Problems,
+    ReadWarning,
+    checked_record_span,
+    load_text,
+    read_records,
+    record_object,
+    record_text,
+)
 from gpner.data.report import warn_ignored
-from gpner.data.spans import Example, Span, SpanError, checked_span, same_words
+from gpner.data.spans import Example, Span, same_words
 
 __all__ = ["label_studio_task", "read_label_studio", "read_label_studio_text"]
 
@@ -47,16 +56,13 @@ SOURCES = ("auto", "annotations", "predictions")
 def _task_text(task: dict) -> str:
     data = task.get("data")
     if not isinstance(data, dict):
-        raise _Bad('missing "data" object')
-    text = data.get("text")
-    if text is None:
+        raise BadRecord('missing "data" object')
+    if data.get("text") is None:
         strings = [v for v in data.values() if isinstance(v, str)]
         if len(strings) != 1:
-            raise _Bad('"data" has no "text" and not exactly one string field to read instead')
-        text = strings[0]
-    if not isinstance(text, str):
-        raise _Bad('"data.text" is not a string')
-    return text
+            raise BadRecord('"data" has no "text" and not exactly one string field to read instead')
+        return strings[0]
+    return record_text(data, name="data.text")
 
 
 def _results(task: dict, source: str, counts: Counter) -> tuple[list, str]:
@@ -64,7 +70,7 @@ def _results(task: dict, source: str, counts: Counter) -> tuple[list, str]:
     annotations = task.get("annotations", task.get("completions")) or []
     predictions = task.get("predictions") or []
     if not isinstance(annotations, list) or not isinstance(predictions, list):
-        raise _Bad('"annotations" and "predictions" must be lists')
+        raise BadRecord('"annotations" and "predictions" must be lists')
     usable = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
     if source in ("auto", "annotations") and usable:
         counts["further annotations"] += len(usable) - 1
@@ -72,19 +78,18 @@ def _results(task: dict, source: str, counts: Counter) -> tuple[list, str]:
     if source in ("auto", "predictions") and predictions:
         first = predictions[0]
         if not isinstance(first, dict):
-            raise _Bad("prediction 0 is not an object")
+            raise BadRecord("prediction 0 is not an object")
         counts["further predictions"] += len(predictions) - 1
         return first.get("result") or [], "prediction"
     return [], ""
 
 
 def _task_example(task: Any, source: str, counts: Counter) -> tuple[Example, str]:
-    if not isinstance(task, dict):
-        raise _Bad(f"expected a task object, got {type(task).__name__}")
+    task = record_object(task, "task object")
     text = _task_text(task)
     results, origin = _results(task, source, counts)
     if not isinstance(results, list):
-        raise _Bad(f'the {origin}\'s "result" is not a list')
+        raise BadRecord(f'the {origin}\'s "result" is not a list')
     spans = []
     for k, item in enumerate(results):
         value = item.get("value") if isinstance(item, dict) else None
@@ -95,24 +100,21 @@ def _task_example(task: Any, source: str, counts: Counter) -> tuple[Example, str
         where = f"{origin} result {k}" + (f" (id {item['id']!r})" if "id" in item else "")
         start, end, labels = value.get("start"), value.get("end"), value.get("labels")
         if not isinstance(labels, list) or not labels:
-            raise _Bad(f"{where}: value.labels must be a list of label names")
+            raise BadRecord(f"{where}: value.labels must be a list of label names")
         mention = value.get("text")
         for label in labels:
-            try:
-                spans.append(
-                    checked_span(
-                        text,
-                        start,
-                        end,
-                        label,
-                        where,
-                        mention=mention if isinstance(mention, str) else None,
-                        mention_name="value.text",
-                        same=same_words,
-                    )
+            spans.append(
+                checked_record_span(
+                    text,
+                    start,
+                    end,
+                    label,
+                    where,
+                    mention=mention if isinstance(mention, str) else None,
+                    mention_name="value.text",
+                    same=same_words,
                 )
-            except SpanError as error:
-                raise _Bad(str(error)) from None
+            )
     return Example(text, sorted(set(spans))), origin
 
 
@@ -122,18 +124,11 @@ def read_label_studio_text(
     """Examples from the content ``text`` of the Label Studio file ``path``."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    problems = _Problems(path, strict, "task")
+    problems = Problems(path, strict, "task")
     counts: Counter[str] = Counter()
-    from_predictions = 0
-    examples = []
-    for line, obj, _ in _json_records(text, path, problems):
-        try:
-            example, origin = _task_example(obj, source, counts)
-        except _Bad as e:
-            problems.bad(line, e.reason)
-            continue
-        examples.append(example)
-        from_predictions += source == "auto" and origin == "prediction"
+    read = read_records(text, path, problems, lambda obj: _task_example(obj, source, counts))
+    examples = [example for example, _ in read]
+    from_predictions = sum(source == "auto" and origin == "prediction" for _, origin in read)
     problems.finish()
     warn_ignored(path, counts, "gpner reads one set of text regions per task")
     if from_predictions:
@@ -154,7 +149,7 @@ def read_label_studio(
 ) -> list[Example]:
     """Read a Label Studio JSON export (or tasks file); see the module docstring."""
     p = Path(path)
-    return read_label_studio_text(_load_text(p), p, strict, source)
+    return read_label_studio_text(load_text(p), p, strict, source)
 
 
 def label_studio_task(

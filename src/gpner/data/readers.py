@@ -42,17 +42,29 @@ in both modes.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gpner.data.paths import resolve
-from gpner.data.spans import Example, Span, SpanError, checked_span
+from gpner.data.records import (
+    MAX_REASONS,
+    BadRecord,
+    Problems,
+    ReadError,
+    ReadWarning,
+    checked_record_span,
+    json_records,
+    load_text,
+    read_records,
+    record_object,
+    record_text,
+)
+from gpner.data.spans import Example, Span
 from gpner.data.tagging import (
     SCHEMES,
     TagError,
@@ -67,13 +79,13 @@ from gpner.data.tagging import (
 from gpner.registry import Registry
 
 __all__ = [
-    "FORMATS",
     "READERS",
     "Reader",
     "SCHEMES",
     "ReadError",
     "ReadWarning",
     "convert",
+    "output_format",
     "detect_format",
     "detect_scheme",
     "read",
@@ -86,39 +98,6 @@ __all__ = [
 _JSON_KEYS = {"spans": "jsonl", "entities": "cmeee", "label": "cluener", "data": "label-studio"}
 # How much of a file format detection looks at.
 _DETECT_LINES = 1000
-_MAX_REASONS = 5
-
-
-class ReadError(ValueError):
-    """Bad input: ``str(err)`` is ``"<path>:<line>: <reason>"``; fields kept on the instance."""
-
-    def __init__(self, path: str | os.PathLike[str], line: int | None, reason: str) -> None:
-        self.path = str(path)
-        self.line = line
-        self.reason = reason
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {reason}")
-
-
-class ReadWarning(UserWarning):
-    """Something was read with a guess or skipped (``strict=False``); the message says what.
-
-    ``skipped`` counts the bad items dropped, ``ignored`` the annotations of kinds gpner does not
-    model (e.g. brat relations), by kind; both are zero/empty for a warning about a guess.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        skipped: int = 0,
-        ignored: dict[str, int] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.path = None if path is None else str(path)
-        self.skipped = skipped
-        self.ignored = dict(ignored or {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +135,7 @@ def read(
         fmt = "brat"
     text = None
     if fmt is None or not READERS[fmt].directory:
-        text = _load_text(p)
+        text = load_text(p)
         fmt = fmt or _detect_format_text(text, p)
     reader = READERS[fmt]
     if not reader.columns:
@@ -193,15 +172,36 @@ def convert(
     to_format: str = "jsonl",
 ) -> int:
     """Read ``in_path`` (``read(in_path, from_format, scheme, strict)``) and write it in
-    ``to_format`` (one of ``gpner.data.writers.WRITE_FORMATS``).
+    ``to_format`` (one of ``gpner.data.writers.WRITE_FORMATS``, or an alias: ``output_format``).
 
     Returns the number of examples written. This is what ``gpner convert IN OUT [--from FMT]
     [--to FMT] [--scheme S] [--lenient]`` runs.
     """
     from gpner.data.writers import write
 
+    to_format = output_format(to_format)
     examples = read(in_path, format=from_format, scheme=scheme, strict=strict)
     return write(examples, out_path, to_format)
+
+
+def output_format(name: str) -> str:
+    """The writable format ``name`` stands for: a name in ``gpner.data.writers.WRITE_FORMATS`` or
+    an alias the ``READERS`` registry knows for it (``labelstudio`` -> ``label-studio``; case and
+    surrounding spaces do not matter).
+
+    Raises ``ValueError`` naming the output formats, and saying so when ``name`` is a format that
+    can only be read.
+    """
+    from gpner.data.writers import WRITE_FORMATS
+
+    try:
+        canonical = READERS.canonical(name)
+    except ValueError:
+        canonical = None
+    if canonical in WRITE_FORMATS:
+        return canonical
+    hint = f"; {name} names an input format" if canonical is not None else ""
+    raise ValueError(f"{name!r} is not an output format ({', '.join(WRITE_FORMATS)}){hint}")
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -229,67 +229,12 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     p = resolve(path)
     if _is_brat_path(p):
         return "brat"
-    return _detect_format_text(_load_text(p), p)
+    return _detect_format_text(load_text(p), p)
 
 
 # --------------------------------------------------------------------------------------------
 # Shared plumbing
 # --------------------------------------------------------------------------------------------
-
-
-class _Bad(Exception):
-    """A record-level problem; ``entity`` is the index of the offending entity, if any."""
-
-    def __init__(self, reason: str, entity: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.entity = entity
-
-
-class _Problems:
-    """Raises at the first bad item (strict) or collects them for one summary warning."""
-
-    def __init__(self, path: Path, strict: bool, unit: str) -> None:
-        self.path = path
-        self.strict = strict
-        self.unit = unit
-        self.items: list[tuple[int | None, str]] = []
-
-    def bad(self, line: int | None, reason: str, path: Path | None = None) -> None:
-        """A bad item at ``line`` of ``path`` (default: the path being read)."""
-        if self.strict:
-            raise ReadError(path or self.path, line, reason)
-        self.items.append((line, reason, path))
-
-    def finish(self) -> None:
-        if not self.items:
-            return
-        items = sorted(self.items, key=lambda item: (str(item[2] or ""), item[0] or 0))
-        first = "; ".join(
-            f"{p.name + ':' if p else 'line '}{ln}: {why}" for ln, why, p in items[:_MAX_REASONS]
-        )
-        more = " ..." if len(self.items) > _MAX_REASONS else ""
-        warnings.warn(
-            ReadWarning(
-                f"{self.path}: skipped {len(self.items)} bad {self.unit}(s) (strict=False); "
-                f"first: {first}{more}",
-                path=self.path,
-                skipped=len(self.items),
-            ),
-            stacklevel=4,
-        )
-
-
-def _load_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such data file: {path}") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ReadError(path, line, f"not valid UTF-8 (byte {e.start}: {e.reason})") from None
 
 
 def _finish(text: str, spans: list[Span]) -> Example:
@@ -299,65 +244,6 @@ def _finish(text: str, spans: list[Span]) -> Example:
 # --------------------------------------------------------------------------------------------
 # JSON formats
 # --------------------------------------------------------------------------------------------
-
-_WS = re.compile(r"[ \t\n\r]*")
-
-
-def _json_records(
-    text: str, path: Path, problems: _Problems | None
-) -> Iterator[tuple[int, Any, tuple[int, int]]]:
-    """Yield ``(line, record, (begin, end))`` from JSON lines or a JSON array.
-
-    ``begin:end`` is the record's source in ``text`` (for locating an entity's line on error).
-    Invalid JSON lines go to ``problems`` (skipped when not strict); ``problems=None`` stops at
-    them.
-    Broken array syntax always raises: after it nothing can be trusted to line up.
-    """
-    start = _WS.match(text).end()
-    if text.startswith("[", start):
-        yield from _json_array(text, path, start)
-        return
-    pos = 0
-    for lineno, line in enumerate(text.split("\n"), 1):
-        begin, pos = pos, pos + len(line) + 1
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if problems is None:
-                return
-            problems.bad(lineno, f"invalid JSON: {e.msg} (column {e.colno})")
-            continue
-        yield lineno, obj, (begin, begin + len(line))
-
-
-def _json_array(text: str, path: Path, start: int) -> Iterator[tuple[int, Any, tuple[int, int]]]:
-    decoder = json.JSONDecoder()
-    i = _WS.match(text, start + 1).end()
-    line, counted = 1, 0
-    if text.startswith("]", i):
-        return
-    while True:
-        line += text.count("\n", counted, i)
-        counted = i
-        try:
-            obj, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as e:
-            raise ReadError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
-        yield line, obj, (i, end)
-        i = _WS.match(text, end).end()
-        if text.startswith(",", i):
-            i = _WS.match(text, i + 1).end()
-            continue
-        if text.startswith("]", i):
-            rest = _WS.match(text, i + 1).end()
-            if rest != len(text):
-                bad_line = text.count("\n", 0, rest) + 1
-                raise ReadError(path, bad_line, "invalid JSON: extra data after the array")
-            return
-        bad_line = text.count("\n", 0, i) + 1
-        raise ReadError(path, bad_line, "invalid JSON: expected ',' or ']' after an array element")
 
 
 def _entity_line(text: str, where: tuple[int, int], line: int, key: str, k: int) -> int:
@@ -373,78 +259,67 @@ def _entity_line(text: str, where: tuple[int, int], line: int, key: str, k: int)
     return line + text.count("\n", begin, pos)
 
 
-def _text_of(obj: Any) -> str:
-    if not isinstance(obj, dict):
-        raise _Bad(f"expected a JSON object, got {type(obj).__name__}")
-    text = obj.get("text")
-    if not isinstance(text, str):
-        raise _Bad('missing or non-string "text"')
-    return text
-
-
 def _cluener_record(obj: Any) -> Example:
-    text = _text_of(obj)
+    text = record_text(record_object(obj))
     label = obj.get("label")
     if label is None:
         return Example(text, [])
     if not isinstance(label, dict):
-        raise _Bad('"label" must be an object {type: {mention: [[start, end], ...]}}')
+        raise BadRecord('"label" must be an object {type: {mention: [[start, end], ...]}}')
     spans = []
     for typ, mentions in label.items():
         if not typ:
-            raise _Bad("empty entity type")
+            raise BadRecord("empty entity type")
         if not isinstance(mentions, dict):
-            raise _Bad(f"label {typ!r} must map mentions to [[start, end], ...]")
+            raise BadRecord(f"label {typ!r} must map mentions to [[start, end], ...]")
         for mention, offsets in mentions.items():
             if not isinstance(offsets, list):
-                raise _Bad(f"{typ} {mention!r}: offsets must be a list of [start, end]")
+                raise BadRecord(f"{typ} {mention!r}: offsets must be a list of [start, end]")
             for pair in offsets:
                 if not (isinstance(pair, list) and len(pair) == 2):
-                    raise _Bad(f"{typ} {mention!r}: offsets {pair!r} are not [start, end]")
+                    raise BadRecord(f"{typ} {mention!r}: offsets {pair!r} are not [start, end]")
                 spans.append(
-                    _checked(text, *pair, typ, f"{mention!r}", mention, inclusive_end=True)
+                    checked_record_span(
+                        text, *pair, typ, f"{mention!r}", mention=mention, inclusive_end=True
+                    )
                 )
     return _finish(text, spans)
 
 
 def _cmeee_record(obj: Any) -> Example:
-    text = _text_of(obj)
+    text = record_text(record_object(obj))
     entities = obj.get("entities")
     if entities is None:
         return Example(text, [])
     if not isinstance(entities, list):
-        raise _Bad('"entities" must be a list')
+        raise BadRecord('"entities" must be a list')
     spans = []
     for k, ent in enumerate(entities):
         if not isinstance(ent, dict):
-            raise _Bad(f"entity {k} is not an object", k)
+            raise BadRecord(f"entity {k} is not an object", k)
         s, e, typ, mention = (ent.get(x) for x in ("start_idx", "end_idx", "type", "entity"))
-        spans.append(_checked(text, s, e, typ, f"entity {k}", mention, k, inclusive_end=True))
+        spans.append(
+            checked_record_span(
+                text, s, e, typ, f"entity {k}", k, mention=mention, inclusive_end=True
+            )
+        )
     return _finish(text, spans)
 
 
 def _jsonl_record(obj: Any) -> Example:
-    text = _text_of(obj)
+    text = record_text(record_object(obj))
     raw = obj.get("spans")
     if raw is None:
         return Example(text, [])
     if not isinstance(raw, list):
-        raise _Bad('"spans" must be a list')
+        raise BadRecord('"spans" must be a list')
     spans = []
     for k, sp in enumerate(raw):
         if not isinstance(sp, dict):
-            raise _Bad(f"span {k} is not an object", k)
+            raise BadRecord(f"span {k} is not an object", k)
         s, e, label, mention = (sp.get(x) for x in ("start", "end", "label", "mention"))
-        spans.append(_checked(text, s, e, label, f"span {k}", mention, k))
+        spans.append(checked_record_span(text, s, e, label, f"span {k}", k, mention=mention))
     return _finish(text, spans)
-
-
-def _checked(text, start, end, label, who, mention, entity=None, **options) -> Span:
-    """:func:`gpner.data.spans.checked_span`, its error as this record's ``_Bad``."""
-    try:
-        return checked_span(text, start, end, label, who, mention=mention, **options)
-    except SpanError as error:
-        raise _Bad(str(error), entity) from None
 
 
 _JSON_READERS = {"cluener": _cluener_record, "cmeee": _cmeee_record, "jsonl": _jsonl_record}
@@ -453,17 +328,13 @@ _ENTITY_KEY = {"cmeee": "start_idx", "jsonl": "start"}
 
 
 def _read_json(text: str, path: Path, fmt: str, strict: bool) -> list[Example]:
-    problems = _Problems(path, strict, "record")
-    convert_record = _JSON_READERS[fmt]
-    examples = []
-    for line, obj, where in _json_records(text, path, problems):
-        try:
-            examples.append(convert_record(obj))
-        except _Bad as e:
-            at = line
-            if e.entity is not None and fmt in _ENTITY_KEY:
-                at = _entity_line(text, where, line, _ENTITY_KEY[fmt], e.entity)
-            problems.bad(at, e.reason)
+    problems = Problems(path, strict, "record")
+    key = _ENTITY_KEY.get(fmt)
+
+    def locate(line: int, where: tuple[int, int], entity: int) -> int:
+        return line if key is None else _entity_line(text, where, line, key, entity)
+
+    examples = read_records(text, path, problems, _JSON_READERS[fmt], locate)
     problems.finish()
     return examples
 
@@ -565,7 +436,7 @@ def _column_sentences(text: str, fmt: str, limit: int | None = None) -> list[_Se
 def _read_columns(
     text: str, path: Path, fmt: str, scheme: str | None, strict: bool
 ) -> list[Example]:
-    problems = _Problems(path, strict, "sentence")
+    problems = Problems(path, strict, "sentence")
     sentences = _column_sentences(text, fmt)
     cache: dict[str, tuple[str, str]] = {}
     parsed = [_sentence_tags(sent, cache) for sent in sentences]
@@ -627,8 +498,8 @@ def _column_example(tokens: list[str], chunks: list[tuple[int, int, str]], joine
 
 
 def _warn_orphans(path: Path, lines: list[int]) -> None:
-    shown = ", ".join(map(str, lines[:_MAX_REASONS]))
-    more = " ..." if len(lines) > _MAX_REASONS else ""
+    shown = ", ".join(map(str, lines[:MAX_REASONS]))
+    more = " ..." if len(lines) > MAX_REASONS else ""
     warnings.warn(
         f"{path}: tags look like IOB2 (BIO) but {len(lines)} I- tag(s) begin an entity "
         f"(lines {shown}{more}); read as IOB1, where such an I- begins an entity. "
@@ -669,7 +540,7 @@ def _detect_format_text(text: str, path: Path) -> str:
 def _detect_json(text: str, path: Path) -> str | None:
     """The JSON format by record keys; ``None`` if no record parses (not JSON records at all)."""
     n = 0
-    for line, obj, _ in _json_records(text, path, None):
+    for line, obj, _ in json_records(text, path, None):
         if not isinstance(obj, dict):
             raise ReadError(path, line, f"JSON record is a {type(obj).__name__}, not an object")
         hits = {
@@ -786,4 +657,3 @@ READERS.register(
     help="Label Studio JSON export",
     aliases=("labelstudio", "label_studio"),
 )
-FORMATS = READERS  # the names of the registered formats (iterable, supports ``in``)

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from gpner.data.readers import ReadWarning
+from gpner.data.records import ReadWarning
 
 __all__ = ["ReadReport", "collect_read_report", "warn_ignored"]
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "invalid_cells",
     "span_mask",
     "band_mask",
     "dense_to_band",
@@ -28,6 +29,35 @@ def check_width(max_width: int | None) -> None:
         raise ValueError(f"max_width must be a positive int or None, got {max_width!r}")
 
 
+def invalid_cells(
+    attention_mask: Tensor | None,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    device: torch.device | None = None,
+) -> Tensor:
+    """The invalid cells of the full layout in rows ``r0:r1`` and columns ``c0:c1``: ``j < i``,
+    or a padding token. The one definition behind :func:`span_mask`, :func:`fill_invalid_` and
+    the blocked engine's triangular blocks.
+
+    Args:
+        attention_mask: (B, L), bool or 0/1; None = every token real.
+        rows, cols: ``(r0, r1)`` and ``(c0, c1)``, half-open.
+        device: where to build the result when ``attention_mask`` is None.
+    Returns:
+        (B or 1, 1, r1 - r0, c1 - c0) bool, True on invalid cells.
+    """
+    (r0, r1), (c0, c1) = rows, cols
+    if attention_mask is not None:
+        device = attention_mask.device
+    i = torch.arange(r0, r1, device=device)
+    j = torch.arange(c0, c1, device=device)
+    lower = j[None, :] < i[:, None]  # (r, c)
+    if attention_mask is None:
+        return lower[None, None]
+    am = attention_mask.bool()
+    return lower | ~(am[:, None, r0:r1, None] & am[:, None, None, c0:c1])
+
+
 def span_mask(attention_mask: Tensor, max_width: int | None = None) -> Tensor:
     """Valid (start, end) cells of the full layout: both tokens real, ``i <= j`` (``< i + W``).
 
@@ -38,12 +68,12 @@ def span_mask(attention_mask: Tensor, max_width: int | None = None) -> Tensor:
         (B, 1, L, L) bool.
     """
     check_width(max_width)
-    am = attention_mask.bool()
-    length = am.shape[-1]
-    upper = torch.ones(length, length, dtype=torch.bool, device=am.device).triu_()
+    length = attention_mask.shape[-1]
+    valid = ~invalid_cells(attention_mask, (0, length), (0, length))
     if max_width is not None:
-        upper.tril_(max_width - 1)
-    return am[:, None, :, None] & am[:, None, None, :] & upper
+        near = torch.ones(length, length, dtype=torch.bool, device=valid.device)
+        valid &= near.tril_(max_width - 1)
+    return valid
 
 
 def band_mask(attention_mask: Tensor, max_width: int) -> Tensor:
@@ -160,10 +190,8 @@ def fill_invalid_(
         if attention_mask is None:
             attention_mask = torch.ones(1, length, dtype=torch.bool, device=logits.device)
         return logits.masked_fill_(~band_mask(attention_mask, max_width), low)
-    if attention_mask is None:
-        lower = torch.ones(length, length, dtype=torch.bool, device=logits.device).tril_(-1)
-        return logits.masked_fill_(lower, low)
-    return logits.masked_fill_(~span_mask(attention_mask), low)
+    invalid = invalid_cells(attention_mask, (0, length), (0, length), logits.device)
+    return logits.masked_fill_(invalid, low)
 
 
 def select_cells(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._blocked import BlockLayout, GoldCells, Job, SpanLosses
+from ._blocked import BlockLayout, GoldCells, Inputs, Job, SpanLosses
 from .layout import gold_cells, valid_mask
 from .logits import SpanFactors
 from .reduction import check_reduction, reduce, to_accumulation
@@ -63,7 +63,7 @@ def multilabel_categorical_crossentropy(
     check_reduction(reduction)
     layout = BlockLayout.for_logits(logits, mask, max_width)
     cells = targets.bool().expand(logits.shape).nonzero()
-    job = Job(layout, "dense", 1, GoldCells(layout, cells), (True, False), False)
+    job = Job.cross_entropy(layout, Inputs.DENSE, GoldCells(layout, cells))
     return reduce(SpanLosses.apply(job, logits)[0], reduction)
 
 
@@ -94,7 +94,7 @@ def sparse_multilabel_categorical_crossentropy(
     check_reduction(reduction)
     layout = BlockLayout.for_logits(logits, mask, max_width)
     positives = GoldCells(layout, gold_cells(spans, max_width))
-    job = Job(layout, "dense", 1, positives, (True, False), False)
+    job = Job.cross_entropy(layout, Inputs.DENSE, positives)
     return reduce(SpanLosses.apply(job, logits)[0], reduction)
 
 
@@ -124,7 +124,7 @@ def global_pointer_kl(
     if s.shape != t.shape:
         raise ValueError(f"s and t differ in shape: {tuple(s.shape)} vs {tuple(t.shape)}")
     layout = BlockLayout.for_logits(s, mask, max_width)
-    job = Job(layout, "dense", 2, None, (False, False), True)
+    job = Job.divergence(layout, Inputs.DENSE)
     return reduce(SpanLosses.apply(job, s, t)[2], reduction)
 
 
@@ -217,7 +217,7 @@ def fused_crossentropy(f: SpanFactors, spans: Tensor, reduction: str = "mean") -
     check_reduction(reduction)
     layout = BlockLayout.for_factors(f)
     positives = GoldCells(layout, gold_cells(spans, f.max_width))
-    job = Job(layout, "factors", 1, positives, (True, False), False)
+    job = Job.cross_entropy(layout, Inputs.FACTORS, positives)
     return reduce(SpanLosses.apply(job, *f.tensors)[0], reduction)
 
 
@@ -228,7 +228,7 @@ def fused_global_pointer_kl(f: SpanFactors, g: SpanFactors, reduction: str = "me
     """
     check_reduction(reduction)
     _check_pair(f, g)
-    job = Job(BlockLayout.for_factors(f), "factors", 2, None, (False, False), True)
+    job = Job.divergence(BlockLayout.for_factors(f), Inputs.FACTORS)
     return reduce(SpanLosses.apply(job, *f.tensors, *g.tensors)[2], reduction)
 
 
@@ -246,6 +246,6 @@ def fused_rdrop_losses(
     _check_pair(f, g)
     layout = BlockLayout.for_factors(f)
     positives = GoldCells(layout, gold_cells(spans, f.max_width))
-    job = Job(layout, "factors", 2, positives, (True, True), True)
+    job = Job.rdrop(layout, Inputs.FACTORS, positives)
     ce_f, ce_g, kl = SpanLosses.apply(job, *f.tensors, *g.tensors)
     return reduce(ce_f, reduction), reduce(ce_g, reduction), reduce(kl, reduction)

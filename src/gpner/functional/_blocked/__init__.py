@@ -26,8 +26,8 @@ their scoped switch). The readable definitions these compute are in
 :mod:`gpner.functional.reference`; the tests hold the two together.
 """
 
-from .engine import Job, SpanLosses
+from .engine import Inputs, Job, SpanLosses
 from .layout import BlockLayout, GoldCells
 from .sources import BandScores
 
-__all__ = ["BandScores", "BlockLayout", "GoldCells", "Job", "SpanLosses"]
+__all__ = ["BandScores", "BlockLayout", "GoldCells", "Inputs", "Job", "SpanLosses"]

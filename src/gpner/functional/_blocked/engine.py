@@ -8,6 +8,7 @@ statistics. Backward recomputes every block and hands its gradient to the source
 from __future__ import annotations
 
 import math
+from enum import Enum
 from typing import NamedTuple
 
 import torch
@@ -21,15 +22,41 @@ from .sources import DenseSource, FactorSource
 NEG_INF = -math.inf
 
 
+class Inputs(str, Enum):
+    """What a source is given as (a ``str``, so it compares equal to its value)."""
+
+    DENSE = "dense"  # one logits tensor per source
+    FACTORS = "factors"  # (q, k, start bias, end bias) per source
+
+
 class Job(NamedTuple):
-    """What one call of :class:`SpanLosses` computes (everything but the tensors)."""
+    """What one call of :class:`SpanLosses` computes (everything but the tensors).
+
+    Built with :meth:`cross_entropy`, :meth:`divergence` or :meth:`rdrop`, which name the three
+    things the engine computes.
+    """
 
     layout: BlockLayout
-    kind: str  # "factors": inputs (q, k, sb, eb) per source; "dense": one logits per source
+    kind: Inputs
     sources: int  # 1 or 2
     positives: GoldCells | None  # gold cells, shared by every source's cross-entropy
     ce: tuple[bool, bool]  # cross-entropy of source 0 / 1
     kl: bool  # the GlobalPointer divergence between sources 0 and 1
+
+    @classmethod
+    def cross_entropy(cls, layout: BlockLayout, kind: Inputs, positives: GoldCells) -> Job:
+        """One source's cross-entropy (outputs ``(ce, -, -)``)."""
+        return cls(layout, kind, sources=1, positives=positives, ce=(True, False), kl=False)
+
+    @classmethod
+    def divergence(cls, layout: BlockLayout, kind: Inputs) -> Job:
+        """The divergence of two sources (outputs ``(-, -, kl)``)."""
+        return cls(layout, kind, sources=2, positives=None, ce=(False, False), kl=True)
+
+    @classmethod
+    def rdrop(cls, layout: BlockLayout, kind: Inputs, positives: GoldCells) -> Job:
+        """Both sources' cross-entropies and their divergence (outputs ``(ce_0, ce_1, kl)``)."""
+        return cls(layout, kind, sources=2, positives=positives, ce=(True, True), kl=True)
 
 
 def _make_sources(job: Job, tensors: tuple) -> list:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..layout import band_mask, check_width
+from ..layout import band_mask, check_width, invalid_cells
 
 
 class BlockLayout:
@@ -26,8 +26,9 @@ class BlockLayout:
     ROWS = 64  # rows per block: the q.k^T matmuls are efficient from about 64 rows
     # A whole (B, C, L, L) problem of at most SINGLE x CELLS cells is one block (the lower
     # triangle included): at short lengths the per-block calls, the small row-band matmuls and
-    # their bookkeeping cost more than the cells the triangle would skip (measured at L=128,
-    # B=16, C=10: about 20 % of the fused R-Drop step). Not for the band layout.
+    # their bookkeeping cost more than the cells the triangle would skip (the engine's speed is
+    # measured by benchmarks/speed/bench_head.py, results in benchmarks/speed/RESULTS.md). Not
+    # for the band layout.
     SINGLE = 4
 
     def __init__(
@@ -117,16 +118,15 @@ class BlockLayout:
             if inv.shape[0] > 1:
                 inv = inv[b0:b1]
             return inv[:, :, r0:r1, c0:]
-        rows = torch.arange(r0, r1, device=self.device)
-        cols = torch.arange(c0, self.cols, device=self.device)
-        lower = cols[None, :] < rows[:, None]  # (r, M - c0)
-        if self.am is None:
-            return lower[None, None]
-        am = self.am[b0:b1]
-        return lower | ~(am[:, None, r0:r1, None] & am[:, None, None, c0:])
+        am = None if self.am is None else self.am[b0:b1]
+        return invalid_cells(am, (r0, r1), (c0, self.cols), self.device)
 
     def valid_at(self, b: Tensor, c: Tensor, i: Tensor, x: Tensor) -> Tensor:
-        """Which cells ``(b, c, i, x)`` (cell coordinates) are valid; raises if out of range."""
+        """Which cells ``(b, c, i, x)`` (cell coordinates) are valid; raises if out of range.
+
+        The same rules as :meth:`invalid_block` (``invalid_cells``, ``band_mask``), read at a
+        list of cells instead of over a block (tests hold the two together).
+        """
         bad = (b < 0) | (b >= self.batch) | (c < 0) | (c >= self.types) | (i < 0) | (i >= self.rows)
         if self.kind in ("all", "mask"):
             bad |= (x < 0) | (x >= self.cols)
