@@ -19,25 +19,13 @@ from __future__ import annotations
 
 import copy
 import statistics
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpner.config import (  # config_to_dict: re-exported for run.py and report.py
-    Config,
-    ConfigError,
-    apply_overrides,
-    config_from_dict,
-    config_to_dict,  # noqa: F401
-)
-
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # benchmarks/: the cell runner
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cellrunner as CR  # noqa: E402
-from cellrunner import (  # noqa: E402,F401  (re-exported: run.py, report.py and tests use them)
+from benchmarks import cellrunner as CR
+from benchmarks.cellrunner import (  # noqa: F401  (re-exported: run.py, report.py and tests use them)
     ROOT,
     VOLATILE_KEYS,
     WORK_DIRNAME,
@@ -47,6 +35,13 @@ from cellrunner import (  # noqa: E402,F401  (re-exported: run.py, report.py and
     load_results,
     matches,
     read_json,
+)
+from gpner.config import (  # config_to_dict: re-exported for run.py and report.py
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,  # noqa: F401
 )
 
 HERE = Path(__file__).resolve().parent

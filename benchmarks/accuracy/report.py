@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write ``REPORT.md`` and ``report.png`` from the result JSONs of ``run.py``.
 
-    python3 benchmarks/accuracy/report.py [--results DIR] [--out REPORT.md]
+    python3 -m benchmarks.accuracy.report [--results DIR] [--out REPORT.md]
 
 Every number and every sentence about the claim is computed from the JSONs; cells that are not
 finished yet are listed as missing, and the statements use the paired seeds that exist.
@@ -19,9 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import accuracy_grid as G  # noqa: E402
+from benchmarks.accuracy import accuracy_grid as G
 
 REG_NAMES = {"rdrop": "R-Drop", "vat": "VAT"}
 VARIANT_NAMES = {
