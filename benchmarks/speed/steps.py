@@ -187,7 +187,7 @@ def load_baseline(src: str) -> tuple:
     for name in current:
         del sys.modules[name]
     try:
-        # The other tree's gpner package, found in ``src`` alone (no sys.path edit): its
+        # The other tree's gpner package, found in ``src`` alone (the import path untouched): its
         # submodules are found through the package's own ``__path__``.
         spec = importlib.machinery.PathFinder.find_spec("gpner", [src])
         if spec is None:
