@@ -5,6 +5,7 @@ Holm's correction against known values, paired tests and verdicts computed from 
 import math
 
 import pytest
+
 from benchmarks.accuracy import paired as P
 
 # Two-sided 95 % quantiles of Student's t (printed tables), df = 1..5, 10, 30.

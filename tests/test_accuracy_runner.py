@@ -2,7 +2,6 @@
 resumability (finished cells skipped, failed cells redone, killed cells resumed exactly) and the
 report from fake result JSONs. Tiny synthetic cells only; seconds, no shared data needed."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.accuracy import probe, report, run
+
 ROOT = Path(__file__).resolve().parents[1]
-ACCURACY = ROOT / "benchmarks" / "accuracy"
 
 
-def _load(name, filename):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ACCURACY / filename)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run = _load("gpner_accuracy_run", "run.py")
-report = run.load_report_module()
 G = run.G
 
 
@@ -416,13 +404,14 @@ def test_parallel_runners_run_each_cell_once_and_wait_for_search_cells(
 
 
 # The runner's processes import this checkout's gpner, whichever one is installed.
-_CHECKOUT_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+_CHECKOUT_ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
 def test_workers_flag_starts_tagged_child_runners(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ACCURACY / "run.py"), "--workers", "2", "--results", str(tmp_path)]
-        + ["--only", "no-such-cell"],
+        [sys.executable, "-m", "benchmarks.accuracy.run", "--workers", "2"]
+        + ["--results", str(tmp_path), "--only", "no-such-cell"],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -430,7 +419,9 @@ def test_workers_flag_starts_tagged_child_runners(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "starting 2 workers: run.py --results" in out and "--threads 1" in out
+    assert (
+        "starting 2 workers: -m benchmarks.accuracy.run --results" in out and "--threads 1" in out
+    )
     assert " w1] results in" in out and " w2] results in" in out
     assert "workers finished with exit codes [0, 0]" in out
 
@@ -575,7 +566,8 @@ def test_dry_run_lists_cells_in_order(capsys, tmp_path):
 
 def test_smoke_cli_runs_two_tiny_cells():
     proc = subprocess.run(
-        [sys.executable, str(ACCURACY / "run.py"), "--smoke"],
+        [sys.executable, "-m", "benchmarks.accuracy.run", "--smoke"],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -603,7 +595,6 @@ def test_probe_measures_without_side_effects(tmp_path, synthetic):
     import gpner
     from gpner.training import train
 
-    probe = _load("gpner_accuracy_probe", "probe.py")
     blocks = G.smoke_blocks(*synthetic, variants=("rdrop-gp_kl",), rdrop_alphas=(0.5,), epochs=1)
     entry = G.plan(blocks, tmp_path)[0]
     result = train(entry.config)

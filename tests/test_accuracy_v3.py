@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from benchmarks.accuracy import design_v3 as D
 from benchmarks.accuracy import paired as P
 from benchmarks.accuracy import report_v3 as R

@@ -3,30 +3,15 @@ result files, dependency-aware selection, resumable runs with a fake trainer, es
 common command line. Seconds, no training."""
 
 import argparse
-import importlib.util
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from benchmarks import cellrunner as CR
 from gpner.config import config_from_dict, config_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    name = "gpner_cellrunner_under_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "cellrunner.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CR = _load()
 
 
 @dataclass(frozen=True)

@@ -2,26 +2,8 @@
 tiny grid trained end to end through the shared cell runner, and the report from its JSONs.
 Synthetic data only; seconds."""
 
-import importlib.util
-import sys
-from pathlib import Path
+from benchmarks.distill import report, run
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = ROOT / "benchmarks" / "distill"
-
-
-def _load(name, filename):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, HERE / filename)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run = _load("gpner_distill_run", "run.py")
-report = _load("gpner_distill_report", "report.py")
 G = run.G
 
 
@@ -41,7 +23,7 @@ def test_the_grid_searches_on_a_split_of_train_and_blocks_on_the_teacher(tmp_pat
     seeds = {by_id[f"final/scratch/s{k}"].config.train.seed for k in (1, 2, 3)}
     assert seeds == {42, 43, 44}
     text = report.report(entries, None)
-    assert "pending" in text and "Pending: `python3 benchmarks/distill/predict_speed.py`" in text
+    assert "pending" in text and "Pending: `python3 -m benchmarks.distill.predict_speed`" in text
 
 
 def _tiny_configs(tmp_path, tiny_data):

@@ -2,28 +2,10 @@
 it, a tiny cell trains through the shared cell runner and is skipped once done, and the reports
 render its JSON. Synthetic data only; seconds."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "benchmarks" / "recipes"
+from benchmarks.recipes import report, run
 
-
-def _load(name, filename):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, RECIPES / filename)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run = _load("gpner_recipes_run", "run.py")
-report = _load("gpner_recipes_report", "report.py")
 G = run.G
 
 

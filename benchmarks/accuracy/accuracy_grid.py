@@ -19,25 +19,13 @@ from __future__ import annotations
 
 import copy
 import statistics
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpner.config import (  # config_to_dict: re-exported for run.py and report.py
-    Config,
-    ConfigError,
-    apply_overrides,
-    config_from_dict,
-    config_to_dict,  # noqa: F401
-)
-
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # benchmarks/: the cell runner
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cellrunner as CR  # noqa: E402
-from cellrunner import (  # noqa: E402,F401  (re-exported: run.py, report.py and tests use them)
+from benchmarks import cellrunner as CR
+from benchmarks.cellrunner import (  # noqa: F401  (re-exported: run.py, report.py and tests use them)
     ROOT,
     VOLATILE_KEYS,
     WORK_DIRNAME,
@@ -47,6 +35,13 @@ from cellrunner import (  # noqa: E402,F401  (re-exported: run.py, report.py and
     load_results,
     matches,
     read_json,
+)
+from gpner.config import (  # config_to_dict: re-exported for run.py and report.py
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,  # noqa: F401
 )
 
 HERE = Path(__file__).resolve().parent
@@ -59,11 +54,6 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "rdrop-softmax_kl": ("rdrop", "softmax_kl"),
     "vat-gp_kl": ("vat", "gp_kl"),
     "vat-softmax_kl": ("vat", "softmax_kl"),
-    # Design v2 (issue 16, grid_v2.py):
-    "baseline-2x": ("none", "gp_kl"),  # compute-matched: twice the epochs (and patience)
-    "rdrop-none": ("rdrop", "gp_kl"),  # the two-pass control: alpha 0, the divergence unused
-    "rdrop-softmax_kl_all": ("rdrop", "softmax_kl_all"),
-    "vat-softmax_kl_all": ("vat", "softmax_kl_all"),
 }
 ALL_VARIANTS = (  # the variants of the first design (issue 6)
     "baseline",
@@ -72,12 +62,6 @@ ALL_VARIANTS = (  # the variants of the first design (issue 6)
     "vat-gp_kl",
     "vat-softmax_kl",
 )
-# Variants whose weight is fixed, not searched.
-FIXED_ALPHA: dict[str, float] = {"rdrop-none": 0.0}
-# Variants trained with a multiple of the grid's epoch budget (train.epochs and train.patience).
-# A plain step costs about half an R-Drop step (two passes of the batch), so the baseline with
-# twice the epochs makes as many encoder forward/backward passes as R-Drop.
-BUDGET: dict[str, int] = {"baseline-2x": 2}
 # Reference cost of a training step relative to a plain one (estimates of compute left only).
 COST_FACTOR = {"none": 1.0, "rdrop": 2.0, "vat": 3.0}
 
@@ -94,12 +78,6 @@ class Grid:
     search_epochs: int
     seeds: tuple[int, ...] = (1, 2, 3)
     search_seed: int = 1
-    # Design v2: several search seeds (disjoint from the final seeds, so the seeds that chose
-    # alpha are not the seeds that report it) and the unsearched variants run at each search
-    # seed as references (the baseline, and rdrop-none: the alpha -> 0 end of the curve).
-    # Empty: the first design (one search seed, the baseline as the only reference).
-    search_seeds: tuple[int, ...] = ()
-    search_references: tuple[str, ...] = ()
     # 0.0625 was added after the first CLUENER/m3e-small search cells (validation micro F1
     # 0.680 baseline, 0.676 / 0.582 / 0.238 at alpha 0.25 / 1 / 4) put the best value on the
     # grid's lower edge.
@@ -111,8 +89,6 @@ class Grid:
     vat_alphas: tuple[float, ...] = (0.0625, 0.5)
     vat_epsilons: tuple[float, ...] = (1.0,)
     epoch_minutes: float = 5.0  # prior plain-epoch minutes on 2 threads (estimates only)
-    # Prior epochs a cell trains before early stopping ends it (estimates only; None: the max).
-    expected_epochs: int | None = None
     notes: tuple[str, ...] = ()
 
     def candidates(self, variant: str) -> list[tuple[float | None, float | None]]:
@@ -120,18 +96,12 @@ class Grid:
         kind, _ = VARIANTS[variant]
         if kind == "none":
             return [(None, None)]
-        if variant in FIXED_ALPHA:
-            return [(FIXED_ALPHA[variant], None)]
         if kind == "rdrop":
             return [(a, None) for a in self.rdrop_alphas]
         return [(a, e) for a in self.vat_alphas for e in self.vat_epsilons]
 
     def searched(self, variant: str) -> bool:
         return VARIANTS[variant][0] != "none" and len(self.candidates(variant)) > 1
-
-    @property
-    def search_seed_list(self) -> tuple[int, ...]:
-        return self.search_seeds or (self.search_seed,)
 
     @property
     def patience(self) -> int | None:
@@ -190,15 +160,9 @@ class Cell:
         return VARIANTS[self.variant][1]
 
     @property
-    def budget(self) -> int:
-        """The multiple of the grid's epoch budget this cell trains with (see ``BUDGET``)."""
-        return BUDGET.get(self.variant, 1)
-
-    @property
     def epochs(self) -> int:
         """The maximum number of epochs (early stopping may end the cell sooner)."""
-        base = self.grid.search_epochs if self.stage == "search" else self.grid.final_epochs
-        return base * self.budget
+        return self.grid.search_epochs if self.stage == "search" else self.grid.final_epochs
 
 
 # ---------------------------------------------------------------------------------- the grid
@@ -359,23 +323,13 @@ def cells(blocks: Sequence[Block]) -> list[Cell]:
         grid = block.grid
         search: list[Cell] = []
         any_search = any(grid.searched(v) for v in grid_variants[grid.name])
-        references = grid.search_references or ("baseline",)
-        # Seed by seed (design v2: an unfinished search still has every candidate at one seed).
-        for seed in grid.search_seed_list:
-            if any_search:
-                for variant in references:
-                    if variant in block.variants:
-                        alpha, eps = grid.candidates(variant)[0]
-                        if grid.search_references:  # v2 ids name the fixed alpha, if any
-                            search.append(
-                                Cell(block.number, grid, "search", variant, seed, alpha, eps)
-                            )
-                        else:
-                            search.append(Cell(block.number, grid, "search", variant, seed))
-            for variant in block.variants:
-                if grid.searched(variant):
-                    for alpha, eps in grid.candidates(variant):
-                        search.append(Cell(block.number, grid, "search", variant, seed, alpha, eps))
+        seed = grid.search_seed
+        if any_search and "baseline" in block.variants:  # the reference
+            search.append(Cell(block.number, grid, "search", "baseline", seed))
+        for variant in block.variants:
+            if grid.searched(variant):
+                for alpha, eps in grid.candidates(variant):
+                    search.append(Cell(block.number, grid, "search", variant, seed, alpha, eps))
         final = [
             Cell(block.number, grid, "final", v, seed)
             for seed in grid.seeds
@@ -417,15 +371,13 @@ def cell_config(
     data.setdefault("train", {})
     data["train"]["seed"] = cell.seed
     data["train"]["epochs"] = cell.epochs
-    if data["train"].get("patience") is not None:
-        data["train"]["patience"] = data["train"]["patience"] * cell.budget
     data["train"]["progress"] = False
     data["train"]["num_threads"] = threads
     if cell.stage == "search":
         data["data"]["test"] = None  # the reported test set is never read while searching
     regularizer: dict[str, Any] = {"kind": cell.kind, "divergence": cell.divergence}
     if cell.kind != "none":
-        regularizer["alpha"] = float(alpha)  # 0.0 for rdrop-none
+        regularizer["alpha"] = float(alpha)
     if cell.kind == "vat":
         regularizer["epsilon"] = float(epsilon)
     data["regularizer"] = regularizer
@@ -548,34 +500,29 @@ def measured_epoch_seconds(entries: Sequence[PlanEntry]) -> dict[tuple[str, str]
     )
 
 
-def measured_epochs(entries: Sequence[PlanEntry]) -> dict[tuple[str, int], float]:
-    """Median number of epochs trained by (grid name, budget multiple), over finished cells of
-    grids with early stopping (how long a cell runs before it stops)."""
+def measured_epochs(entries: Sequence[PlanEntry]) -> dict[str, float]:
+    """Median number of epochs trained by grid name, over finished cells of grids with early
+    stopping (how long a cell runs before it stops)."""
     return CR.median_by(
         [e for e in entries if e.cell.grid.patience is not None],
-        lambda e: (e.cell.grid.name, e.cell.budget),
+        lambda e: e.cell.grid.name,
         lambda result: result.get("epochs"),
     )
 
 
-def expected_epochs(entry: PlanEntry, epochs_run: dict[tuple[str, int], float] | None) -> float:
+def expected_epochs(entry: PlanEntry, epochs_run: dict[str, float] | None) -> float:
     """The epochs a cell will train: its maximum without early stopping; with it, the median
-    of its grid's finished cells of the same budget, else the grid's prior ``expected_epochs``
-    (times the budget), never more than the maximum."""
+    of its grid's finished cells, never more than the maximum."""
     cell = entry.cell
-    if cell.grid.patience is None:
+    if cell.grid.patience is None or not epochs_run or cell.grid.name not in epochs_run:
         return cell.epochs
-    key = (cell.grid.name, cell.budget)
-    if epochs_run and key in epochs_run:
-        return min(cell.epochs, epochs_run[key])
-    prior = cell.grid.expected_epochs
-    return cell.epochs if prior is None else min(cell.epochs, prior * cell.budget)
+    return min(cell.epochs, epochs_run[cell.grid.name])
 
 
 def estimate_minutes(
     entry: PlanEntry,
     measured: dict[tuple[str, str], float],
-    epochs_run: dict[tuple[str, int], float] | None = None,
+    epochs_run: dict[str, float] | None = None,
 ) -> float:
     """Rough minutes for a cell: the measured epoch time of its grid and regulariser if any,
     else the grid's measured baseline epoch times the reference cost factor, else the grid's

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from benchmarks import cellrunner as CR
 from benchmarks.accuracy import design_v3 as D
-
 from gpner.atomic import atomic_write_json
 
 KINDS = {"plain": D.Cell("search", "baseline", 101), "rdrop": D.Cell("search", "rdrop-gp_kl", 101)}

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Train and evaluate the cells of the divergence experiment (issue 6), resumably.
 
-    python3 benchmarks/accuracy/run.py --dry-run            # list the cells in run order
-    python3 benchmarks/accuracy/run.py                      # run every unfinished cell
-    python3 benchmarks/accuracy/run.py --only cluener-m3e --max-cells 3
-    python3 benchmarks/accuracy/run.py --block 1            # only priority block 1
-    python3 benchmarks/accuracy/run.py --smoke              # 2 tiny cells on synthetic data
+    python3 -m benchmarks.accuracy.run --dry-run            # list the cells in run order
+    python3 -m benchmarks.accuracy.run                      # run every unfinished cell
+    python3 -m benchmarks.accuracy.run --only cluener-m3e --max-cells 3
+    python3 -m benchmarks.accuracy.run --block 1            # only priority block 1
+    python3 -m benchmarks.accuracy.run --smoke              # 2 tiny cells on synthetic data
 
 Each finished cell writes ``results/<cell id with / as __>.json`` atomically; a cell whose JSON
 exists with the same config is skipped. Unfinished cells keep their run dir under
@@ -25,7 +25,6 @@ and ``benchmarks/cellrunner.py`` for the generic machinery (status, run dirs, lo
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -34,12 +33,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import accuracy_grid as G  # noqa: E402
-from accuracy_grid import CR  # noqa: E402  (benchmarks/cellrunner.py: the generic machinery)
-
-from cellrunner import (  # noqa: E402,F401  (re-exported for the tests)
+from benchmarks.accuracy import accuracy_grid as G
+from benchmarks.accuracy.accuracy_grid import CR  # benchmarks/cellrunner.py: the machinery
+from benchmarks.cellrunner import (  # noqa: F401  (re-exported for the tests)
     CellFailed,
     environment,
     log,
@@ -125,7 +121,7 @@ def run_cell(
 def _probe(entry: G.PlanEntry, checkpoint: Path) -> dict[str, Any]:
     """The regulariser's loss share and gradient ratio at the cell's best epoch (probe.py); an
     error is recorded, not raised, so that a finished training is never lost to it."""
-    from probe import probe_regularizer
+    from benchmarks.accuracy.probe import probe_regularizer
 
     start = time.perf_counter()
     try:
@@ -227,18 +223,6 @@ def run_grid(
 # -------------------------------------------------------------------------------- smoke
 
 
-def load_report_module():
-    """``report.py`` beside this file, under a name that cannot clash with other modules."""
-    name = "gpner_accuracy_report"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("report.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def smoke(results_dir: Path | None = None, threads: int | None = 1) -> int:
     """Two tiny cells on synthetic data, a second pass that must skip both, and a report."""
     keep = results_dir is not None
@@ -249,7 +233,8 @@ def smoke(results_dir: Path | None = None, threads: int | None = 1) -> int:
         blocks = G.smoke_blocks(train_path, test_path)
         first = run_grid(blocks, root, threads=threads)
         second = run_grid(blocks, root, threads=threads)
-        report = load_report_module()
+        from benchmarks.accuracy import report
+
         md = report.build_report(blocks, root, root / "REPORT.md")
         problems = []
         if first["failed"] or first["left"]:
@@ -317,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1:
         extra = ["--design", args.design]
         extra += [x for number in args.block or () for x in ("--block", str(number))]
-        return CR.spawn_workers(__file__, CR.worker_argv(args, threads, extra), args.workers)
+        child = CR.worker_argv(args, threads, extra)
+        return CR.spawn_workers(None, child, args.workers, module=__spec__.name, cwd=CR.ROOT)
     log(f"results in {args.results}; threads {threads}; overrides {args.overrides or 'none'}")
     outcome = run_grid(
         blocks,

@@ -39,7 +39,6 @@ from typing import Any
 
 from benchmarks import cellrunner as CR
 from benchmarks.accuracy import design_v3 as D
-
 from gpner.atomic import atomic_write_json
 
 PINS = CR.ROOT / ".pins"

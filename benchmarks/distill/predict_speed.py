@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prediction speed of the distillation benchmark's teacher and students, side by side.
 
-    nice python3 benchmarks/distill/predict_speed.py   # -> results/speed.json (report.py reads)
+    nice python3 -m benchmarks.distill.predict_speed   # -> results/speed.json (report.py reads)
 
 Runs ``benchmarks/speed/bench_predict.py``'s measurement (``bench_model``: the whole predict
 pipeline on CLUENER dev at batch 32 and 1, torch and every onnxruntime form, with each form's dev
@@ -21,11 +21,9 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "speed"))
+from benchmarks.distill import distill_cells as G  # noqa: E402
 
-import distill_cells as G  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SPEED = G.DEFAULT_RESULTS / "speed.json"
 
@@ -39,9 +37,9 @@ def models() -> dict[str, Path]:
 
 
 def main(argv=None) -> int:
-    import bench_predict as BP
     import torch
 
+    from benchmarks.speed import bench_predict as BP
     from gpner.data.paths import resolve
     from gpner.data.readers import read
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Train the distillation benchmark's cells (``distill_cells.py``), resumably, one JSON each.
 
-    python3 benchmarks/distill/run.py --dry-run        # the cells in run order, with status
-    nohup nice -n 10 python3 benchmarks/distill/run.py >> benchmarks/distill/run.log 2>&1 &
-    python3 benchmarks/distill/run.py --kind unlabeled  # the optional People's Daily cells
-    python3 benchmarks/distill/predict_speed.py         # predict speed: teacher vs students
-    python3 benchmarks/distill/report.py                # RESULTS.md from the JSONs
+    python3 -m benchmarks.distill.run --dry-run        # the cells in run order, with status
+    nohup nice -n 10 python3 -m benchmarks.distill.run >> benchmarks/distill/run.log 2>&1 &
+    python3 -m benchmarks.distill.run --kind unlabeled  # the optional People's Daily cells
+    python3 -m benchmarks.distill.predict_speed         # predict speed: teacher vs students
+    python3 -m benchmarks.distill.report                # RESULTS.md from the JSONs
 
 Built on ``benchmarks/cellrunner.py``: a finished cell writes ``results/<cell id with / as
 __>.json`` atomically and is skipped while its config is unchanged; a killed cell resumes from
@@ -24,10 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import distill_cells as G  # noqa: E402
-from distill_cells import CR  # noqa: E402
+from benchmarks.distill import distill_cells as G
+from benchmarks.distill.distill_cells import CR
 
 
 def write_unlabeled(path: Path = G.UNLABELED) -> int:
@@ -175,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.workers > 1:
         extra = [x for kind in kinds for x in ("--kind", kind)]
-        return CR.spawn_workers(__file__, CR.worker_argv(args, threads, extra), args.workers)
+        child = CR.worker_argv(args, threads, extra)
+        return CR.spawn_workers(None, child, args.workers, module=__spec__.name, cwd=CR.ROOT)
     CR.log(f"results in {args.results}; threads {threads}; kinds {kinds}")
     outcome = run_grid(
         kinds,

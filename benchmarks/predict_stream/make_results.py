@@ -1,6 +1,6 @@
 """Render benchmarks/predict_stream/RESULTS.md from results/memory.json (no number typed by hand).
 
-python3 benchmarks/predict_stream/make_results.py
+python3 -m benchmarks.predict_stream.make_results
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def render(data: dict) -> str:
         f"{ratio:.3f}. The last column includes "
         "start-up (imports, model load), which dominates the small runs.",
         "",
-        "Reproduce: `python3 benchmarks/predict_stream/measure.py && "
-        "python3 benchmarks/predict_stream/make_results.py`. The measured command for each row:",
+        "Reproduce: `python3 -m benchmarks.predict_stream.measure && "
+        "python3 -m benchmarks.predict_stream.make_results`. The measured command for each row:",
         "",
     ]
     for r in rows:

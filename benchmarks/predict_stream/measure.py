@@ -1,7 +1,7 @@
 """Peak memory of streaming ``gpner predict`` as the input grows (issue 19).
 
-    python3 benchmarks/predict_stream/measure.py [--sizes 1000 100000 1000000] [--chunk-size 1024]
-    python3 benchmarks/predict_stream/make_results.py
+    python3 -m benchmarks.predict_stream.measure [--sizes 1000 100000 1000000] [--chunk-size 1024]
+    python3 -m benchmarks.predict_stream.make_results
 
 Trains a tiny char-Transformer model for 8 epochs on 200 synthetic sentences (seconds), writes input
 files of the given numbers of lines (short Chinese sentences, every 50th line empty), and runs

@@ -15,16 +15,12 @@ that is the row ``gpner train CONFIG`` reproduces. Nothing here does work at imp
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # benchmarks/: the cell runner
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cellrunner as CR  # noqa: E402
+from benchmarks import cellrunner as CR
 
 HERE = Path(__file__).resolve().parent
 ROOT = CR.ROOT

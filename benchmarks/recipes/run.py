@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Train the recipe benchmark's cells (see ``grid.py``), resumably, one JSON per cell.
 
-    python3 benchmarks/recipes/run.py --dry-run                 # recipe cells in run order
-    python3 benchmarks/recipes/run.py --kind explore --dry-run  # the from-scratch exploration
-    nohup nice -n 10 python3 benchmarks/recipes/run.py >> benchmarks/recipes/run.log 2>&1 &
-    python3 benchmarks/recipes/run.py --kind explore --workers 2 --only lstm
-    python3 benchmarks/recipes/report.py                        # EXPLORE.md and RESULTS.md
+    python3 -m benchmarks.recipes.run --dry-run                 # recipe cells in run order
+    python3 -m benchmarks.recipes.run --kind explore --dry-run  # the from-scratch exploration
+    nohup nice -n 10 python3 -m benchmarks.recipes.run >> benchmarks/recipes/run.log 2>&1 &
+    python3 -m benchmarks.recipes.run --kind explore --workers 2 --only lstm
+    python3 -m benchmarks.recipes.report                        # EXPLORE.md and RESULTS.md
 
 Built on ``benchmarks/cellrunner.py`` (the accuracy runner's machinery): a finished cell writes
 ``results/<cell id with / as __>.json`` atomically and is skipped while its config is unchanged;
@@ -22,10 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import grid as G  # noqa: E402
-from grid import CR  # noqa: E402
+from benchmarks.recipes import grid as G
+from benchmarks.recipes.grid import CR
 
 
 def parameter_count(best_path: Path) -> int:
@@ -165,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1:
         extra = [x for kind in kinds for x in ("--kind", kind)]
         extra += ["--machine", args.machine] if args.machine else []
-        return CR.spawn_workers(__file__, CR.worker_argv(args, threads, extra), args.workers)
+        child = CR.worker_argv(args, threads, extra)
+        return CR.spawn_workers(None, child, args.workers, module=__spec__.name, cwd=CR.ROOT)
     CR.log(f"results in {args.results}; threads {threads}; kinds {kinds}")
     outcome = run_grid(
         kinds,

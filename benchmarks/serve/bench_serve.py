@@ -12,8 +12,8 @@ the same texts: a request that fails or gets no answer is *lost*, one whose span
 2e-3 of the threshold may fall either side). Loopback only; bounded in time and requests
 (`--max-requests` per slice); stops by itself.
 
-    python3 benchmarks/serve/bench_serve.py MODEL [--repeats 3] [--slices 6]
-    python3 benchmarks/serve/make_results.py        # RESULTS.md from results/serve.json
+    PYTHONPATH=src python3 -m benchmarks.serve.bench_serve MODEL [--repeats 3] [--slices 6]
+    python3 -m benchmarks.serve.make_results        # RESULTS.md from results/serve.json
 """
 
 from __future__ import annotations
@@ -35,12 +35,11 @@ from pathlib import Path
 import httpx
 import numpy
 
+import gpner
+from gpner.data.writers import prediction_record
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "src"))
-
-import gpner  # noqa: E402
-from gpner.data.writers import prediction_record  # noqa: E402
 
 BASELINE = ["--max-batch", "1", "--max-wait-ms", "0"]
 TOLERANCE = 2e-3
@@ -344,7 +343,7 @@ def main() -> None:
         },
         "server_batches": health,
         # the model's path is this machine's: MODEL stands for it
-        "command": "python3 benchmarks/serve/bench_serve.py "
+        "command": "python3 -m benchmarks.serve.bench_serve "
         + shlex.join("MODEL" if a == args.model else a for a in sys.argv[1:]),
         "runs": runs,
     }

@@ -1,6 +1,6 @@
 """Render benchmarks/serve/RESULTS.md from results/serve.json (no number typed by hand).
 
-python3 benchmarks/serve/make_results.py
+python3 -m benchmarks.serve.make_results
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def render(data: dict) -> str:
         "scores may differ by at most 2e-3, since batches pad differently).",
         "",
         f"Reproduce: `{data['command']}` (MODEL: the model trained as said above), then "
-        "`python3 benchmarks/serve/make_results.py`.",
+        "`python3 -m benchmarks.serve.make_results`.",
     ]
     return "\n".join(lines) + "\n"
 

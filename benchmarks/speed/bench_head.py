@@ -5,9 +5,9 @@ implementation (see steps.py) is timed side by side in this process, and its pea
 measured in a fresh subprocess. Results go to a JSON file, rewritten after every configuration,
 so a long run can be read (or rendered with make_results.py) while it continues.
 
-    python3 benchmarks/speed/bench_head.py --quick            # small shapes, a minute or two
-    nohup nice -n 5 python3 benchmarks/speed/bench_head.py > benchmarks/speed/head.log 2>&1 &
-    python3 benchmarks/speed/make_results.py                  # RESULTS.md from the JSON files
+    python3 -m benchmarks.speed.bench_head --quick            # small shapes, a minute or two
+    nohup nice -n 5 python3 -m benchmarks.speed.bench_head > benchmarks/speed/head.log 2>&1 &
+    python3 -m benchmarks.speed.make_results                  # RESULTS.md from the JSON files
 
 The default (full) run: B=16, C=10, D=64, hidden 768 and 256, L in {32, 64, 128, 256, 512},
 both heads, modes headloss / rdrop for every implementation and rdrop_nokl for gpner's; then the
@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,11 +35,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import measure  # noqa: E402
-import roofline  # noqa: E402
-from steps import Config, implementation, make_inputs, parity  # noqa: E402
+from benchmarks.speed import measure, roofline  # noqa: E402
+from benchmarks.speed.steps import Config, implementation, make_inputs, parity  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMPLS = ("reference", "logits", "fused")

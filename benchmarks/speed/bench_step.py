@@ -31,14 +31,14 @@ single-thread process and beside a second default ``gpner train``; training exam
 checkout's library and with ``--baseline``'s (a temporary git worktree), alternating run by run;
 training tokens/s from each run's metrics.jsonl, and the per-pair ratios.
 
-    python3 benchmarks/speed/bench_step.py breakdown
-    python3 benchmarks/speed/bench_step.py breakdown --configs configs/quickstart.toml \
+    python3 -m benchmarks.speed.bench_step breakdown
+    python3 -m benchmarks.speed.bench_step breakdown --configs configs/quickstart.toml \
         --recurrence packed unpacked
-    python3 benchmarks/speed/bench_step.py parallel
-    python3 benchmarks/speed/bench_step.py loaded --configs configs/quickstart.toml
-    python3 benchmarks/speed/bench_step.py versus --baseline 7d770f8 \
+    python3 -m benchmarks.speed.bench_step parallel
+    python3 -m benchmarks.speed.bench_step loaded --configs configs/quickstart.toml
+    python3 -m benchmarks.speed.bench_step versus --baseline 7d770f8 \
         --configs configs/cluener_char.toml
-    python3 benchmarks/speed/make_results.py
+    python3 -m benchmarks.speed.make_results
 """
 
 from __future__ import annotations
@@ -61,10 +61,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import measure  # noqa: E402
-
+from benchmarks.speed import measure  # noqa: E402
 from gpner import regularizers as R  # noqa: E402
 from gpner.backends import packed_recurrence  # noqa: E402
 from gpner.config import load_config  # noqa: E402

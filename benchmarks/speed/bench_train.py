@@ -11,9 +11,9 @@ AdamW step. All objectives run the same batches, interleaved repeat by repeat in
 Prediction: :func:`gpner.inference.predict_examples` on dev texts, with the model's forward and
 the decoding (``decode`` + ``spans_from_features``) timed inside it.
 
-    python3 benchmarks/speed/bench_train.py --quick
-    nohup nice -n 5 python3 benchmarks/speed/bench_train.py > benchmarks/speed/train.log 2>&1 &
-    python3 benchmarks/speed/make_results.py
+    python3 -m benchmarks.speed.bench_train --quick
+    nohup nice -n 5 python3 -m benchmarks.speed.bench_train > benchmarks/speed/train.log 2>&1 &
+    python3 -m benchmarks.speed.make_results
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import math
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -33,10 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_head.py
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import measure  # noqa: E402
-
+from benchmarks.speed import measure  # noqa: E402
 from gpner import functional as F  # noqa: E402
 from gpner import inference  # noqa: E402
 from gpner import regularizers as R  # noqa: E402

@@ -99,10 +99,13 @@ def summary(samples: list[float]) -> dict:
 
 
 def run_child(module: str, payload: dict, timeout: float = 3600) -> dict:
-    """Run ``python <module>.py --child '<json>'`` in a fresh process; parse its last line."""
-    cmd = [sys.executable, str(HERE / f"{module}.py"), "--child", json.dumps(payload)]
+    """Run ``python -m benchmarks.speed.<module> --child '<json>'`` in a fresh process from the
+    repository root; parse its last line."""
+    cmd = [sys.executable, "-m", f"benchmarks.speed.{module}", "--child", json.dumps(payload)]
     env = dict(os.environ)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE.parents[1]
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])

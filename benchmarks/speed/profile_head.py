@@ -1,7 +1,7 @@
 """The torch profiler's operator table of head steps (see steps.py), one text file per step.
 
-    python3 benchmarks/speed/profile_head.py                      # fused GP/EGP rdrop, L=64, 128
-    python3 benchmarks/speed/profile_head.py --lengths 128 --heads global_pointer --impls fused \
+    python3 -m benchmarks.speed.profile_head                      # fused GP/EGP rdrop, L=64, 128
+    python3 -m benchmarks.speed.profile_head --lengths 128 --heads global_pointer --impls fused \
         reference --modes rdrop headloss
 
 Each file in ``profiles/`` holds the command, the code's commit, the load, the step's median
@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,10 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_head.py
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import measure  # noqa: E402
-from steps import Config, implementation  # noqa: E402
+from benchmarks.speed import measure  # noqa: E402
+from benchmarks.speed.steps import Config, implementation  # noqa: E402
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 # Kinds of work by operator name, in a head step: the projections are the only mm/addmm, the

@@ -26,14 +26,16 @@ Implementations:
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
+import importlib.util
 import sys
 from collections.abc import Callable
 
-import reference as ref
-import roofline
 import torch
 from torch import Tensor, nn
 
+from benchmarks.speed import reference as ref
+from benchmarks.speed import roofline
 from gpner import functional as F
 from gpner.backends import compiled_kernels
 from gpner.heads import build_head
@@ -184,12 +186,18 @@ def load_baseline(src: str) -> tuple:
     current = ours()
     for name in current:
         del sys.modules[name]
-    sys.path.insert(0, src)
     try:
+        # The other tree's gpner package, found in ``src`` alone (the import path untouched): its
+        # submodules are found through the package's own ``__path__``.
+        spec = importlib.machinery.PathFinder.find_spec("gpner", [src])
+        if spec is None:
+            raise RuntimeError(f"no gpner package under {src}")
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["gpner"] = package
+        spec.loader.exec_module(package)
         import gpner.functional as base_functional
         import gpner.heads as base_heads
     finally:
-        sys.path.remove(src)
         for name in ours():
             del sys.modules[name]
         sys.modules.update(current)

@@ -1,0 +1,1 @@
+"""benchmarks/accuracy (see its README or module docstrings)."""

@@ -1,0 +1,1 @@
+"""benchmarks/distill (see its README or module docstrings)."""

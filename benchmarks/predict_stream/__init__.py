@@ -1,0 +1,1 @@
+"""benchmarks/predict_stream (see its README or module docstrings)."""

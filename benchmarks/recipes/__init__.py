@@ -1,0 +1,1 @@
+"""benchmarks/recipes (see its README or module docstrings)."""

@@ -1,0 +1,1 @@
+"""benchmarks/serve (see its README or module docstrings)."""

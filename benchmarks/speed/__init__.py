@@ -1,0 +1,1 @@
+"""benchmarks/speed (see its README or module docstrings)."""
