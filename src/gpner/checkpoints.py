@@ -240,10 +240,10 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> NER
             f"{weights} does not match the model described by {METADATA_FILE}: "
             f"{str(error).splitlines()[-1].strip()}"
         ) from None
-    if missing or unexpected:
+    if missing or unexpected:  # safetensors returns them as sets
         raise CheckpointError(
             f"{weights} does not match the model described by {METADATA_FILE}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return model.to(map_location).eval()
 
