@@ -191,6 +191,7 @@ class TrainConfig:
     epochs: int = _field(10, _POSITIVE)  # the maximum number of epochs (see patience)
     # Early stopping: stop after this many epochs without a dev micro-F1 gain (the best epoch is
     # kept); None trains all ``epochs``. The learning-rate schedule always spans ``epochs``.
+    # Needs dev data (data.dev or data.validation_fraction); without it the last epoch is kept.
     patience: int | None = _field(None, _POSITIVE)
     # global batch (split across processes in data-parallel runs)
     batch_size: int = _field(32, _POSITIVE)
@@ -307,6 +308,13 @@ def check_config(config: Config) -> None:
         raise ConfigError(
             f"data.stride: must be below data.max_length ({config.data.max_length}), "
             f"got {config.data.stride}"
+        )
+    no_dev = config.data.dev is None and config.data.validation_fraction == 0
+    if config.train.patience is not None and no_dev:
+        raise ConfigError(
+            f"train.patience: early stopping needs dev data, and data.dev is unset (with "
+            f"data.validation_fraction = 0); set data.dev or data.validation_fraction, or unset "
+            f"train.patience (got {config.train.patience})"
         )
     from gpner.encoders import ENCODERS  # the kind's own checks (imported when checked)
 
