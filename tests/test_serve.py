@@ -82,7 +82,13 @@ def test_health_info_and_docs(server, model):
     assert info["max_length"] == model.config.data.max_length == 24
     assert info["encoder"]["kind"] == "char_transformer"
     assert info["head"]["kind"] == "global_pointer"
-    assert info["limits"] == {"max_texts": 8, "max_chars": 400, "max_request_bytes": 8192}
+    assert info["limits"] == {
+        "max_texts": 8,
+        "max_chars": 400,
+        "max_request_bytes": 8192,
+        "min_threshold": -10.0,
+        "max_spans": 1000,
+    }
     schema = get(f"{url}/openapi.json").json()
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     assert set(body["schema"]["properties"]) == {"texts", "threshold", "flat"}
@@ -155,6 +161,35 @@ def test_limits_answer_413_naming_the_limit(server):
     # right at the limits is fine
     ok = post(f"{url}/predict", json={"texts": ["李四" * 165] * 8})  # 7.9 kB
     assert ok.status_code == 200, ok.text
+
+
+def test_a_client_cannot_make_the_server_build_an_unbounded_answer(served_model, model):
+    # The old defect: a 6 KB request with threshold -1e30 made the tiny model answer 10.5 MB.
+    long_text = TEXTS[2] * 4
+    flood = offline(model, [long_text], threshold=-10.0)[0]["spans"]
+    cap = len(offline(model, [long_text])[0]["spans"])  # what the model's own threshold finds
+    assert len(flood) > cap  # at the floor this text has more spans than the cap
+    app = create_app(served_model, Limits(min_threshold=-10.0, max_spans=cap))
+    with running_server(app) as url:
+        low = post(f"{url}/predict", json={"texts": ["张三"], "threshold": -1e30})
+        assert low.status_code == 422, low.text
+        assert low.json()["limit"] == "min_threshold" and "min_threshold" in low.json()["detail"]
+        for endpoint in ("predict", "render"):
+            body = {"texts": ["张三", long_text], "threshold": -10.0}
+            capped = post(f"{url}/{endpoint}", json=body)
+            assert capped.status_code == 413, capped.text
+            error = capped.json()
+            assert error["error"] == "too_many_spans" and error["limit"] == "max_spans"
+            assert (
+                error["index"] == 1
+                and error["got"] == len(flood)
+                and "max_spans" in error["detail"]
+            )
+        # at the model's own threshold the same texts are answered
+        fine = post(f"{url}/predict", json={"texts": ["张三在上海工作。", long_text]})
+        assert fine.status_code == 200
+        assert get(f"{url}/info").json()["limits"]["max_spans"] == cap
+        assert get(f"{url}/health").json()["status"] == "ok"
 
 
 BAD_BODIES = [

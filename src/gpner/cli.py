@@ -320,7 +320,13 @@ def _serve(args: argparse.Namespace) -> int:
     from gpner.serve.limits import Limits
 
     model = _load_model(args.model)
-    limits = Limits(args.max_texts, args.max_chars, args.max_request_bytes)
+    limits = Limits(
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+        max_request_bytes=args.max_request_bytes,
+        min_threshold=args.min_threshold,
+        max_spans=args.max_spans,
+    )
     try:
         serve(
             model,
@@ -581,6 +587,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=limits.max_request_bytes,
         help="largest request body",
+    )
+    p.add_argument(
+        "--min-threshold",
+        type=float,
+        default=limits.min_threshold,
+        help=f"lowest threshold a request may ask for (default {limits.min_threshold:g})",
+    )
+    p.add_argument(
+        "--max-spans",
+        type=int,
+        default=limits.max_spans,
+        help=f"most predicted spans per text in an answer (default {limits.max_spans})",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--log-level", default="info", help="uvicorn's log level")

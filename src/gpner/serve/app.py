@@ -18,7 +18,12 @@ from fastapi.responses import HTMLResponse, Response
 
 from gpner.serve.batcher import MicroBatcher, QueueFull
 from gpner.serve.limits import Limits
-from gpner.serve.requests import ApiError, PredictRequest, parse_predict_request
+from gpner.serve.requests import (
+    ApiError,
+    PredictRequest,
+    check_span_counts,
+    parse_predict_request,
+)
 from gpner.serve.schemas import ErrorBody, PredictResponse, RenderResponse
 
 __all__ = ["create_app"]
@@ -130,7 +135,10 @@ _BODY_DOC = {
 }
 _ERRORS = {
     413: {"model": ErrorBody, "description": "a limit was exceeded (named in `limit`)"},
-    422: {"model": ErrorBody, "description": "malformed JSON, wrong types, bad texts"},
+    422: {
+        "model": ErrorBody,
+        "description": "malformed JSON, wrong types, bad texts, a threshold below min_threshold",
+    },
     503: {"model": ErrorBody, "description": "too many texts queued"},
 }
 
@@ -199,7 +207,9 @@ def create_app(
                 job = batcher.enqueue(parsed.texts, parsed.threshold, parsed.flat)
             except QueueFull as error:
                 raise ApiError(503, "busy", str(error), limit="max_queue") from None
-        return parsed, await job
+        spans = await job
+        check_span_counts(spans, limits)
+        return parsed, spans
 
     @app.post(
         "/predict",
