@@ -330,11 +330,20 @@ def test_gpner_serve_command(served_model, tmp_path):
         "0",
         "--max-texts",
         "2",
+        "--max-queue",
+        "7",
+        "--max-spans",
+        "9",
+        "--min-threshold",
+        "-3",
     ]
     server = ServeProcess(cmd, env)
     try:
         url = server.wait_ready()
         assert get(f"{url}/health").json()["status"] == "ok"
+        info = get(f"{url}/info").json()
+        assert info["batching"]["max_queue"] == 7
+        assert info["limits"]["max_spans"] == 9 and info["limits"]["min_threshold"] == -3
         response = post(f"{url}/predict", json={"texts": ["北京大学的张三来了"]})
         assert response.status_code == 200 and response.json()["results"][0]["spans"]
         assert post(f"{url}/predict", json={"texts": ["a"] * 3}).json()["limit"] == "max_texts"

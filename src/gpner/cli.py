@@ -335,10 +335,11 @@ def _serve(args: argparse.Namespace) -> int:
             limits,
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
             threads=args.threads,
             log_level=args.log_level,
         )
-    except ImportError as error:
+    except (ImportError, ValueError) as error:  # ValueError: a setting out of its range
         raise CLIError(str(error)) from None
     return 0
 
@@ -577,6 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         help="how long a model call waits to gather more texts (default 2)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=4096,
+        help="most texts waiting for the model; past it requests get 503 (default 4096)",
     )
     p.add_argument("--max-texts", type=int, default=limits.max_texts, help="most texts per request")
     p.add_argument(
