@@ -38,7 +38,7 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    texts: list[str] = Field(min_length=1, description="texts to tag, each non-empty")
+    texts: list[str] = Field(min_length=1, description="texts to tag (an empty one gets no spans)")
     threshold: float | None = Field(None, description="decoding threshold on the span logit")
     flat: bool | None = Field(None, description="keep only non-overlapping spans")
 
@@ -70,8 +70,6 @@ def _check_text(index: int, text: str, limits: Limits) -> None:
             got=len(text),
             index=index,
         )
-    if not text:
-        raise ApiError(422, "empty_text", f"texts[{index}] is empty", index=index)
     for position, char in enumerate(text):
         code = ord(char)
         if 0xD800 <= code <= 0xDFFF:
