@@ -295,6 +295,8 @@ class BiLSTMEncoder(_CharEmbedder):
         if torch.compiler.is_exporting():  # packing has data-dependent shapes
             return self.dropout(self.exportable(self.dropout(inputs_embeds), attention_mask))
         length = inputs_embeds.shape[1]
+        if length == 0:  # no tokens at all (an empty or whitespace-only text): nothing to pack
+            return inputs_embeds.new_zeros(*inputs_embeds.shape[:2], self.hidden_size)
         # Real tokens come first in every row (collate pads on the right); an empty row keeps
         # one step so that packing accepts it, and its output is masked downstream anyway.
         lengths = attention_mask.sum(1).clamp(min=1).cpu()

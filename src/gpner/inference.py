@@ -26,8 +26,11 @@ LogitsFn = Callable[[Tensor, Tensor], Tensor]  # (input_ids, attention_mask) (B,
 
 
 def _batches_by_length(features: Sequence[Feature], batch_size: int) -> Iterable[list[int]]:
-    """Indices grouped by similar length, so little compute goes to padding."""
-    order = sorted(range(len(features)), key=lambda k: len(features[k].input_ids))
+    """Indices grouped by similar length, so little compute goes to padding. Features without
+    tokens (an empty or whitespace-only text under a char tokenizer) are left out: they have no
+    spans, and no backend need handle a (B, 0) input."""
+    tokens = [k for k in range(len(features)) if len(features[k].input_ids)]
+    order = sorted(tokens, key=lambda k: len(features[k].input_ids))
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
 

@@ -62,7 +62,11 @@ class NERModel(nn.Module):
         if attention_mask is None:
             ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device)
-        hidden = self.encoder(attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
+        if attention_mask.shape[1] == 0:  # no tokens (empty texts): no encoder has work to do
+            ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            hidden = torch.zeros(*ref.shape[:2], self.encoder.hidden_size, device=ref.device)
+        else:
+            hidden = self.encoder(attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
         return self.head.factors(hidden, attention_mask)
 
     def forward(
