@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpner._version import __version__
-from gpner.atomic import atomic_save
+from gpner.atomic import atomic_save, make_temporary_dir
 from gpner.config import ConfigError, config_to_dict
 
 if TYPE_CHECKING:
@@ -151,6 +151,11 @@ def _refuse_pickle(path: Path) -> None:
         raise CheckpointError(
             f"{path} is an ONNX export: load it with backend='onnxruntime' (--backend onnxruntime)"
         )
+    if path.is_file() and path.name in _OWN_FILES:
+        raise CheckpointError(
+            f"{path} is one file of a gpner model directory; pass the directory itself: "
+            f"{path.parent}"
+        )
     if path.is_file():
         raise CheckpointError(
             f"{path} is a file, not a gpner model directory. Checkpoints of gpner <= 0.1 "
@@ -185,14 +190,16 @@ def save(model: NERModel, directory: str | Path) -> Path:
             )
     directory.parent.mkdir(parents=True, exist_ok=True)
     meta, tokenizer_json = _metadata(model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = make_temporary_dir(directory)  # modes from the user's umask, as the files below
     try:
-        save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        if tokenizer_json is not None:
-            (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
         (tmp / METADATA_FILE).write_text(
             json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
         )
+        if tokenizer_json is not None:
+            (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+        save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        # safetensors writes 0600; give the weights the mode gpner.json got from the umask
+        os.chmod(tmp / WEIGHTS_FILE, (tmp / METADATA_FILE).stat().st_mode & 0o777)
         for path in tmp.iterdir():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())

@@ -117,7 +117,13 @@ def predict_examples(
 def predict(
     model: NERModel, texts: Sequence[str], batch_size: int = 64, **kwargs
 ) -> list[list[tuple[Span, float]]]:
-    """Predicted ``(Span, score)`` lists for raw texts."""
+    """Predicted ``(Span, score)`` lists for raw texts, one list per text.
+
+    ``texts`` is a sequence of strings; a bare string is refused (``TypeError``) rather than
+    predicted character by character.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string; for one text: [text]")
     return predict_examples(model, [Example(t, []) for t in texts], batch_size, **kwargs)
 
 

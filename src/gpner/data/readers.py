@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpner.data.paths import resolve
+from gpner.data.paths import not_found, resolve
 from gpner.data.spans import Example, Span, SpanError, checked_span
 from gpner.data.tagging import (
     SCHEMES,
@@ -284,7 +284,7 @@ def _load_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"no such data file: {path}") from None
+        raise FileNotFoundError(f"no such data file: {not_found(path)}") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
