@@ -342,7 +342,7 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     device = _device()
-    ddp = init_distributed(device)
+    ddp = init_distributed(device)  # its collectives run on this device
     if resume == "if_exists" and not last_path.is_file():
         _log(f"no {last_path} to resume from: starting fresh", ddp.main)
     with collect_read_report() as read_report:
