@@ -80,7 +80,7 @@ def test_health_info_and_docs(server, model):
     assert info["labels"] == model.labels
     assert info["gpner_version"] == gpner.__version__
     assert info["max_length"] == model.config.data.max_length == 24
-    assert info["encoder"]["kind"] == "char_transformer"
+    assert info["encoder"] == {"kind": "char_transformer", "name": None}  # no local path
     assert info["head"]["kind"] == "global_pointer"
     assert info["limits"] == {
         "max_texts": 8,
@@ -94,6 +94,21 @@ def test_health_info_and_docs(server, model):
     assert set(body["schema"]["properties"]) == {"texts", "threshold", "flat"}
     assert "413" in schema["paths"]["/predict"]["post"]["responses"]
     assert get(f"{url}/docs").status_code == 200
+
+
+def test_info_names_the_encoder_without_the_servers_paths(model):
+    import copy
+    import json
+
+    from gpner.serve.app import _model_info
+    from gpner.serve.batcher import MicroBatcher
+
+    shown = copy.copy(model)
+    shown.config = copy.deepcopy(model.config)
+    shown.config.encoder.path = "/srv/models/private/m3e-small"
+    info = _model_info(shown, Limits(), MicroBatcher(lambda *a: []))
+    assert info["encoder"]["name"] == "m3e-small"
+    assert "/srv" not in json.dumps(info)
 
 
 def test_predict_matches_offline_predict(server, model):

@@ -474,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.epochs=3 (repeatable); "
-        "--set data.strict=false skips bad data items instead of stopping",
+        "--set data.strict=false skips bad data items instead of stopping; an empty value (or "
+        "none) unsets an optional field: --set data.dev= trains without dev data",
     )
     p.add_argument("--output-dir", help="override output_dir")
     resume = p.add_mutually_exclusive_group()

@@ -233,10 +233,13 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        # TOML has no null; on optional fields the strings "none"/"null" stand for it.
+        # TOML has no null; on optional fields the strings "none"/"null" stand for it, and an
+        # empty override (--set data.dev=) unsets the field too.
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         hint = args[0]
+    elif value is None:  # an empty override of a field that has no unset state
+        raise ConfigError(f"{key}: cannot be unset (only optional fields can); give a value")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is bool and not isinstance(value, bool):
@@ -357,7 +360,11 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=v`` overrides to a nested config dict (in place; also returned)."""
+    """Apply ``a.b=v`` overrides to a nested config dict (in place; also returned).
+
+    An empty value (``a.b=``), like ``none``, unsets an optional field (``--set data.dev=``
+    trains without dev data); a field without an unset state refuses it, naming the key.
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -368,7 +375,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {part!r} is not a table")
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1]] = _parse_value(text.strip()) if text.strip() else None
     return data
 
 

@@ -406,7 +406,10 @@ class HFEncoder(nn.Module):
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModel.from_pretrained(source, add_pooling_layer=False, **options)
+            # never the model repository's own code, whatever its config asks for
+            model = AutoModel.from_pretrained(
+                source, add_pooling_layer=False, trust_remote_code=False, **options
+            )
         except OSError as error:
             if local is not None:
                 raise

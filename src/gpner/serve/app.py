@@ -102,12 +102,14 @@ def _asset(package: str, name: str) -> str:
 
 def _model_info(model, limits: Limits, batcher: MicroBatcher) -> dict:
     from gpner import __version__
+    from gpner.hub import display_name
 
     cfg = model.config
     return {
         "gpner_version": __version__,
         "labels": list(model.labels),
-        "encoder": {"kind": cfg.encoder.kind, "path": cfg.encoder.path},
+        # the encoder's name, never the server's directory layout
+        "encoder": {"kind": cfg.encoder.kind, "name": display_name(cfg.encoder.path)},
         "head": {
             "kind": cfg.head.kind,
             "head_size": cfg.head.head_size,
