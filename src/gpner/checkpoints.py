@@ -105,14 +105,29 @@ def _check_format(meta: Any, where: str, expected: str) -> None:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{where}: not a {expected} file (format {found!r})")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise CheckpointError(
             f"{where}: format_version {version!r} is not readable by gpner {__version__} "
             f"(reads up to {FORMAT_VERSION}); upgrade gpner"
         )
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{where}: format_version {version!r} is not a format version")
     for key in ("labels", "config", "tokenizer", "encoder"):
         if key not in meta:
             raise CheckpointError(f"{where}: missing field {key!r}")
+    for key in ("config", "tokenizer", "encoder"):
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(f"{where}: {key} must be an object, got {meta[key]!r:.80}")
+    labels = meta["labels"]
+    if (
+        not isinstance(labels, list)
+        or not labels
+        or not all(isinstance(label, str) and label for label in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise CheckpointError(
+            f"{where}: labels must be a list of distinct non-empty strings, got {labels!r:.80}"
+        )
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
@@ -138,7 +153,7 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{meta_path}: tokenizer.file must be a file name, got {name!r}")
         try:
             tokenizer["tokenizer_json"] = (directory / name).read_text(encoding="utf-8")
-        except OSError as error:
+        except (OSError, UnicodeDecodeError) as error:
             raise CheckpointError(
                 f"{directory / name}: cannot read the tokenizer ({error})"
             ) from None
@@ -227,25 +242,22 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> NER
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
-    from gpner.model import model_from_parts
-
     directory = Path(directory)
     meta = read_metadata(directory)
-    try:
-        model = model_from_parts(meta["config"], meta["labels"], meta["tokenizer"], meta["encoder"])
-    except ConfigError as error:  # a saved config is checked as strictly as a TOML file
-        raise ConfigError(f"{directory / METADATA_FILE}: {error}") from None
+    model = _architecture(directory, meta)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
     try:
         missing, unexpected = load_model(model, weights, strict=False, device=str(map_location))
     except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{weights}: not a readable safetensors file ({error})") from None
-    except RuntimeError as error:  # shapes differ from the architecture gpner.json describes
+        raise CheckpointError(
+            f"{weights}: not a readable safetensors file ({_first_line(error)})"
+        ) from None
+    except Exception as error:  # shapes or dtypes differ from what gpner.json describes
         raise CheckpointError(
             f"{weights} does not match the model described by {METADATA_FILE}: "
-            f"{str(error).splitlines()[-1].strip()}"
+            f"{str(error).strip().splitlines()[-1].strip()[:300] if str(error).strip() else ''}"
         ) from None
     if missing or unexpected:  # safetensors returns them as sets
         raise CheckpointError(
@@ -253,6 +265,34 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> NER
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return model.to(map_location).eval()
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _architecture(directory: Path, meta: dict[str, Any]) -> NERModel:
+    """The model ``gpner.json`` describes (random weights); whatever in it cannot be built is a
+    CheckpointError naming the file at fault (``tokenizer.json`` for the HF tokenizer)."""
+    from gpner.data.tokenizers import tokenizer_from_state
+    from gpner.model import model_from_parts
+
+    meta_path = directory / METADATA_FILE
+    tokenizer_file = directory / TOKENIZER_FILE if "tokenizer_json" in meta["tokenizer"] else None
+    try:
+        tokenizer = tokenizer_from_state(meta["tokenizer"])
+    except Exception as error:  # anything a corrupt file can make it raise
+        where = tokenizer_file or f"{meta_path} (tokenizer)"
+        raise CheckpointError(f"{where}: not a readable tokenizer ({_first_line(error)})") from None
+    try:
+        return model_from_parts(meta["config"], meta["labels"], tokenizer, meta["encoder"])
+    except ConfigError as error:  # a saved config is checked as strictly as a TOML file
+        raise ConfigError(f"{meta_path}: {error}") from None
+    except Exception as error:  # an encoder spec no encoder can be built from
+        raise CheckpointError(
+            f"{meta_path}: describes no model this gpner can build ({_first_line(error)})"
+        ) from None
 
 
 # ------------------------------------------------------------------------------ resume states

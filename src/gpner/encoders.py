@@ -452,6 +452,29 @@ def encoder_from_spec(spec: dict[str, Any]) -> nn.Module:
     return ENCODERS[spec["kind"]].from_spec(spec)
 
 
+def _from_char_spec(cls: type[_CharEmbedder], spec: dict[str, Any]) -> _CharEmbedder:
+    """``cls(**spec)``, each value first checked against the type of its parameter's default
+    (a saved spec is data: a bool or a string where a size belongs is refused, naming it)."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    for key, value in spec.items():
+        if key == "kind" or key not in params:
+            continue
+        default = params[key].default
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(default, float):
+            ok = number
+        elif isinstance(default, int) or default is inspect.Parameter.empty or default is None:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = ok or (default is None and value is None)
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"encoder.{key}: {value!r} is not a valid value")
+    return cls(**{k: v for k, v in spec.items() if k != "kind"})
+
+
 def resolve_model_dir(name_or_path: str) -> Path:
     """The local directory of a path or a packaged name ("m3e-small", "minilm").
 
@@ -596,7 +619,7 @@ ENCODERS.register(
     EncoderKind(
         _char_tokenizer,
         _char_builder(_char_transformer),
-        lambda spec: CharTransformerEncoder(**{k: v for k, v in spec.items() if k != "kind"}),
+        lambda spec: _from_char_spec(CharTransformerEncoder, spec),
         _check_char_transformer,
     ),
     help="a small Transformer over characters, trained from scratch",
@@ -606,7 +629,7 @@ ENCODERS.register(
     EncoderKind(
         _char_tokenizer,
         _char_builder(lambda config: BiLSTMEncoder),
-        lambda spec: BiLSTMEncoder(**{k: v for k, v in spec.items() if k != "kind"}),
+        lambda spec: _from_char_spec(BiLSTMEncoder, spec),
         _check_bilstm,
     ),
     help="a bidirectional LSTM over characters, trained from scratch",
