@@ -47,6 +47,7 @@ __all__ = [
     "save",
     "load",
     "read_metadata",
+    "check_format",
     "model_payload",
     "model_from_payload",
     "save_state",
@@ -62,6 +63,7 @@ METADATA_FILE = "gpner.json"
 TOKENIZER_FILE = "tokenizer.json"
 MODEL_FORMAT = "gpner-model"
 STATE_FORMAT = "gpner-train-state"
+ONNX_FORMAT = "gpner-onnx"  # the metadata of an ONNX export (gpner.export, gpner.ort)
 FORMAT_VERSION = 1
 _OWN_FILES = {WEIGHTS_FILE, METADATA_FILE, TOKENIZER_FILE}
 
@@ -100,7 +102,9 @@ def _metadata(model: NERModel) -> tuple[dict[str, Any], str | None]:
     return meta, tokenizer_json
 
 
-def _check_format(meta: Any, where: str, expected: str) -> None:
+def check_format(meta: Any, where: str, expected: str) -> None:
+    """CheckpointError unless ``meta`` is gpner metadata of the ``expected`` format, of a
+    readable version, with well-typed labels, config, tokenizer and encoder."""
     if not isinstance(meta, dict) or meta.get("format") != expected:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{where}: not a {expected} file (format {found!r})")
@@ -145,7 +149,7 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{meta_path}: not valid JSON ({error})") from None
-    _check_format(meta, str(meta_path), MODEL_FORMAT)
+    check_format(meta, str(meta_path), MODEL_FORMAT)
     tokenizer = dict(meta["tokenizer"])
     if "file" in tokenizer:
         name = tokenizer.pop("file")
@@ -341,7 +345,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
             "are full pickles that can run code; gpner does not load them. If you trust this one: "
             f"gpner convert-checkpoint {path} {path} --trust-pickle"
         ) from None
-    _check_format(state, str(path), STATE_FORMAT)
+    check_format(state, str(path), STATE_FORMAT)
     return state
 
 

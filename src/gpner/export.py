@@ -22,11 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from gpner import functional as F
+from gpner import ort
 from gpner.model import NERModel
 
 __all__ = ["export_onnx", "fuse_onnx", "band_logits", "METADATA_KEY"]
 
-METADATA_KEY = "gpner.json"
+METADATA_KEY = ort.METADATA_KEY  # one name for the entry, written here and read there
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
 OPSET = 18
@@ -71,11 +72,11 @@ class LogitsGraph(nn.Module):
 
 def model_metadata(model: NERModel) -> dict[str, Any]:
     """gpner.json for the ONNX file: the model directory's metadata with the tokenizer inline."""
-    from gpner.checkpoints import model_payload
+    from gpner.checkpoints import ONNX_FORMAT, model_payload
 
     meta = model_payload(model)
     del meta["state_dict"]
-    meta["format"] = "gpner-onnx"
+    meta["format"] = ONNX_FORMAT
     return meta
 
 

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gpner.config import Config, config_from_dict
+from gpner.config import Config, ConfigError, config_from_dict
 from gpner.data.tokenizers import Tokenizer, tokenizer_from_state
 
 __all__ = ["OnnxModel", "load_onnx", "session_options", "DISABLED_OPTIMIZERS"]
 
 ONNX_FILE = "model.onnx"  # the file looked for when a directory is given
+METADATA_KEY = "gpner.json"  # the metadata entry that gpner.export writes
 
 # onnxruntime's session-time graph rewrites that gpner turns off. SkipLayerNormFusion turns a
 # residual Add + LayerNormalization into one SkipLayerNormalization, whose CPU kernel ran
@@ -48,6 +49,24 @@ def session_options(threads: int | None = None, spinning: bool | None = None):
     return options
 
 
+def _metadata(path: Path, props: dict[str, str]) -> dict[str, Any]:
+    """The ``gpner.json`` metadata of an ONNX file, checked the way a model directory's is (its
+    format, a readable version, the fields and their types)."""
+    from gpner.checkpoints import ONNX_FORMAT, CheckpointError, check_format
+
+    raw = props.get(METADATA_KEY)
+    if raw is None:
+        raise CheckpointError(f"{path}: no {METADATA_KEY} metadata; not exported by gpner")
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(
+            f"{path}: its {METADATA_KEY} metadata is not JSON ({error})"
+        ) from None
+    check_format(meta, f"{path} ({METADATA_KEY} metadata)", ONNX_FORMAT)
+    return meta
+
+
 class OnnxModel:
     """A model exported by :func:`gpner.export.export_onnx`, run by onnxruntime on the CPU.
 
@@ -62,7 +81,6 @@ class OnnxModel:
         import onnxruntime as ort
 
         from gpner.checkpoints import CheckpointError
-        from gpner.export import METADATA_KEY
 
         path = Path(path)
         if path.is_dir():
@@ -83,14 +101,20 @@ class OnnxModel:
             raise CheckpointError(
                 f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:200]})"
             ) from None
-        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if raw is None:
-            raise CheckpointError(f"{path}: no {METADATA_KEY} metadata; not exported by gpner")
-        meta: dict[str, Any] = json.loads(raw)
+        meta = _metadata(path, self.session.get_modelmeta().custom_metadata_map)
         self.path = path
         self.labels: list[str] = list(meta["labels"])
-        self.config: Config = config_from_dict(meta["config"])
-        self.tokenizer: Tokenizer = tokenizer_from_state(meta["tokenizer"])
+        try:
+            self.config: Config = config_from_dict(meta["config"])
+        except ConfigError as error:  # checked as strictly as a model directory's config
+            raise ConfigError(f"{path} ({METADATA_KEY} metadata): {error}") from None
+        try:
+            self.tokenizer: Tokenizer = tokenizer_from_state(meta["tokenizer"])
+        except Exception as error:  # anything a foreign or corrupt tokenizer state raises
+            raise CheckpointError(
+                f"{path} ({METADATA_KEY} metadata): not a readable tokenizer "
+                f"({type(error).__name__}: {str(error)[:200]})"
+            ) from None
         self.gpner_version = meta.get("gpner_version")
 
     @property
