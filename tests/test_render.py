@@ -113,7 +113,7 @@ def _reference_slots(spans):
 )
 def test_rows_and_segments_equal_the_plain_definitions(raw):
     # The renderer finds rows and covering spans by characters and a sweep (linear in the spans'
-    # lengths; the old pairwise scans took minutes for a long text's tens of thousands of spans).
+    # lengths; the old pairwise scans grew with the square of a long text's number of spans).
     spans = sorted({Span(a, a + w, label) for a, w, label in raw})
     assert assign_slots(spans) == _reference_slots(spans)
     text = "张三在北京工作。" * 5

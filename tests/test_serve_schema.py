@@ -2,8 +2,8 @@
 operation, against a real server on 127.0.0.1. No answer may be a server error (5xx), use a
 status code the schema does not document, or have a body outside the schema.
 
-The number of examples per operation is bounded (``EXAMPLES``) so that the run takes about a
-minute; the number of requests made is printed (``pytest -s``) and checked.
+The number of examples per operation is bounded (``EXAMPLES``) so that the run stays short; the
+number of requests made is printed (``pytest -s``) and checked.
 """
 
 import pytest
