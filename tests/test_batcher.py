@@ -108,8 +108,44 @@ def test_queue_limit_and_settings():
     assert len(run(main())) == 3
     with pytest.raises(ValueError, match="max_batch"):
         MicroBatcher(Recorder(), max_batch=0)
+    with pytest.raises(ValueError, match="max_queue"):
+        MicroBatcher(Recorder(), max_queue=0)
     with pytest.raises(RuntimeError, match="not running"):
         run(MicroBatcher(Recorder()).submit(["a"]))
+
+
+def test_the_queue_limit_counts_only_texts_still_waiting():
+    # The injected leak: texts taken by the worker were never subtracted from the queue count,
+    # so once max_queue texts had ever been queued every request got QueueFull (503).
+    recorder = Recorder(fail_on="boom")
+
+    async def main():
+        batcher = MicroBatcher(recorder, max_batch=2, max_wait=0.01, max_queue=4)
+        await batcher.start()
+        try:
+            for round_ in range(10):  # 10 x 4 texts through a queue of 4, one request at a time
+                texts = [f"{round_}-{k}" for k in range(4)]
+                assert [t for t, _, _ in await batcher.submit(texts)] == texts
+            # concurrent requests, mixed options, a failed batch and a cancelled request: each
+            # frees its place once the worker has taken it
+            for _ in range(5):
+                ok = batcher.enqueue(["a"], 0.5)
+                bad = batcher.enqueue(["boom"])
+                gone = batcher.enqueue(["c"], None, True)
+                gone.cancel()
+                assert len(await ok) == 1
+                with pytest.raises(RuntimeError, match="boom"):
+                    await bad
+            await asyncio.sleep(0.05)  # the worker has taken the cancelled one too
+            # and a full queue's worth is accepted again, repeatedly
+            for _ in range(3):
+                assert len(await batcher.submit(["x"] * 4)) == 4
+            with pytest.raises(QueueFull):  # the limit itself still holds
+                batcher.enqueue(["y"] * 5)
+        finally:
+            await batcher.stop()
+
+    run(main())
 
 
 def test_the_window_is_waited_only_for_announced_requests():

@@ -142,6 +142,30 @@ def test_broken_model_directories_get_clear_errors(tmp_path, tiny_data):
         gpner.load(path)
 
 
+def _rewrite_weights(path, change) -> None:
+    """Rewrite ``path``/model.safetensors with ``change(tensors)`` applied to its tensor dict."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path / "model.safetensors")
+    change(tensors)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_weights_that_do_not_match_gpner_json_get_a_checkpoint_error(tmp_path, tiny_data, capsys):
+    path = gpner.save(_model(tiny_data, tmp_path), tmp_path / "m")
+    _rewrite_weights(path, lambda t: t.pop("head.proj.weight"))
+    with pytest.raises(checkpoints.CheckpointError, match=r"missing \['head\.proj\.weight'\]"):
+        gpner.load(path)
+    # the command line shows one error line, not a traceback
+    assert main(["evaluate", str(path), str(tiny_data[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpner: error: ") and "model.safetensors" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    _rewrite_weights(path, lambda t: t.update(extra=torch.zeros(2)))
+    with pytest.raises(checkpoints.CheckpointError, match=r"unexpected \['extra'\]"):
+        gpner.load(path)
+
+
 # ------------------------------------------------------------------------ crafted pickles
 
 

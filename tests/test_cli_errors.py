@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,116 @@ def test_train_lenient_data_counts_skipped_items(tmp_path, capsys):
     assert "gpner: warning:" in err and "skipped 2 bad record(s) (data.strict = false)" in err
     log = (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["skipped_items"] for line in log] == [2]
+
+
+# -------------------------------------------------------------- messages that point the right way
+
+
+def test_onnx_files_and_model_files_get_directions_that_work(tiny_checkpoint, tmp_path, capsys):
+    checkpoint, _ = tiny_checkpoint
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not really")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("张三在上海\n", encoding="utf-8")
+    for command in (["serve", onnx], ["render", onnx, texts, "-o", tmp_path / "p.html"]):
+        code, _, err = _run(capsys, *command)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        # neither command has --backend: the message must not tell the user to pass it to them
+        assert f"gpner {command[0]} takes a model directory" in err
+        assert "gpner predict and gpner evaluate run .onnx files with --backend onnxruntime" in err
+    weights = Path(checkpoint) / "model.safetensors"
+    code, _, err = _run(capsys, "predict", weights, texts)
+    assert (code, err.strip()) == (
+        2,
+        f"gpner: error: {weights} is one file of a gpner model directory; pass the directory "
+        f"itself: {checkpoint}",
+    )
+    assert "convert-checkpoint" not in err and "pickle" not in err
+
+
+def test_a_mistyped_path_is_reported_where_it_was_typed(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    checkpoint, _ = tiny_checkpoint
+    root = tmp_path / "data-root"
+    (root / "sub").mkdir(parents=True)
+    monkeypatch.setenv("GPNER_DATA", str(root))
+    monkeypatch.chdir(tmp_path)
+    Path("here.txt").write_text("张三在上海\n", encoding="utf-8")
+    (root / "sub" / "there.txt").write_text("李四去了北京\n", encoding="utf-8")
+    # as typed first, then under the data root
+    assert _run(capsys, "predict", checkpoint, "here.txt")[0] == 0
+    code, out, _ = _run(capsys, "predict", checkpoint, "sub/there.txt")
+    assert code == 0 and json.loads(out)["text"] == "李四去了北京"
+    code, _, err = _run(capsys, "predict", checkpoint, "hree.txt")
+    assert (code, err.strip()) == (
+        2,
+        "gpner: error: no such input file: hree.txt (looked for as typed, and under the data "
+        f"root as {root / 'hree.txt'})",
+    )
+    code, _, err = _run(capsys, "evaluate", checkpoint, "dve.json")
+    assert code == 2
+    assert err.strip() == (
+        "gpner: error: no such data file: dve.json (looked for as typed, and under the data "
+        f"root as {root / 'dve.json'})"
+    )
+    code, _, err = _run(capsys, "train", "--set", "data.train=trian.json")
+    assert code == 2
+    assert "data.train: data file trian.json (looked for as typed" in err
+    assert str(root / "trian.json") in err
+
+
+def test_evaluate_with_a_format_the_file_is_not_in_says_so(tiny_checkpoint, tmp_path, capsys):
+    checkpoint, _ = tiny_checkpoint
+    cluener = tmp_path / "dev.json"
+    cluener.write_text(
+        '{"text": "张三在上海", "label": {"PER": {"张三": [[0, 1]]}, "LOC": {"上海": [[3, 4]]}}}\n',
+        encoding="utf-8",
+    )
+    assert _run(capsys, "evaluate", checkpoint, cluener)[0] == 0  # detected, it is scored
+    code, _, err = _run(capsys, "evaluate", checkpoint, cluener, "--format", "jsonl")
+    assert (code, err.strip()) == (
+        2,
+        f"gpner: error: {cluener} does not look like jsonl data (it has no gold entities as "
+        "jsonl); its content looks like cluener: pass --format cluener, or leave --format out "
+        "to detect it",
+    )
+
+
+def test_a_bare_string_is_not_predicted_character_by_character(tiny_checkpoint):
+    import gpner
+
+    model = gpner.load(tiny_checkpoint[0])
+    with pytest.raises(TypeError, match=r"not one string; for one text: \[text\]"):
+        gpner.predict(model, "张三在上海")
+    assert len(gpner.predict(model, ["张三在上海"])) == 1
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    from gpner import training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    code, _, err = _run(capsys, "train", "--set", f"output_dir={tmp_path / 'o'}")
+    assert (code, err) == (130, "gpner: train interrupted\n")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_follow_the_umask(tiny_checkpoint, tmp_path, umask):
+    import stat
+
+    import gpner
+    from gpner.atomic import atomic_write_json
+
+    model = gpner.load(tiny_checkpoint[0])
+    previous = os.umask(umask)
+    try:
+        path = gpner.save(model, tmp_path / "m")
+        atomic_write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+    for file in [*path.iterdir(), tmp_path / "r.json"]:
+        assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask, file.name

@@ -205,7 +205,20 @@ def test_max_width_zero_fails_at_load_not_at_the_first_evaluation(tmp_path, tiny
     with pytest.raises(ConfigError, match=r"head\.max_width"):
         train(config)
     assert not (tmp_path / "o").exists()
-    assert isinstance(Config(), Config)
+    assert config.head.max_width == 0  # refused, not silently repaired in the caller's config
+    assert Config().head.max_width is None
+
+
+def test_an_empty_override_unsets_an_optional_field():
+    import re
+
+    assert load_config(None, ["data.dev="]).data.dev is None
+    assert load_config(None, ["data.dev=none"]).data.dev is None
+    unset = load_config(None, ["encoder.max_vocab=5", "encoder.max_vocab="])
+    assert unset.encoder.max_vocab is None
+    for key in ("train.epochs", "data.train", "encoder.kind"):
+        with pytest.raises(ConfigError, match=re.escape(key) + ": cannot be unset"):
+            load_config(None, [f"{key}="])
 
 
 def test_cross_field_checks():

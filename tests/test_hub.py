@@ -108,3 +108,37 @@ def test_paths_that_are_no_hub_id_are_plain_missing_directories(hf_home):
             resolve_local(name)
     assert resolve_local("bert-base-chinese") is None  # a hub id
     assert resolve_local(HUB_ID) is None
+
+
+def test_display_name_shows_names_never_local_directories():
+    from gpner.hub import display_name
+
+    assert display_name("/home/someone/models/m3e-small") == "m3e-small"
+    assert display_name("../models/bert-zh/") == "bert-zh"
+    assert display_name("bert-base-chinese") == "bert-base-chinese"
+    assert display_name(HUB_ID) == HUB_ID
+    assert display_name("m3e-small") == "m3e-small"
+    assert display_name(None) is None
+
+
+def test_remote_code_is_refused_explicitly(tiny_hf_dir, monkeypatch, tmp_path):
+    import transformers
+
+    from gpner.data.tokenizers import HFTokenizer
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", spy)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy)
+    with pytest.raises(Stop):
+        HFEncoder.from_pretrained(tiny_hf_dir)
+    with pytest.raises(Stop):  # a slow tokenizer converted to a fast one
+        HFTokenizer._convert_slow(tiny_hf_dir)
+    assert [kwargs.get("trust_remote_code", "unset") for kwargs in seen] == [False, False]

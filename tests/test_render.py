@@ -95,6 +95,40 @@ def test_markup_keeps_the_text_and_shows_every_span():
     assert "<b>" not in render_text(text, spans, colors)
 
 
+def _reference_slots(spans):
+    """The row rule in its plain quadratic form: shortest first, the lowest row no overlapping
+    span already placed has."""
+    order = sorted(range(len(spans)), key=lambda k: (spans[k].end - spans[k].start, spans[k]))
+    slots, placed = [0] * len(spans), []
+    for k in order:
+        taken = {slots[p] for p in placed if spans[p].overlaps(spans[k])}
+        slots[k] = min(set(range(len(taken) + 1)) - taken)
+        placed.append(k)
+    return slots
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 30), st.integers(1, 8), st.sampled_from("ABC")), max_size=16)
+)
+def test_rows_and_segments_equal_the_plain_definitions(raw):
+    # The renderer finds rows and covering spans by characters and a sweep (linear in the spans'
+    # lengths; the old pairwise scans grew with the square of a long text's number of spans).
+    spans = sorted({Span(a, a + w, label) for a, w, label in raw})
+    assert assign_slots(spans) == _reference_slots(spans)
+    text = "张三在北京工作。" * 5
+    scored = [(span, 1.0) for span in spans]
+    parsed = parse(render_text(text, scored, label_colors(["A", "B", "C"])))
+    assert "".join(parsed.text) == text
+    slots = _reference_slots(spans)
+    bounds = sorted({0, len(text)} | {x.start for x in spans} | {x.end for x in spans})
+    expected = [
+        sorted(slots[k] for k, x in enumerate(spans) if x.start <= a and b <= x.end)
+        for a, b in zip(bounds, bounds[1:])
+    ]
+    assert [sorted(seg["slots"]) for seg in parsed.segments] == [e for e in expected if e]
+
+
 def test_page_is_self_contained(tmp_path):
     page = render_page(["张三在上海工作。"], [[(Span(0, 2, "PER"), 1.0)]], ["LOC", "PER"], "t<i>")
     assert "<script" not in page and "http" not in page and "@import" not in page

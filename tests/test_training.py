@@ -217,6 +217,31 @@ def test_patience_must_be_positive(tmp_path, tiny_data):
         train(_config(tiny_data, tmp_path / "run", **{"train.patience": 0}))
 
 
+def test_without_dev_data_the_last_epoch_is_kept(tmp_path, tiny_data):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "nodev"
+    result = train(_config(tiny_data, out, **{"train.epochs": 3, "data.dev": "none"}))
+    assert result.best_epoch == 3 and result.epochs_run == 3
+    best = load_file(out / "best" / "model.safetensors")
+    last = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+    assert best.keys() == last.keys()
+    assert all(torch.equal(best[k], last[k]) for k in best)  # best/ is the last epoch's model
+
+
+def test_patience_without_dev_data_is_a_config_error_naming_both_keys(tmp_path, tiny_data):
+    from gpner.config import ConfigError
+
+    extra = {"train.patience": 2, "data.dev": "none"}
+    with pytest.raises(ConfigError, match=r"train\.patience.*data\.dev"):
+        train(_config(tiny_data, tmp_path / "run", **extra))
+    assert not (tmp_path / "run").exists()
+    # a dev split that holds no examples is refused alike, before any epoch
+    extra = {"train.patience": 2, "data.dev": f'"{tiny_data[1]}[:0]"'}
+    with pytest.raises(ConfigError, match=r"train\.patience.*data\.dev"):
+        train(_config(tiny_data, tmp_path / "run", **extra))
+
+
 def test_progress_bar_only_on_a_terminal(tmp_path, tiny_data, capsys, monkeypatch):
     import io
 

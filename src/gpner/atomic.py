@@ -11,12 +11,38 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_save", "atomic_write", "atomic_write_json"]
+__all__ = ["atomic_save", "atomic_write", "atomic_write_json", "make_temporary_dir"]
+
+
+def _create(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path``, opened for writing: ``(fd, name)``. Created with
+    mode 0666 less the user's umask, as a plain ``open`` would (``tempfile.mkstemp`` makes
+    0600 files, which the rename would carry to the target)."""
+    for _ in range(100):
+        tmp = path.parent / f"{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def make_temporary_dir(path: Path) -> Path:
+    """A new empty directory beside ``path`` (hidden), mode 0777 less the user's umask, as
+    ``mkdir`` makes it (``tempfile.mkdtemp`` makes 0700 ones)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextlib.contextmanager
@@ -27,7 +53,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs: A
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create(path)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpner._version import __version__
-from gpner.atomic import atomic_save
+from gpner.atomic import atomic_save, make_temporary_dir
 from gpner.config import ConfigError, config_to_dict
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ __all__ = [
     "save",
     "load",
     "read_metadata",
+    "check_format",
     "model_payload",
     "model_from_payload",
     "save_state",
@@ -62,6 +63,7 @@ METADATA_FILE = "gpner.json"
 TOKENIZER_FILE = "tokenizer.json"
 MODEL_FORMAT = "gpner-model"
 STATE_FORMAT = "gpner-train-state"
+ONNX_FORMAT = "gpner-onnx"  # the metadata of an ONNX export (gpner.export, gpner.ort)
 FORMAT_VERSION = 1
 _OWN_FILES = {WEIGHTS_FILE, METADATA_FILE, TOKENIZER_FILE}
 
@@ -100,19 +102,36 @@ def _metadata(model: NERModel) -> tuple[dict[str, Any], str | None]:
     return meta, tokenizer_json
 
 
-def _check_format(meta: Any, where: str, expected: str) -> None:
+def check_format(meta: Any, where: str, expected: str) -> None:
+    """CheckpointError unless ``meta`` is gpner metadata of the ``expected`` format, of a
+    readable version, with well-typed labels, config, tokenizer and encoder."""
     if not isinstance(meta, dict) or meta.get("format") != expected:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{where}: not a {expected} file (format {found!r})")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise CheckpointError(
             f"{where}: format_version {version!r} is not readable by gpner {__version__} "
             f"(reads up to {FORMAT_VERSION}); upgrade gpner"
         )
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{where}: format_version {version!r} is not a format version")
     for key in ("labels", "config", "tokenizer", "encoder"):
         if key not in meta:
             raise CheckpointError(f"{where}: missing field {key!r}")
+    for key in ("config", "tokenizer", "encoder"):
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(f"{where}: {key} must be an object, got {meta[key]!r:.80}")
+    labels = meta["labels"]
+    if (
+        not isinstance(labels, list)
+        or not labels
+        or not all(isinstance(label, str) and label for label in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise CheckpointError(
+            f"{where}: labels must be a list of distinct non-empty strings, got {labels!r:.80}"
+        )
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
@@ -130,7 +149,7 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{meta_path}: not valid JSON ({error})") from None
-    _check_format(meta, str(meta_path), MODEL_FORMAT)
+    check_format(meta, str(meta_path), MODEL_FORMAT)
     tokenizer = dict(meta["tokenizer"])
     if "file" in tokenizer:
         name = tokenizer.pop("file")
@@ -138,7 +157,7 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{meta_path}: tokenizer.file must be a file name, got {name!r}")
         try:
             tokenizer["tokenizer_json"] = (directory / name).read_text(encoding="utf-8")
-        except OSError as error:
+        except (OSError, UnicodeDecodeError) as error:
             raise CheckpointError(
                 f"{directory / name}: cannot read the tokenizer ({error})"
             ) from None
@@ -150,6 +169,11 @@ def _refuse_pickle(path: Path) -> None:
     if path.is_file() and path.suffix == ".onnx":
         raise CheckpointError(
             f"{path} is an ONNX export: load it with backend='onnxruntime' (--backend onnxruntime)"
+        )
+    if path.is_file() and path.name in _OWN_FILES:
+        raise CheckpointError(
+            f"{path} is one file of a gpner model directory; pass the directory itself: "
+            f"{path.parent}"
         )
     if path.is_file():
         raise CheckpointError(
@@ -185,14 +209,16 @@ def save(model: NERModel, directory: str | Path) -> Path:
             )
     directory.parent.mkdir(parents=True, exist_ok=True)
     meta, tokenizer_json = _metadata(model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = make_temporary_dir(directory)  # modes from the user's umask, as the files below
     try:
-        save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        if tokenizer_json is not None:
-            (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
         (tmp / METADATA_FILE).write_text(
             json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
         )
+        if tokenizer_json is not None:
+            (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+        save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        # safetensors writes 0600; give the weights the mode gpner.json got from the umask
+        os.chmod(tmp / WEIGHTS_FILE, (tmp / METADATA_FILE).stat().st_mode & 0o777)
         for path in tmp.iterdir():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -220,32 +246,57 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> NER
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
-    from gpner.model import model_from_parts
-
     directory = Path(directory)
     meta = read_metadata(directory)
-    try:
-        model = model_from_parts(meta["config"], meta["labels"], meta["tokenizer"], meta["encoder"])
-    except ConfigError as error:  # a saved config is checked as strictly as a TOML file
-        raise ConfigError(f"{directory / METADATA_FILE}: {error}") from None
+    model = _architecture(directory, meta)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
     try:
         missing, unexpected = load_model(model, weights, strict=False, device=str(map_location))
     except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{weights}: not a readable safetensors file ({error})") from None
-    except RuntimeError as error:  # shapes differ from the architecture gpner.json describes
         raise CheckpointError(
-            f"{weights} does not match the model described by {METADATA_FILE}: "
-            f"{str(error).splitlines()[-1].strip()}"
+            f"{weights}: not a readable safetensors file ({_first_line(error)})"
         ) from None
-    if missing or unexpected:
+    except Exception as error:  # shapes or dtypes differ from what gpner.json describes
         raise CheckpointError(
             f"{weights} does not match the model described by {METADATA_FILE}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{str(error).strip().splitlines()[-1].strip()[:300] if str(error).strip() else ''}"
+        ) from None
+    if missing or unexpected:  # safetensors returns them as sets
+        raise CheckpointError(
+            f"{weights} does not match the model described by {METADATA_FILE}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return model.to(map_location).eval()
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _architecture(directory: Path, meta: dict[str, Any]) -> NERModel:
+    """The model ``gpner.json`` describes (random weights); whatever in it cannot be built is a
+    CheckpointError naming the file at fault (``tokenizer.json`` for the HF tokenizer)."""
+    from gpner.data.tokenizers import tokenizer_from_state
+    from gpner.model import model_from_parts
+
+    meta_path = directory / METADATA_FILE
+    tokenizer_file = directory / TOKENIZER_FILE if "tokenizer_json" in meta["tokenizer"] else None
+    try:
+        tokenizer = tokenizer_from_state(meta["tokenizer"])
+    except Exception as error:  # anything a corrupt file can make it raise
+        where = tokenizer_file or f"{meta_path} (tokenizer)"
+        raise CheckpointError(f"{where}: not a readable tokenizer ({_first_line(error)})") from None
+    try:
+        return model_from_parts(meta["config"], meta["labels"], tokenizer, meta["encoder"])
+    except ConfigError as error:  # a saved config is checked as strictly as a TOML file
+        raise ConfigError(f"{meta_path}: {error}") from None
+    except Exception as error:  # an encoder spec no encoder can be built from
+        raise CheckpointError(
+            f"{meta_path}: describes no model this gpner can build ({_first_line(error)})"
+        ) from None
 
 
 # ------------------------------------------------------------------------------ resume states
@@ -294,7 +345,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
             "are full pickles that can run code; gpner does not load them. If you trust this one: "
             f"gpner convert-checkpoint {path} {path} --trust-pickle"
         ) from None
-    _check_format(state, str(path), STATE_FORMAT)
+    check_format(state, str(path), STATE_FORMAT)
     return state
 
 

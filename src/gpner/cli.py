@@ -86,13 +86,20 @@ def _read_data(path: str, fmt: str | None, scheme: str | None, strict: bool = Tr
         raise CLIError(str(error)) from None
 
 
-def _load_model(path: str, backend: str = "torch"):
+def _load_model(path: str, backend: str | None = None, command: str = "predict"):
     """The model at ``path`` (a model directory; an .onnx file for onnxruntime); a missing or
-    unreadable one is a usage error."""
+    unreadable one is a usage error. ``backend`` None: the command has no --backend option."""
     import gpner
 
     if not Path(path).exists():
         raise CLIError(f"no such model: {path}")
+    if backend is None and Path(path).suffix == ".onnx":
+        raise CLIError(
+            f"{path} is an ONNX export; gpner {command} takes a model directory (output_dir/best "
+            "of a training run). gpner predict and gpner evaluate run .onnx files with "
+            "--backend onnxruntime"
+        )
+    backend = backend or "torch"
     try:
         return gpner.load(path, backend=backend)
     except ImportError as error:
@@ -147,11 +154,33 @@ def _run_training(config, args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- evaluate
 
 
-def _check_gold(examples, labels, path: str) -> dict[str, int]:
+def _format_mismatch(path: str, fmt: str | None) -> str | None:
+    """When ``--format fmt`` was given and the content looks like another format: saying so."""
+    from gpner.data.paths import resolve
+    from gpner.data.readers import READERS, ReadError, detect_format
+
+    if fmt is None:
+        return None
+    try:
+        detected = detect_format(resolve(path))
+    except (ReadError, OSError, ValueError):
+        return None
+    if READERS.canonical(detected) == READERS.canonical(fmt):
+        return None
+    return (
+        f"{path} does not look like {fmt} data (it has no gold entities as {fmt}); its content "
+        f"looks like {detected}: pass --format {detected}, or leave --format out to detect it"
+    )
+
+
+def _check_gold(examples, labels, path: str, fmt: str | None = None) -> dict[str, int]:
     """Fail on data that cannot be scored; returns the gold labels the model never saw."""
     if not examples:
         raise CLIError(f"{path}: no examples to evaluate")
     gold = Counter(span.label for ex in examples for span in ex.spans)
+    mismatch = None if gold else _format_mismatch(path, fmt)
+    if mismatch:
+        raise CLIError(mismatch)
     if not gold:
         raise CLIError(
             f"{path} has no gold entities in its {len(examples)} examples, so there is nothing "
@@ -186,7 +215,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     model = _load_model(args.checkpoint, args.backend)
     with collect_read_report() as report:
         examples = _read_data(args.data, args.format, args.scheme, strict=not args.lenient)
-    unseen = _check_gold(examples, model.labels, args.data)
+    unseen = _check_gold(examples, model.labels, args.data, args.format)
     metrics = evaluate(model, examples, args.batch_size)
     metrics["skipped_items"] = report.skipped
     if unseen:
@@ -214,7 +243,7 @@ def _file_lines(path: Path):
 
 def _predict_texts(args: argparse.Namespace, progress: bool):
     """``(texts, total)``: a lazy iterator of input texts and their number if known cheaply."""
-    from gpner.data.paths import resolve
+    from gpner.data.paths import not_found, resolve
     from gpner.streaming import count_lines, text_lines
 
     if args.input == "-":
@@ -223,7 +252,7 @@ def _predict_texts(args: argparse.Namespace, progress: bool):
     path = resolve(args.input)
     if args.from_format == "text" or (args.from_format is None and path.suffix == ".txt"):
         if not path.is_file():
-            raise FileNotFoundError(f"no such input file: {path}")
+            raise FileNotFoundError(f"no such input file: {not_found(args.input)}")
         return _file_lines(path), (count_lines(path) if progress else None)
     examples = _read_data(args.input, args.from_format, args.scheme, strict=not args.lenient)
     return (ex.text for ex in examples), len(examples)
@@ -333,8 +362,14 @@ def _serve(args: argparse.Namespace) -> int:
         raise CLIError(str(error)) from None
     from gpner.serve.limits import Limits
 
-    model = _load_model(args.model)
-    limits = Limits(args.max_texts, args.max_chars, args.max_request_bytes)
+    model = _load_model(args.model, command="serve")
+    limits = Limits(
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+        max_request_bytes=args.max_request_bytes,
+        min_threshold=args.min_threshold,
+        max_spans=args.max_spans,
+    )
     try:
         serve(
             model,
@@ -343,10 +378,11 @@ def _serve(args: argparse.Namespace) -> int:
             limits,
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
             threads=args.threads,
             log_level=args.log_level,
         )
-    except ImportError as error:
+    except (ImportError, ValueError) as error:  # ValueError: a setting out of its range
         raise CLIError(str(error)) from None
     return 0
 
@@ -357,7 +393,7 @@ def _render(args: argparse.Namespace) -> int:
 
     texts, _ = _predict_texts(args, progress=False)
     texts = list(texts)
-    model = _load_model(args.model)
+    model = _load_model(args.model, command="render")
     predictions = predict(model, texts, args.batch_size, threshold=args.threshold, flat=args.flat)
     page = render_page(texts, predictions, model.labels, args.title)
     Path(args.output).write_text(page, encoding="utf-8")
@@ -383,7 +419,7 @@ def _export(args: argparse.Namespace) -> int:
             raise CLIError("--calibrate-texts must be positive and --fp32-budget non-negative")
         examples = _read_data(args.calibrate, None, None)[: args.calibrate_texts]
         options = {"calibration": [ex.text for ex in examples], "fp32_budget": args.fp32_budget}
-    model = _load_model(args.checkpoint)
+    model = _load_model(args.checkpoint, command="export")
     path = export_onnx(
         model, args.output, quantize="int8" if args.int8 else None, fuse=args.fuse, **options
     )
@@ -466,7 +502,8 @@ def _training_arguments(
         default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.epochs=3 (repeatable); "
-        "--set data.strict=false skips bad data items instead of stopping",
+        "--set data.strict=false skips bad data items instead of stopping; an empty value (or "
+        "none) unsets an optional field: --set data.dev= trains without dev data",
     )
     p.add_argument("--output-dir", help="override output_dir")
     resume = p.add_mutually_exclusive_group()
@@ -647,6 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="how long a model call waits to gather more texts (default 2)",
     )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=4096,
+        help="most texts waiting for the model; past it requests get 503 (default 4096)",
+    )
     p.add_argument("--max-texts", type=int, default=limits.max_texts, help="most texts per request")
     p.add_argument(
         "--max-chars", type=int, default=limits.max_chars, help="most characters per text"
@@ -656,6 +699,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=limits.max_request_bytes,
         help="largest request body",
+    )
+    p.add_argument(
+        "--min-threshold",
+        type=float,
+        default=limits.min_threshold,
+        help=f"lowest threshold a request may ask for (default {limits.min_threshold:g})",
+    )
+    p.add_argument(
+        "--max-spans",
+        type=int,
+        default=limits.max_spans,
+        help=f"most predicted spans per text in an answer (default {limits.max_spans})",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--log-level", default="info", help="uvicorn's log level")
@@ -800,6 +855,11 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, CheckpointError, ReadError, CLIError, FileNotFoundError) as error:
             print(f"gpner: error: {_as_flags(str(error), args.command)}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            # One line, the shell's status for SIGINT. A training run keeps its last.pt (written
+            # atomically at each epoch's end) for --resume.
+            print(f"gpner: {args.command} interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -204,6 +204,7 @@ class TrainConfig:
     epochs: int = _field(10, _POSITIVE)  # the maximum number of epochs (see patience)
     # Early stopping: stop after this many epochs without a dev micro-F1 gain (the best epoch is
     # kept); None trains all ``epochs``. The learning-rate schedule always spans ``epochs``.
+    # Needs dev data (data.dev or data.validation_fraction); without it the last epoch is kept.
     patience: int | None = _field(None, _POSITIVE)
     # global batch (split across processes in data-parallel runs)
     batch_size: int = _field(32, _POSITIVE)
@@ -247,10 +248,13 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        # TOML has no null; on optional fields the strings "none"/"null" stand for it.
+        # TOML has no null; on optional fields the strings "none"/"null" stand for it, and an
+        # empty override (--set data.dev=) unsets the field too.
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         hint = args[0]
+    elif value is None:  # an empty override of a field that has no unset state
+        raise ConfigError(f"{key}: cannot be unset (only optional fields can); give a value")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is bool and not isinstance(value, bool):
@@ -323,6 +327,13 @@ def check_config(config: Config) -> None:
             f"data.stride: must be below data.max_length ({config.data.max_length}), "
             f"got {config.data.stride}"
         )
+    no_dev = config.data.dev is None and config.data.validation_fraction == 0
+    if config.train.patience is not None and no_dev:
+        raise ConfigError(
+            f"train.patience: early stopping needs dev data, and data.dev is unset (with "
+            f"data.validation_fraction = 0); set data.dev or data.validation_fraction, or unset "
+            f"train.patience (got {config.train.patience})"
+        )
     _check_kinds(config)
 
 
@@ -372,7 +383,11 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=v`` overrides to a nested config dict (in place; also returned)."""
+    """Apply ``a.b=v`` overrides to a nested config dict (in place; also returned).
+
+    An empty value (``a.b=``), like ``none``, unsets an optional field (``--set data.dev=``
+    trains without dev data); a field without an unset state refuses it, naming the key.
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -383,7 +398,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {part!r} is not a table")
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1]] = _parse_value(text.strip()) if text.strip() else None
     return data
 
 

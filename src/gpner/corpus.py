@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpner.config import ConfigError, DataConfig
-from gpner.data.paths import resolve
+from gpner.data.paths import not_found, resolve
 from gpner.data.readers import read
 from gpner.data.spans import Example
 
@@ -44,7 +44,7 @@ class DataFile:
             )
         path = resolve(value)
         if not path.exists():
-            raise ConfigError(f"{key}: data file {path} does not exist")
+            raise ConfigError(f"{key}: data file {not_found(value)} does not exist")
         return cls(path, part)
 
     def read(self, cfg: DataConfig) -> list[Example]:

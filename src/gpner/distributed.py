@@ -20,10 +20,12 @@ __all__ = ["Dist", "init_distributed"]
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in the job: ``rank`` of ``world`` processes."""
+    """This process's place in the job: ``rank`` of ``world`` processes, whose collectives run
+    on ``device`` (a CUDA device under nccl, which refuses CPU tensors; the CPU under gloo)."""
 
     rank: int = 0
     world: int = 1
+    device: str | torch.device = "cpu"
 
     @property
     def main(self) -> bool:
@@ -65,9 +67,9 @@ class Dist:
         if self.world == 1:
             return values
         keys = sorted(values)
-        summed = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        summed = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(summed)
-        return {k: float(v) / self.world for k, v in zip(keys, summed)}
+        return {k: v / self.world for k, v in zip(keys, summed.tolist())}
 
     def decide(self, flag: bool, device: torch.device) -> bool:
         """Rank 0's ``flag``, on every process (so that all leave a loop together)."""
@@ -85,4 +87,4 @@ def init_distributed(device: torch.device) -> Dist:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
+    return Dist(dist.get_rank(), dist.get_world_size(), device)

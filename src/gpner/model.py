@@ -62,7 +62,11 @@ class NERModel(nn.Module):
         if attention_mask is None:
             ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device)
-        hidden = self.encoder(attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
+        if attention_mask.shape[1] == 0:  # no tokens (empty texts): no encoder has work to do
+            ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            hidden = torch.zeros(*ref.shape[:2], self.encoder.hidden_size, device=ref.device)
+        else:
+            hidden = self.encoder(attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
         return self.head.factors(hidden, attention_mask)
 
     def forward(
@@ -106,13 +110,17 @@ def build_model(
 def model_from_parts(
     config: dict[str, Any] | Config,
     labels: list[str],
-    tokenizer_state: dict[str, Any],
+    tokenizer_state: dict[str, Any] | Tokenizer,
     encoder_spec: dict[str, Any],
 ) -> NERModel:
-    """A model with the saved architecture (random weights; the caller loads them)."""
+    """A model with the saved architecture (random weights; the caller loads them).
+    ``tokenizer_state``: a tokenizer's ``state_dict()``, or the tokenizer itself."""
     if not isinstance(config, Config):
         config = config_from_dict(config)
-    tokenizer = tokenizer_from_state(tokenizer_state)
+    if isinstance(tokenizer_state, dict):
+        tokenizer = tokenizer_from_state(tokenizer_state)
+    else:
+        tokenizer = tokenizer_state
     encoder = encoder_from_spec(encoder_spec)
     head = _head_for(config, encoder.hidden_size, len(labels))
     return NERModel(encoder, head, list(labels), tokenizer, config)

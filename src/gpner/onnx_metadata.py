@@ -22,11 +22,11 @@ METADATA_KEY = "gpner.json"
 
 def model_metadata(model: NERModel) -> dict[str, Any]:
     """gpner.json for the ONNX file: the model directory's metadata with the tokenizer inline."""
-    from gpner.checkpoints import model_payload
+    from gpner.checkpoints import ONNX_FORMAT, model_payload
 
     meta = model_payload(model)
     del meta["state_dict"]
-    meta["format"] = "gpner-onnx"
+    meta["format"] = ONNX_FORMAT
     return meta
 
 

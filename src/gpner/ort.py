@@ -8,15 +8,17 @@ torch model. Needs ``pip install gpner[onnx]``.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from gpner.config import Config, config_from_dict
+from gpner.config import Config, ConfigError, config_from_dict
 from gpner.data.tokenizers import Tokenizer, tokenizer_from_state
-from gpner.onnx_metadata import METADATA_KEY, read_metadata
+from gpner.onnx_metadata import METADATA_KEY
 
 __all__ = ["OnnxModel", "session_options", "DISABLED_OPTIMIZERS"]
 
@@ -44,6 +46,24 @@ def session_options(threads: int | None = None, spinning: bool | None = None):
         spinning = os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
     options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     return options
+
+
+def _metadata(path: Path, props: dict[str, str]) -> dict[str, Any]:
+    """The ``gpner.json`` metadata of an ONNX file, checked the way a model directory's is (its
+    format, a readable version, the fields and their types)."""
+    from gpner.checkpoints import ONNX_FORMAT, CheckpointError, check_format
+
+    raw = props.get(METADATA_KEY)
+    if raw is None:
+        raise CheckpointError(f"{path}: no {METADATA_KEY} metadata; not exported by gpner")
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(
+            f"{path}: its {METADATA_KEY} metadata is not JSON ({error})"
+        ) from None
+    check_format(meta, f"{path} ({METADATA_KEY} metadata)", ONNX_FORMAT)
+    return meta
 
 
 class OnnxModel:
@@ -80,13 +100,20 @@ class OnnxModel:
             raise CheckpointError(
                 f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:200]})"
             ) from None
-        meta = read_metadata(self.session.get_modelmeta().custom_metadata_map)
-        if meta is None:
-            raise CheckpointError(f"{path}: no {METADATA_KEY} metadata; not exported by gpner")
+        meta = _metadata(path, self.session.get_modelmeta().custom_metadata_map)
         self.path = path
         self.labels: list[str] = list(meta["labels"])
-        self.config: Config = config_from_dict(meta["config"])
-        self.tokenizer: Tokenizer = tokenizer_from_state(meta["tokenizer"])
+        try:
+            self.config: Config = config_from_dict(meta["config"])
+        except ConfigError as error:  # checked as strictly as a model directory's config
+            raise ConfigError(f"{path} ({METADATA_KEY} metadata): {error}") from None
+        try:
+            self.tokenizer: Tokenizer = tokenizer_from_state(meta["tokenizer"])
+        except Exception as error:  # anything a foreign or corrupt tokenizer state raises
+            raise CheckpointError(
+                f"{path} ({METADATA_KEY} metadata): not a readable tokenizer "
+                f"({type(error).__name__}: {str(error)[:200]})"
+            ) from None
         self.gpner_version = meta.get("gpner_version")
 
     @property

@@ -11,14 +11,16 @@ __all__ = ["plot_history"]
 def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     """Training loss and dev micro F1 per epoch of ``history`` (metrics.jsonl records)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A figure on its own Agg canvas: no pyplot, so the backend and the figures of a
+        # process that imported gpner are left alone.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - matplotlib is optional
         return
     epochs = [h["epoch"] for h in history]
-    fig, ax1 = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    FigureCanvasAgg(fig)
+    ax1 = fig.add_subplot()
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:blue")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("training loss", color="tab:blue")
@@ -28,4 +30,3 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     ax1.set_title("gpner training")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -299,7 +299,8 @@ def _end_epoch(state: TrainState, record: dict[str, Any], dev: list, out: Path) 
     f1 = record["dev"]["micro"]["f1"]
     state.history.append(record)
     state.epoch = record["epoch"]
-    if f1 > state.best_f1:
+    # Without dev data there is no score to choose by: the last epoch is kept.
+    if f1 > state.best_f1 or not dev:
         state.best_f1, state.best_epoch = f1, state.epoch
         checkpoints.save(state.model, out / BEST_DIR)
     state.stopped = tcfg.patience is not None and state.epoch - state.best_epoch >= tcfg.patience
@@ -332,7 +333,8 @@ def _device() -> torch.device:
 def train(config: Config, resume: bool | str = False) -> TrainResult:
     """Train a model as ``config`` says; returns the history and where the checkpoints are.
 
-    ``output_dir`` receives ``best/`` (the best dev epoch's model directory, for ``gpner.load``),
+    ``output_dir`` receives ``best/`` (the best dev epoch's model directory, for ``gpner.load``;
+    the last epoch's when there is no dev data),
     ``last.pt`` (everything needed to resume exactly, plain tensors loaded with
     ``weights_only=True``), ``metrics.jsonl`` (one line per epoch) and
     ``training.png``. With ``resume=True`` a killed run continues after its last finished epoch
@@ -364,11 +366,16 @@ def train(config: Config, resume: bool | str = False) -> TrainResult:
     cores = CoreShare(fixed=tcfg.num_threads)
     cores.start()
     device = _device()
-    dist = init_distributed(device)
+    dist = init_distributed(device)  # its collectives run on this device
     if resume == "if_exists" and not last_path.is_file():
         _log(f"no {last_path} to resume from: starting fresh", dist.main)
     with collect_read_report() as read_report:
         corpus = Corpus.from_config(config.data)
+    if tcfg.patience is not None and not corpus.dev:
+        raise ConfigError(
+            f"train.patience: early stopping needs dev data, and data.dev ({config.data.dev}) "
+            "holds no examples"
+        )
     objective = None
     if config.distill.teacher is not None or config.distill.unlabeled is not None:
         from gpner.distill import prepare  # the [distill] table: a teacher's signal in the loss

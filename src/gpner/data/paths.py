@@ -28,8 +28,20 @@ def data_root() -> Path:
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """Absolute or existing paths as given, anything else relative to ``data_root()``."""
+    """``path`` as typed when it exists (or is absolute), else under ``data_root()`` when it
+    exists there, else as typed: a missing file is reported where the user typed it (see
+    :func:`not_found`)."""
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
-    return data_root() / p
+    under = data_root() / p
+    return under if under.exists() else p
+
+
+def not_found(path: str | os.PathLike[str]) -> str:
+    """A missing ``path`` for an error message, with every place :func:`resolve` looked: as
+    typed, then (a relative path) under the data root."""
+    p = Path(path)
+    if p.is_absolute():
+        return str(p)
+    return f"{p} (looked for as typed, and under the data root as {data_root() / p})"

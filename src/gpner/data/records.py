@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gpner.data.paths import not_found
 from gpner.data.spans import Span, SpanError, checked_span
 
 __all__ = [
@@ -121,7 +122,7 @@ def load_text(path: Path, keep_bom: bool = False) -> str:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"no such data file: {path}") from None
+        raise FileNotFoundError(f"no such data file: {not_found(path)}") from None
     try:
         return raw.decode("utf-8" if keep_bom else "utf-8-sig")
     except UnicodeDecodeError as e:

@@ -275,7 +275,9 @@ class HFTokenizer:
                 f"no tokenizer.json in {directory}, and transformers (needed to convert a slow "
                 "tokenizer) is not installed"
             ) from e
-        hf = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, use_fast=True)
+        hf = AutoTokenizer.from_pretrained(
+            str(directory), local_files_only=True, use_fast=True, trust_remote_code=False
+        )
         backend = getattr(hf, "backend_tokenizer", None)
         if backend is None:
             raise ValueError(f"{directory} holds no fast tokenizer and none can be converted")

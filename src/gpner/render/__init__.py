@@ -61,14 +61,18 @@ def assign_slots(spans: Sequence[Span]) -> list[int]:
     """
     order = sorted(range(len(spans)), key=lambda k: (spans[k].end - spans[k].start, spans[k]))
     slots = [0] * len(spans)
-    placed: list[int] = []
+    # the rows taken at each character, so a span looks at its own characters, not at every
+    # span placed before it (thousands of spans on a long text stay linear in their lengths)
+    rows: dict[int, set[int]] = {}
     for k in order:
-        taken = {slots[p] for p in placed if spans[p].overlaps(spans[k])}
+        span = spans[k]
+        taken = set().union(*(rows.get(i, ()) for i in range(span.start, span.end)))
         slot = 0
         while slot in taken:
             slot += 1
         slots[k] = slot
-        placed.append(k)
+        for i in range(span.start, span.end):
+            rows.setdefault(i, set()).add(slot)
     return slots
 
 
@@ -84,9 +88,17 @@ def render_text(text: str, spans: Sequence[tuple[Span, float]], colors: Mapping[
     slots = assign_slots(only)
     bounds = sorted({0, len(text)} | {s.start for s in only} | {s.end for s in only})
     parts = []
+    # A sweep over the segments: spans are sorted by start, and every start and end is a bound,
+    # so the spans covering [a, b) are those begun at or before a and not yet ended at a.
+    active: set[int] = set()
+    upcoming = 0
     for a, b in zip(bounds, bounds[1:]):
         piece = html.escape(text[a:b])
-        covering = [k for k, s in enumerate(only) if s.start <= a and b <= s.end]
+        while upcoming < len(only) and only[upcoming].start <= a:
+            active.add(upcoming)
+            upcoming += 1
+        active = {k for k in active if only[k].end > a}
+        covering = sorted(active)
         if not covering:
             parts.append(piece)
             continue

@@ -18,7 +18,12 @@ from fastapi.responses import HTMLResponse, Response
 
 from gpner.serve.batcher import MicroBatcher, QueueFull
 from gpner.serve.limits import Limits
-from gpner.serve.requests import ApiError, PredictRequest, parse_predict_request
+from gpner.serve.requests import (
+    ApiError,
+    PredictRequest,
+    check_span_counts,
+    parse_predict_request,
+)
 from gpner.serve.schemas import ErrorBody, PredictResponse, RenderResponse
 
 __all__ = ["create_app"]
@@ -97,12 +102,14 @@ def _asset(package: str, name: str) -> str:
 
 def _model_info(model, limits: Limits, batcher: MicroBatcher) -> dict:
     from gpner import __version__
+    from gpner.hub import display_name
 
     cfg = model.config
     return {
         "gpner_version": __version__,
         "labels": list(model.labels),
-        "encoder": {"kind": cfg.encoder.kind, "path": cfg.encoder.path},
+        # the encoder's name, never the server's directory layout
+        "encoder": {"kind": cfg.encoder.kind, "name": display_name(cfg.encoder.path)},
         "head": {
             "kind": cfg.head.kind,
             "head_size": cfg.head.head_size,
@@ -130,7 +137,10 @@ _BODY_DOC = {
 }
 _ERRORS = {
     413: {"model": ErrorBody, "description": "a limit was exceeded (named in `limit`)"},
-    422: {"model": ErrorBody, "description": "malformed JSON, wrong types, bad texts"},
+    422: {
+        "model": ErrorBody,
+        "description": "malformed JSON, wrong types, bad texts, a threshold below min_threshold",
+    },
     503: {"model": ErrorBody, "description": "too many texts queued"},
 }
 
@@ -199,7 +209,9 @@ def create_app(
                 job = batcher.enqueue(parsed.texts, parsed.threshold, parsed.flat)
             except QueueFull as error:
                 raise ApiError(503, "busy", str(error), limit="max_queue") from None
-        return parsed, await job
+        spans = await job
+        check_span_counts(spans, limits)
+        return parsed, spans
 
     @app.post(
         "/predict",

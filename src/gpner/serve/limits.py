@@ -14,6 +14,10 @@ class Limits:
     max_texts: int = 128  # texts per request
     max_chars: int = 10_000  # characters (code points) per text
     max_request_bytes: int = 1 << 20  # request body
+    # The lowest decoding threshold a request may ask for (a logit; sigmoid(-10) is about 5e-5):
+    # below it nearly every cell of a long text would be a span.
+    min_threshold: float = -10.0
+    max_spans: int = 1000  # spans predicted per text; a text with more gets a 413, not an answer
 
     def as_dict(self) -> dict:
         return asdict(self)

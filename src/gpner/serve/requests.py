@@ -2,8 +2,10 @@
 
 Order of checks: body size (413, done by the app's middleware before the body is read whole),
 UTF-8 and JSON syntax (422), field types (422), the size limits ``max_texts`` and ``max_chars``
-(413), then the texts themselves (422): empty, a lone surrogate (not encodable as UTF-8, so
-no answer could carry it back) or a NUL (U+0000). Every error names its field, index and limit.
+(413), the threshold's floor ``min_threshold`` (422), then the texts themselves (422): a lone
+surrogate (not encodable as UTF-8, so no answer could carry it back) or a NUL (U+0000). Every
+error names its field, index and limit. After prediction, :func:`check_span_counts` enforces
+``max_spans`` (413), so no request can make the server build an unbounded answer.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gpner.serve.limits import Limits
 
-__all__ = ["ApiError", "Limits", "PredictRequest", "parse_predict_request"]
+__all__ = ["ApiError", "Limits", "PredictRequest", "check_span_counts", "parse_predict_request"]
 
 
 class ApiError(Exception):
@@ -36,7 +38,7 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    texts: list[str] = Field(min_length=1, description="texts to tag, each non-empty")
+    texts: list[str] = Field(min_length=1, description="texts to tag (an empty one gets no spans)")
     threshold: float | None = Field(None, description="decoding threshold on the span logit")
     flat: bool | None = Field(None, description="keep only non-overlapping spans")
 
@@ -68,8 +70,6 @@ def _check_text(index: int, text: str, limits: Limits) -> None:
             got=len(text),
             index=index,
         )
-    if not text:
-        raise ApiError(422, "empty_text", f"texts[{index}] is empty", index=index)
     for position, char in enumerate(text):
         code = ord(char)
         if 0xD800 <= code <= 0xDFFF:
@@ -131,6 +131,31 @@ def parse_predict_request(body: bytes, limits: Limits) -> PredictRequest:
         request = PredictRequest.model_validate(obj)
     except ValidationError as error:
         raise _validation_error(error) from None
+    if request.threshold is not None and request.threshold < limits.min_threshold:
+        raise ApiError(
+            422,
+            "threshold_too_low",
+            f"threshold {request.threshold} is below min_threshold={limits.min_threshold}",
+            limit="min_threshold",
+            min=limits.min_threshold,
+            got=request.threshold,
+        )
     for index, text in enumerate(request.texts):
         _check_text(index, text, limits)
     return request
+
+
+def check_span_counts(spans: list[list], limits: Limits) -> None:
+    """413 naming ``max_spans`` when a text of the request has more predicted spans than it."""
+    for index, found in enumerate(spans):
+        if len(found) > limits.max_spans:
+            raise ApiError(
+                413,
+                "too_many_spans",
+                f"texts[{index}] has {len(found)} predicted spans, more than "
+                f"max_spans={limits.max_spans}; raise the threshold or split the text",
+                limit="max_spans",
+                max=limits.max_spans,
+                got=len(found),
+                index=index,
+            )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+
 __all__ = ["serve"]
 
 
@@ -16,7 +19,11 @@ def serve(
     threads: int | None = None,
     log_level: str = "info",
 ) -> None:
-    """Serve ``model_path`` until interrupted. One process: the model is loaded once."""
+    """Serve ``model_path`` until interrupted. One process: the model is loaded once.
+
+    SIGTERM shuts down gracefully (new connections refused, accepted requests answered) and
+    returns; Ctrl-C does the same and then raises KeyboardInterrupt, as uvicorn does.
+    """
     try:
         import uvicorn
 
@@ -30,4 +37,17 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
     app = create_app(model_path, limits, max_batch, max_wait_ms, max_queue)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    # On SIGTERM uvicorn stops accepting connections, answers the requests in flight, stops
+    # the batcher, then raises the signal again under the handler it found. That handler is
+    # this no-op, so a clean shutdown ends serve() and the process exits 0.
+    main = threading.current_thread() is threading.main_thread()  # signals: main thread only
+    previous = signal.signal(signal.SIGTERM, _after_shutdown) if main else None
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _after_shutdown(signum, frame) -> None:
+    """The SIGTERM uvicorn raises again once it has shut down gracefully: nothing left to do."""
