@@ -31,6 +31,7 @@ import torch
 from gpner.atomic import atomic_write_json
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent  # the repository
 
 
 def _status_kib(key: str) -> int:
@@ -173,12 +174,24 @@ def export_source(commit: str, into: Path) -> dict:
     return {"commit": full, "short": full[:7], "src": str(into / "src")}
 
 
+def command_line() -> str:
+    """This process's command as typed from the repository root: ``python3 -m package.module``
+    for a module run with ``-m`` (no path of this machine), else ``python3 script args``."""
+    script = Path(sys.argv[0])
+    args = [shlex.quote(a) for a in sys.argv[1:]]
+    try:
+        module = script.resolve().relative_to(ROOT).with_suffix("")
+    except ValueError:
+        return "python3 " + " ".join([shlex.quote(sys.argv[0]), *args])
+    return "python3 -m " + " ".join([".".join(module.parts), *args])
+
+
 def run_header(benchmark: str) -> dict:
     """What every results file starts with: the benchmark, its command line, machine, OpenMP
     wait policy, source state and start time."""
     return {
         "benchmark": benchmark,
-        "command": "python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
+        "command": command_line(),
         "machine": machine(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "source": source_state(),
