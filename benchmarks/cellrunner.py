@@ -563,6 +563,31 @@ def add_arguments(parser: Any, default_results: Path) -> None:
     )
 
 
+def add_kind_argument(parser: Any, choices: Sequence[str], default: Sequence[str]) -> None:
+    """``--kind``: which kinds of cells a runner runs (repeatable; see :func:`kind_argv`)."""
+    parser.add_argument(
+        "--kind",
+        action="append",
+        choices=choices,
+        help=f"which cells (repeatable; default: {', '.join(default)})",
+    )
+
+
+def kind_argv(kinds: Sequence[str]) -> list[str]:
+    """The ``--kind`` options of a ``--workers`` child."""
+    return [x for kind in kinds for x in ("--kind", kind)]
+
+
+def grid_options(args: Any, threads: int | None) -> dict[str, Any]:
+    """The common keyword arguments of a runner's ``run_grid`` from its command line."""
+    return {
+        "only": args.only,
+        "max_cells": args.max_cells,
+        "overrides": args.overrides,
+        "threads": threads,
+    }
+
+
 def threads_of(args: Any, default: int | None = None) -> int | None:
     """``train.num_threads`` for the cells: ``--threads`` (0 = torch's default, None), else
     ``default``, else 2 // workers (at least 1)."""

@@ -164,6 +164,18 @@ def test_common_command_line():
         "--block",
         "2",
     ]
+    assert CR.grid_options(args, 1) == {
+        "only": ["x"],
+        "max_cells": 3,
+        "overrides": ["train.lr=1"],
+        "threads": 1,
+    }
+    CR.add_kind_argument(parser, ("a", "b"), ("a",))
+    assert "default: a)" in parser.format_help()
+    kinds = parser.parse_args(["--kind", "b", "--kind", "a"]).kind
+    assert kinds == ["b", "a"] and CR.kind_argv(kinds) == ["--kind", "b", "--kind", "a"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kind", "c"])
     assert CR.threads_of(parser.parse_args(["--threads", "0"])) is None
     with pytest.raises(SystemExit):
         CR.threads_of(parser.parse_args(["--workers", "0"]))

@@ -302,14 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra += [x for number in args.block or () for x in ("--block", str(number))]
         return CR.spawn_module_workers(args, threads, extra, __spec__.name)
     log(f"results in {args.results}; threads {threads}; overrides {args.overrides or 'none'}")
-    outcome = run_grid(
-        blocks,
-        args.results,
-        only=args.only,
-        max_cells=args.max_cells,
-        overrides=args.overrides,
-        threads=threads,
-    )
+    outcome = run_grid(blocks, args.results, **CR.grid_options(args, threads))
     return 1 if outcome["failed"] else 0
 
 

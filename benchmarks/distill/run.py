@@ -151,12 +151,7 @@ def run_grid(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     CR.add_arguments(parser, G.DEFAULT_RESULTS)
-    parser.add_argument(
-        "--kind",
-        action="append",
-        choices=G.KINDS,
-        help=f"which cells (repeatable; default: {', '.join(G.DEFAULT_KINDS)})",
-    )
+    CR.add_kind_argument(parser, G.KINDS, G.DEFAULT_KINDS)
     args = parser.parse_args(argv)
     kinds = args.kind or list(G.DEFAULT_KINDS)
     threads = CR.threads_of(args)
@@ -167,17 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         CR.print_cells(entries, args.only, describe)
         return 0
     if args.workers > 1:
-        extra = [x for kind in kinds for x in ("--kind", kind)]
-        return CR.spawn_module_workers(args, threads, extra, __spec__.name)
+        return CR.spawn_module_workers(args, threads, CR.kind_argv(kinds), __spec__.name)
     CR.log(f"results in {args.results}; threads {threads}; kinds {kinds}")
-    outcome = run_grid(
-        kinds,
-        args.results,
-        only=args.only,
-        max_cells=args.max_cells,
-        overrides=args.overrides,
-        threads=threads,
-    )
+    outcome = run_grid(kinds, args.results, **CR.grid_options(args, threads))
     return 1 if outcome["failed"] else 0
 
 

@@ -135,12 +135,7 @@ def run_grid(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     CR.add_arguments(parser, G.DEFAULT_RESULTS)
-    parser.add_argument(
-        "--kind",
-        action="append",
-        choices=("explore", "recipe"),
-        help="which cells (repeatable; default: recipe)",
-    )
+    CR.add_kind_argument(parser, ("explore", "recipe"), ("recipe",))
     parser.add_argument(
         "--machine",
         default=None,
@@ -156,19 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         CR.print_cells(entries, args.only, describe)
         return 0
     if args.workers > 1:
-        extra = [x for kind in kinds for x in ("--kind", kind)]
+        extra = CR.kind_argv(kinds)
         extra += ["--machine", args.machine] if args.machine else []
         return CR.spawn_module_workers(args, threads, extra, __spec__.name)
     CR.log(f"results in {args.results}; threads {threads}; kinds {kinds}")
-    outcome = run_grid(
-        kinds,
-        args.results,
-        only=args.only,
-        max_cells=args.max_cells,
-        overrides=args.overrides,
-        threads=threads,
-        machine=args.machine,
-    )
+    outcome = run_grid(kinds, args.results, **CR.grid_options(args, threads), machine=args.machine)
     return 1 if outcome["failed"] else 0
 
 
