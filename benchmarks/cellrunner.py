@@ -159,6 +159,14 @@ def result_path(results_dir: Path, stem: str) -> Path:
     return Path(results_dir) / f"{stem}.json"
 
 
+class StemFromId:
+    """Mixin for a grid's cell class: ``stem``, its ``id`` with ``/`` as ``__`` (a file name)."""
+
+    @property
+    def stem(self) -> str:
+        return self.id.replace("/", "__")  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------------------- cell status
 
 
@@ -295,6 +303,13 @@ def train_cell(
     return payload
 
 
+def train_entry(
+    entry: Any, results_dir: Path, build: Callable[[Any, Sitting], dict[str, Any]]
+) -> dict[str, Any]:
+    """:func:`train_cell` for a plan entry (its cell's id and stem, its config)."""
+    return train_cell(entry.cell.id, entry.cell.stem, entry.config, results_dir, build)
+
+
 def metrics_summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     """The evaluation block of a result JSON from the trainer's metrics dict."""
     if metrics is None:
@@ -385,6 +400,7 @@ def run_cells(
     run_one: Callable[[Any, Sequence[Any], dict[str, Any]], dict[str, Any]],
     *,
     selected: Callable[[Sequence[Any]], set[str]] | None = None,
+    only: Sequence[str] | None = None,
     max_cells: int | None = None,
     describe: Callable[[Any], str] = lambda entry: "",
     summarize: Callable[[dict[str, Any]], str] = lambda payload: "",
@@ -394,6 +410,7 @@ def run_cells(
     """Run the unfinished selected cells of ``plan()`` in order until all are done,
     ``max_cells`` ran, or nothing is left that can run (cells with status ``blocked`` wait for
     others). ``run_one(entry, fresh_entries, env)`` trains one cell and returns its JSON.
+    The selected cells: ``selected(entries)``, else those matching ``only`` (:func:`selected_ids`).
 
     Returns ``{"ran", "failed", "blocked", "left"}`` (cell ids).
     """
@@ -401,7 +418,7 @@ def run_cells(
     poll = POLL_SECONDS if poll_seconds is None else poll_seconds
 
     def chosen_of(entries: Sequence[Any]) -> set[str]:
-        return selected(entries) if selected is not None else {e.cell.id for e in entries}
+        return selected(entries) if selected is not None else selected_ids(entries, only)
 
     attempted: set[str] = set()
     ran: list[str] = []
@@ -546,6 +563,31 @@ def add_arguments(parser: Any, default_results: Path) -> None:
     )
 
 
+def add_kind_argument(parser: Any, choices: Sequence[str], default: Sequence[str]) -> None:
+    """``--kind``: which kinds of cells a runner runs (repeatable; see :func:`kind_argv`)."""
+    parser.add_argument(
+        "--kind",
+        action="append",
+        choices=choices,
+        help=f"which cells (repeatable; default: {', '.join(default)})",
+    )
+
+
+def kind_argv(kinds: Sequence[str]) -> list[str]:
+    """The ``--kind`` options of a ``--workers`` child."""
+    return [x for kind in kinds for x in ("--kind", kind)]
+
+
+def grid_options(args: Any, threads: int | None) -> dict[str, Any]:
+    """The common keyword arguments of a runner's ``run_grid`` from its command line."""
+    return {
+        "only": args.only,
+        "max_cells": args.max_cells,
+        "overrides": args.overrides,
+        "threads": threads,
+    }
+
+
 def threads_of(args: Any, default: int | None = None) -> int | None:
     """``train.num_threads`` for the cells: ``--threads`` (0 = torch's default, None), else
     ``default``, else 2 // workers (at least 1)."""
@@ -566,6 +608,30 @@ def worker_argv(args: Any, threads: int | None, extra: Sequence[str] = ()) -> li
     if args.max_cells is not None:
         child += ["--max-cells", str(args.max_cells)]
     return child + list(extra)
+
+
+def quiet_broken_pipe() -> None:
+    """Let ``--dry-run | head`` end quietly (the default SIGPIPE action instead of a traceback)."""
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+def print_cells(
+    entries: Sequence[Any], only: Sequence[str] | None, describe: Callable[[Any], str]
+) -> None:
+    """``--dry-run``: the cells matching ``--only`` in run order, with status and description."""
+    quiet_broken_pipe()
+    chosen = selected_ids(entries, only)
+    for k, e in enumerate(x for x in entries if x.cell.id in chosen):
+        print(f"{k + 1:>3}  {e.status:8} {e.cell.id}  {describe(e)}")
+
+
+def spawn_module_workers(args: Any, threads: int | None, extra: Sequence[str], module: str) -> int:
+    """``--workers N``: run ``python -m module`` N times from the repository root with the
+    common options (:func:`worker_argv`) plus ``extra``; the highest exit code."""
+    child = worker_argv(args, threads, extra)
+    return spawn_workers(None, child, args.workers, module=module, cwd=ROOT)
 
 
 def spawn_workers(

@@ -76,6 +76,39 @@ def tiny_config_overrides(train, dev, out, **extra):
     return [f"{k}={v}" for k, v in values.items()]
 
 
+def tiny_config_toml(train, dev, encoder_lines):
+    """A config file's text for a seconds-long run on ``tiny_data`` (the cell runners' tests):
+    the data, head and train tables, plus ``encoder_lines`` (an ``[encoder]`` table)."""
+    return "\n".join(
+        [
+            "[data]",
+            f'train = "{train}"',
+            f'dev = "{dev}"',
+            "max_length = 24",
+            *encoder_lines,
+            "[head]",
+            "head_size = 8",
+            "[train]",
+            "epochs = 2",
+            "batch_size = 8",
+            "lr = 1e-2",
+        ]
+    )
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype for one test (references and gradcheck run in it),
+    restored after it so other tests are unaffected; modules use it with
+    ``pytestmark = pytest.mark.usefixtures("float64_default")``."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A model trained for seconds on ``tiny_data``-like data, shared by the CLI tests.

@@ -15,14 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(CR.StemFromId):
     id: str
     block: int = 1
     needs: tuple[str, ...] = ()
-
-    @property
-    def stem(self) -> str:
-        return self.id.replace("/", "__")
 
 
 @dataclass
@@ -103,6 +99,11 @@ def test_run_cells_runs_in_order_skips_done_and_redoes_stale(tmp_path):
     (tmp_path / CR.WORK_DIRNAME / "b__after" / "last.pt").write_bytes(b"x")
     assert _plan(tmp_path, {"a/one": 0.5})[2].status == "partial"
     assert go({"a/one": 0.5}, max_cells=1)["ran"] == ["b/after"]
+    # --only without a selection callable: only the matching cells are considered.
+    CR.result_path(tmp_path, "a__one").unlink()
+    out = go({"a/one": 0.5}, only=["b/*"])
+    assert out["ran"] == [] and out["blocked"] == out["left"] == ["b/after"]
+    assert go({"a/one": 0.5}, only=["a/one"])["ran"] == ["a/one"]
 
 
 def test_selection_pulls_in_dependencies_and_a_claimed_cell_is_busy(tmp_path):
@@ -117,6 +118,18 @@ def test_selection_pulls_in_dependencies_and_a_claimed_cell_is_busy(tmp_path):
     with CR.cell_lock(tmp_path, "a__one") as claimed:
         assert claimed and CR.cell_busy(tmp_path, "a__one")
     assert not CR.cell_busy(tmp_path, "a__one")
+
+
+def test_dry_run_lists_the_selected_cells_in_order(tmp_path, capsys):
+    entries = _plan(tmp_path, {})
+    assert entries[0].cell.stem == "a__one"
+    CR.print_cells(entries, ["a/*"], lambda e: f"<{e.cell.block}>")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in lines] == [
+        ["1", "pending", "a/one"],
+        ["2", "pending", "a/two"],
+    ]
+    assert lines[0].endswith("a/one  <1>")
 
 
 def test_compute_left_and_median_by(tmp_path):
@@ -151,6 +164,18 @@ def test_common_command_line():
         "--block",
         "2",
     ]
+    assert CR.grid_options(args, 1) == {
+        "only": ["x"],
+        "max_cells": 3,
+        "overrides": ["train.lr=1"],
+        "threads": 1,
+    }
+    CR.add_kind_argument(parser, ("a", "b"), ("a",))
+    assert "default: a)" in parser.format_help()
+    kinds = parser.parse_args(["--kind", "b", "--kind", "a"]).kind
+    assert kinds == ["b", "a"] and CR.kind_argv(kinds) == ["--kind", "b", "--kind", "a"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kind", "c"])
     assert CR.threads_of(parser.parse_args(["--threads", "0"])) is None
     with pytest.raises(SystemExit):
         CR.threads_of(parser.parse_args(["--workers", "0"]))

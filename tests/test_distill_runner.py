@@ -3,6 +3,7 @@ tiny grid trained end to end through the shared cell runner, and the report from
 Synthetic data only; seconds."""
 
 from benchmarks.distill import report, run
+from tests.conftest import tiny_config_toml
 
 G = run.G
 
@@ -27,23 +28,11 @@ def test_the_grid_searches_on_a_split_of_train_and_blocks_on_the_teacher(tmp_pat
 
 
 def _tiny_configs(tmp_path, tiny_data):
-    train, dev = tiny_data
-    common = [
-        "[data]",
-        f'train = "{train}"',
-        f'dev = "{dev}"',
-        "max_length = 24",
-        "[head]",
-        "head_size = 8",
-        "[train]",
-        "epochs = 2",
-        "batch_size = 8",
-        "lr = 1e-2",
-    ]
     teacher, student = tmp_path / "teacher.toml", tmp_path / "student.toml"
     encoder = ["[encoder]", "hidden_size = 16", "num_layers = 1", "num_heads = 2", "ffn_size = 32"]
-    teacher.write_text("\n".join(common + encoder), encoding="utf-8")
-    student.write_text("\n".join(common + encoder[:-2] + ['kind = "bilstm"']), encoding="utf-8")
+    teacher.write_text(tiny_config_toml(*tiny_data, encoder), encoding="utf-8")
+    student_encoder = encoder[:-2] + ['kind = "bilstm"']
+    student.write_text(tiny_config_toml(*tiny_data, student_encoder), encoding="utf-8")
     return str(teacher), str(student)
 
 

@@ -10,14 +10,7 @@ from hypothesis import strategies as st
 from gpner import functional as F
 from gpner.functional import reference
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """References and gradcheck run in float64; restored so other test modules are unaffected."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------ plain-loop references (float64)

@@ -5,6 +5,7 @@ render its JSON. Synthetic data only; seconds."""
 import pytest
 
 from benchmarks.recipes import report, run
+from tests.conftest import tiny_config_toml
 
 G = run.G
 
@@ -36,27 +37,8 @@ def test_every_recipe_has_exactly_one_cell_that_is_its_config(tmp_path):
 def test_a_cell_trains_once_and_the_reports_show_it(tmp_path, tiny_data, monkeypatch):
     train_path, dev_path = tiny_data
     base = tmp_path / "base.toml"
-    base.write_text(
-        "\n".join(
-            [
-                "[data]",
-                f'train = "{train_path}"',
-                f'dev = "{dev_path}"',
-                "max_length = 24",
-                "[encoder]",
-                'kind = "bilstm"',
-                "hidden_size = 16",
-                "num_layers = 1",
-                "[head]",
-                "head_size = 8",
-                "[train]",
-                "epochs = 2",
-                "batch_size = 8",
-                "lr = 1e-2",
-            ]
-        ),
-        encoding="utf-8",
-    )
+    encoder = ["[encoder]", 'kind = "bilstm"', "hidden_size = 16", "num_layers = 1"]
+    base.write_text(tiny_config_toml(train_path, dev_path, encoder), encoding="utf-8")
     monkeypatch.setattr(G, "EXPLORE_BASE", str(base))
     monkeypatch.setattr(
         G, "EXPLORE", {"tiny": (("encoder.bigrams=true",), "a tiny BiLSTM with bigrams")}

@@ -22,13 +22,7 @@ from gpner.regularizers import (
 )
 from tests.test_regularizers import make_batch, make_model, ref_cross_entropy
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tests/conftest.py
 
 
 def make_case(seed=0, b=3, c=3, length=5, scale=3.0):

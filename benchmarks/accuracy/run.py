@@ -115,7 +115,7 @@ def run_cell(
             payload["probe"] = _probe(entry, result.best_path)
         return payload
 
-    return CR.train_cell(entry.cell.id, entry.cell.stem, entry.config, results_dir, build)
+    return CR.train_entry(entry, results_dir, build)
 
 
 def _probe(entry: G.PlanEntry, checkpoint: Path) -> dict[str, Any]:
@@ -293,26 +293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not blocks:
         parser.error(f"no block numbered {args.block}")
     if args.dry_run:
-        import signal
-
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `--dry-run | head` ends quietly
+        CR.quiet_broken_pipe()
         entries = G.plan(blocks, args.results, overrides=args.overrides, threads=threads)
         print_plan(entries, selected_ids(entries, args.only))
         return 0
     if args.workers > 1:
         extra = ["--design", args.design]
         extra += [x for number in args.block or () for x in ("--block", str(number))]
-        child = CR.worker_argv(args, threads, extra)
-        return CR.spawn_workers(None, child, args.workers, module=__spec__.name, cwd=CR.ROOT)
+        return CR.spawn_module_workers(args, threads, extra, __spec__.name)
     log(f"results in {args.results}; threads {threads}; overrides {args.overrides or 'none'}")
-    outcome = run_grid(
-        blocks,
-        args.results,
-        only=args.only,
-        max_cells=args.max_cells,
-        overrides=args.overrides,
-        threads=threads,
-    )
+    outcome = run_grid(blocks, args.results, **CR.grid_options(args, threads))
     return 1 if outcome["failed"] else 0
 
 

@@ -70,7 +70,7 @@ def rel(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class Cell:
+class Cell(CR.StemFromId):
     kind: str  # teacher | search | final | unlabeled
     term: str = ""  # "" for the teacher, "scratch" for the from-scratch student, else a KD term
     beta: float | None = None  # search cells at T = 1
@@ -86,10 +86,6 @@ class Cell:
         if self.temperature is not None:
             parts.append(f"t{self.temperature:g}")
         return "/".join(parts + [f"s{self.seed_offset + 1}"])
-
-    @property
-    def stem(self) -> str:
-        return self.id.replace("/", "__")
 
     @property
     def block(self) -> int:

@@ -207,7 +207,7 @@ RECIPE_BY_NAME = {r.name: r for r in RECIPES}
 
 
 @dataclass(frozen=True)
-class Cell:
+class Cell(CR.StemFromId):
     kind: str  # "explore" | "recipe"
     name: str  # explore variant, or recipe name
     config_path: str
@@ -223,10 +223,6 @@ class Cell:
             return f"explore/{self.name}"
         parts = ["recipe", self.name] + ([self.variant] if self.variant else [])
         return "/".join(parts + [f"s{self.seed_offset + 1}"])
-
-    @property
-    def stem(self) -> str:
-        return self.id.replace("/", "__")
 
     @property
     def block(self) -> int:

@@ -90,7 +90,7 @@ def run_cell(
     def build(result: Any, sitting: CR.Sitting) -> dict[str, Any]:
         return build_result(entry, result, sitting, env, machine)
 
-    return CR.train_cell(entry.cell.id, entry.cell.stem, entry.config, results_dir, build)
+    return CR.train_entry(entry, results_dir, build)
 
 
 def describe(entry: G.PlanEntry) -> str:
@@ -125,7 +125,7 @@ def run_grid(
         lambda: G.plan(kinds, results_dir, overrides=overrides, threads=threads),
         results_dir,
         lambda entry, fresh, env: run_cell(entry, results_dir, env, machine),
-        selected=lambda entries: CR.selected_ids(entries, only),
+        only=only,
         max_cells=max_cells,
         describe=describe,
         summarize=summarize,
@@ -135,12 +135,7 @@ def run_grid(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     CR.add_arguments(parser, G.DEFAULT_RESULTS)
-    parser.add_argument(
-        "--kind",
-        action="append",
-        choices=("explore", "recipe"),
-        help="which cells (repeatable; default: recipe)",
-    )
+    CR.add_kind_argument(parser, ("explore", "recipe"), ("recipe",))
     parser.add_argument(
         "--machine",
         default=None,
@@ -152,29 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = args.kind or ["recipe"]
     threads = CR.threads_of(args)
     if args.dry_run:
-        import signal
-
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `--dry-run | head` ends quietly
         entries = G.plan(kinds, args.results, overrides=args.overrides, threads=threads)
-        chosen = CR.selected_ids(entries, args.only)
-        for k, e in enumerate(x for x in entries if x.cell.id in chosen):
-            print(f"{k + 1:>3}  {e.status:8} {e.cell.id}  {describe(e)}")
+        CR.print_cells(entries, args.only, describe)
         return 0
     if args.workers > 1:
-        extra = [x for kind in kinds for x in ("--kind", kind)]
+        extra = CR.kind_argv(kinds)
         extra += ["--machine", args.machine] if args.machine else []
-        child = CR.worker_argv(args, threads, extra)
-        return CR.spawn_workers(None, child, args.workers, module=__spec__.name, cwd=CR.ROOT)
+        return CR.spawn_module_workers(args, threads, extra, __spec__.name)
     CR.log(f"results in {args.results}; threads {threads}; kinds {kinds}")
-    outcome = run_grid(
-        kinds,
-        args.results,
-        only=args.only,
-        max_cells=args.max_cells,
-        overrides=args.overrides,
-        threads=threads,
-        machine=args.machine,
-    )
+    outcome = run_grid(kinds, args.results, **CR.grid_options(args, threads), machine=args.machine)
     return 1 if outcome["failed"] else 0
 
 

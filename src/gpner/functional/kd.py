@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .layout import valid_mask
-from .reduction import check_reduction, reduce, to_accumulation
+from .reduction import check_pair, check_reduction, reduce, to_accumulation
 
 __all__ = ["squared_error", "distillation_term", "apply_floor"]
 
@@ -63,9 +63,7 @@ def squared_error(
         mask: bool, (B, L) or broadcastable to ``s``; None = all valid.
         reduction: "none" -> (B, C), "mean", "sum".
     """
-    check_reduction(reduction)
-    if s.shape != t.shape:
-        raise ValueError(f"s and t differ in shape: {tuple(s.shape)} vs {tuple(t.shape)}")
+    check_pair(reduction, s, t)
     s, t = to_accumulation(s), to_accumulation(t)
     valid = valid_mask(mask, max_width)
     diff = s - t

@@ -24,7 +24,7 @@ from torch import Tensor
 from ._blocked import BlockLayout, GoldCells, Inputs, Job, SpanLosses
 from .layout import gold_cells, valid_mask
 from .logits import SpanFactors
-from .reduction import check_reduction, reduce, to_accumulation
+from .reduction import check_pair, check_reduction, reduce, to_accumulation
 
 __all__ = [
     "multilabel_categorical_crossentropy",
@@ -120,9 +120,7 @@ def global_pointer_kl(
         reduction: "none" -> (B, C), "mean", "sum".
         max_width: W when ``s`` and ``t`` are in the band layout.
     """
-    check_reduction(reduction)
-    if s.shape != t.shape:
-        raise ValueError(f"s and t differ in shape: {tuple(s.shape)} vs {tuple(t.shape)}")
+    check_pair(reduction, s, t)
     layout = BlockLayout.for_logits(s, mask, max_width)
     job = Job.divergence(layout, Inputs.DENSE)
     return reduce(SpanLosses.apply(job, s, t)[2], reduction)

@@ -18,6 +18,13 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def check_pair(reduction: str, s: Tensor, t: Tensor) -> None:
+    """The argument checks of a term comparing two logit tensors: the reduction, equal shapes."""
+    check_reduction(reduction)
+    if s.shape != t.shape:
+        raise ValueError(f"s and t differ in shape: {tuple(s.shape)} vs {tuple(t.shape)}")
+
+
 def reduce(per_pair: Tensor, reduction: str) -> Tensor:
     """(B, C) per-(example, type) values -> reduced as asked."""
     check_reduction(reduction)
