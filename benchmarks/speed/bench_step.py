@@ -324,7 +324,7 @@ def train_run(
     env.pop("OMP_WAIT_POLICY", None)  # as users run it (this script sets it for itself)
     if layout == "threads_passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    if layout.startswith("threads"):
+    if layout != "processes":  # one process: threads, threads1, threads_passive, auto
         cmd = [sys.executable, *argv]
     else:
         env["OMP_NUM_THREADS"] = "1"
